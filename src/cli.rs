@@ -1,0 +1,272 @@
+//! The commands behind `shortd`: serve, export, import, check.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use crate::config::{Cli, Command, Config, Durability, LogFormat};
+use crate::journal::record::{self, Body, DecodeError};
+use crate::journal::segment::{segment_number, Segment, SEGMENT_HEADER_LEN};
+use crate::journal::snapshot::{self, Snapshot};
+use crate::store::{Link, NewLink, Store, StoreOptions, REDIRECT_STATUSES};
+use crate::{code, http::api::rfc3339, target, Server};
+
+/// Creates in flight at once during an import, for group commit.
+const IMPORT_WINDOW: usize = 8192;
+
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(args) => match args.resolve() {
+            Ok(cfg) => serve(cfg),
+            Err(e) => Err(e.to_string()),
+        },
+        Command::Export(d) => {
+            init_logging(LogFormat::Text, "warn");
+            export(&d.data_dir)
+        }
+        Command::Import { data, file } => {
+            init_logging(LogFormat::Text, "warn");
+            import(&data.data_dir, &file)
+        }
+        Command::Check { data } => {
+            init_logging(LogFormat::Text, "warn");
+            check(&data.data_dir)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shortd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn serve(cfg: Config) -> Result<(), String> {
+    init_logging(cfg.log_format, &cfg.log_level);
+    let server = Server::start(cfg).map_err(|e| e.to_string())?;
+    wait_for_signal();
+    tracing::info!("shutting down: draining connections (send SIGINT again to exit at once)");
+    std::thread::spawn(|| {
+        wait_for_signal();
+        eprintln!("shortd: second signal, exiting now");
+        std::process::exit(130);
+    });
+    server.shutdown();
+    Ok(())
+}
+
+fn wait_for_signal() {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    });
+}
+
+fn link_line(link: &Link) -> Value {
+    json!({
+        "code": link.code.as_str(),
+        "url": link.url,
+        "created_at": rfc3339(link.created_ms),
+        "expires_at": (link.expires_ms != 0).then(|| rfc3339(link.expires_ms)),
+        "max_clicks": (link.max_clicks != 0).then_some(link.max_clicks),
+        "redirect": link.redirect,
+        "clicks": link.clicks,
+        "disabled": link.disabled,
+    })
+}
+
+fn open(dir: &Path, read_only: bool) -> Result<Store, String> {
+    let mut opts = StoreOptions::new(dir);
+    opts.read_only = read_only;
+    opts.durability = Durability::Never;
+    Store::open(opts).map_err(|e| e.to_string())
+}
+
+fn export(dir: &Path) -> Result<(), String> {
+    let store = open(dir, true)?;
+    let out = std::io::stdout();
+    let mut out = BufWriter::new(out.lock());
+    let mut cursor = None;
+    loop {
+        let (links, next) = store.page(cursor, 10_000);
+        for link in &links {
+            serde_json::to_writer(&mut out, &link_line(link)).map_err(|e| e.to_string())?;
+            out.write_all(b"\n").map_err(|e| e.to_string())?;
+        }
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    out.flush().map_err(|e| e.to_string())
+}
+
+/// One import line: the create fields, or an exported link (whose `code`
+/// is kept as its alias; `short_url`, `created_at` and `clicks` are ignored).
+fn parse_import(obj: &Map<String, Value>) -> Result<NewLink, String> {
+    let url = obj.get("url").and_then(Value::as_str).ok_or("url: is required and must be a string")?;
+    let url = target::validate(url, 8192, None).map_err(|e| format!("url: {e}"))?;
+    let alias = match obj.get("alias").or_else(|| obj.get("code")) {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let a = v.as_str().ok_or("alias: must be a string")?;
+            code::validate_alias(a).map_err(|e| format!("alias: {}", e.reason()))?;
+            Some(a.to_string())
+        }
+    };
+    let now = crate::clock::now_ms();
+    let expires_ms = match (obj.get("ttl_seconds").and_then(Value::as_u64), obj.get("expires_at").and_then(Value::as_str)) {
+        (Some(s), _) => now + s as i64 * 1000,
+        (None, Some(t)) => {
+            let t = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).map_err(|_| "expires_at: must be RFC 3339")?;
+            (t.unix_timestamp_nanos() / 1_000_000) as i64
+        }
+        _ => 0,
+    };
+    let redirect = obj.get("redirect").and_then(Value::as_u64).unwrap_or(302) as u16;
+    if !REDIRECT_STATUSES.contains(&redirect) {
+        return Err("redirect: must be one of 301, 302, 307, 308".into());
+    }
+    Ok(NewLink {
+        url,
+        alias,
+        expires_ms,
+        max_clicks: obj.get("max_clicks").and_then(Value::as_u64).unwrap_or(0),
+        redirect,
+        disabled: obj.get("disabled").and_then(Value::as_bool).unwrap_or(false),
+        idempotency: None,
+    })
+}
+
+fn import(dir: &Path, file: &Path) -> Result<(), String> {
+    let input: Box<dyn BufRead> = if file == Path::new("-") {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?))
+    };
+    let store = Arc::new(open(dir, false)?);
+    let started = std::time::Instant::now();
+    let (mut created, mut failed) = (0u64, 0u64);
+    let mut inflight = Vec::with_capacity(IMPORT_WINDOW);
+    let settle = |inflight: &mut Vec<(usize, tokio::sync::oneshot::Receiver<_>)>, created: &mut u64, failed: &mut u64| {
+        for (line, rx) in inflight.drain(..) {
+            match rx.blocking_recv() {
+                Ok(Ok(_)) => *created += 1,
+                Ok(Err(e)) => {
+                    *failed += 1;
+                    eprintln!("line {line}: {e}");
+                }
+                Err(_) => *failed += 1,
+            }
+        }
+    };
+    for (i, line) in input.lines().enumerate() {
+        let line = line.map_err(|e| format!("reading {}: {e}", file.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<Map<String, Value>>(&line).map_err(|e| e.to_string()).and_then(|o| parse_import(&o));
+        match parsed {
+            Ok(new) => inflight.push((i + 1, store.create_queued(new).map_err(|e| e.to_string())?)),
+            Err(e) => {
+                failed += 1;
+                eprintln!("line {}: {e}", i + 1);
+            }
+        }
+        if inflight.len() >= IMPORT_WINDOW {
+            settle(&mut inflight, &mut created, &mut failed);
+        }
+    }
+    settle(&mut inflight, &mut created, &mut failed);
+    store.close();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("imported {created} links in {secs:.1}s ({:.0}/s); {failed} lines refused", created as f64 / secs.max(1e-9));
+    if failed > 0 && created == 0 {
+        return Err("nothing was imported".into());
+    }
+    Ok(())
+}
+
+/// Verifies every record of every segment and every snapshot.
+fn check(dir: &Path) -> Result<(), String> {
+    let mut numbers: Vec<u32> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok()?.file_name().to_str().and_then(segment_number))
+        .collect();
+    numbers.sort_unstable();
+    let mut problems = 0;
+    let (mut puts, mut deletes, mut clicks, mut idem, mut bytes) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for (i, &n) in numbers.iter().enumerate() {
+        let seg = match Segment::open(dir, n) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("segment {n:08}.log: unreadable: {e}");
+                problems += 1;
+                continue;
+            }
+        };
+        let mut at = SEGMENT_HEADER_LEN;
+        loop {
+            match record::decode(seg.bytes(), at) {
+                Ok((rec, len)) => {
+                    match rec.body {
+                        Body::Put(_) => puts += 1,
+                        Body::Delete { .. } => deletes += 1,
+                        Body::Clicks(_) => clicks += 1,
+                        Body::Idempotency { .. } => idem += 1,
+                    }
+                    at += record::padded(len);
+                }
+                Err(DecodeError::End) if seg.bytes()[at.min(seg.len())..].iter().all(|&b| b == 0) => break,
+                Err(e) => {
+                    let newest = i + 1 == numbers.len();
+                    println!("segment {n:08}.log: {} at byte {at}: {e}", if newest { "torn tail (cut off at next start)" } else { "damage" });
+                    if !newest {
+                        problems += 1;
+                    }
+                    break;
+                }
+            }
+        }
+        bytes += at as u64;
+    }
+    let snaps = snapshot::list(dir).map_err(|e| e.to_string())?;
+    for path in &snaps {
+        match Snapshot::read(path) {
+            Ok(s) => println!("snapshot {}: ok (replay from segment {} byte {})", path.display(), s.meta.replay_seg, s.meta.replay_off),
+            Err(e) => {
+                println!("snapshot {}: {e}", path.display());
+                problems += 1;
+            }
+        }
+    }
+    println!("segments: {}, data bytes: {bytes}, records: {puts} put, {deletes} delete, {clicks} clicks, {idem} idempotency; snapshots: {}", numbers.len(), snaps.len());
+    let store = open(dir, true)?;
+    let stats = store.stats();
+    println!("keys in index: {} (live links and tombstones)", stats.keys);
+    if problems > 0 {
+        return Err(format!("{problems} problem(s) found"));
+    }
+    println!("ok");
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! Every setting of shortd in one place.
+//!
+//! Precedence: command-line flag, then `SHORTD_*` environment variable (clap
+//! reads both), then the TOML file named by `--config`, then the default in
+//! [`Config::default`]. Everything is validated before the server binds a
+//! socket; a bad value stops the start with one line naming the setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// When a write is acknowledged relative to `fdatasync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledge only after the record is on disk (group commit).
+    Always,
+    /// Acknowledge after the write; fsync every `fsync_interval`.
+    Interval,
+    /// Leave flushing to the operating system.
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The resolved configuration of a running server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Directory for log segments, snapshots and the code key. Default `./data`.
+    pub data_dir: PathBuf,
+    /// Worker threads, each with its own listener. Default: number of cores.
+    pub workers: usize,
+    /// Base of `short_url`. Default `http://{listen}`.
+    pub public_url: url::Url,
+    /// API keys; empty means the API answers loopback clients only.
+    pub api_keys: Vec<String>,
+    /// Default `always`.
+    pub durability: Durability,
+    /// fsync period under `interval`. Default `10ms`.
+    pub fsync_interval: Duration,
+    /// Size a log segment is preallocated to before the writer rolls. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// `Cache-Control` on redirects. Default `private, max-age=90`.
+    pub cache_control: String,
+    /// Longest accepted target URL. Default 8192.
+    pub max_url_bytes: usize,
+    /// Largest accepted request body. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Time a client has to send its request head. Default `10s`.
+    pub header_timeout: Duration,
+    /// Keep-alive idle time before a connection is closed. Default `60s`.
+    pub idle_timeout: Duration,
+    /// Open connections across all workers. Default 10000.
+    pub max_connections: usize,
+    /// Cache bound in entries. Default 1,000,000.
+    pub cache_entries: usize,
+    /// Cache bound in bytes of URLs and keys. Default 256 MiB.
+    pub cache_bytes: usize,
+    /// Cache entry lifetime. Default `60s`.
+    pub cache_ttl: Duration,
+    /// Random extra lifetime in `[0, jitter)`. Default `15s`.
+    pub cache_ttl_jitter: Duration,
+    /// Write a snapshot after this many records. Default 1,000,000.
+    pub snapshot_records: u64,
+    /// Write a snapshot at least this often when anything changed. Default `5m`.
+    pub snapshot_interval: Duration,
+    /// Dead share of a sealed segment that triggers its compaction. Default 0.5.
+    pub compact_ratio: f64,
+    /// Keep intact records past mid-log damage instead of refusing to start.
+    pub repair: bool,
+    /// Default `text`.
+    pub log_format: LogFormat,
+    /// A tracing filter. Default `info`.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let listen: SocketAddr = "127.0.0.1:8080".parse().expect("literal address");
+        Config {
+            listen,
+            data_dir: PathBuf::from("./data"),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            public_url: default_public_url(listen),
+            api_keys: Vec::new(),
+            durability: Durability::Always,
+            fsync_interval: Duration::from_millis(10),
+            segment_bytes: 64 << 20,
+            cache_control: "private, max-age=90".into(),
+            max_url_bytes: 8192,
+            max_body_bytes: 1 << 20,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            cache_entries: 1_000_000,
+            cache_bytes: 256 << 20,
+            cache_ttl: Duration::from_secs(60),
+            cache_ttl_jitter: Duration::from_secs(15),
+            snapshot_records: 1_000_000,
+            snapshot_interval: Duration::from_secs(300),
+            compact_ratio: 0.5,
+            repair: false,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+fn default_public_url(listen: SocketAddr) -> url::Url {
+    url::Url::parse(&format!("http://{listen}/")).expect("socket address forms a URL")
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "shortd", version, about = "A URL shortener: a fast key-value redirect server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve(ServeArgs),
+    /// Write every live link as JSON lines to standard output.
+    Export(DataDirArg),
+    /// Create links from a JSON lines file (one `{"url", "alias"?, ...}` per line).
+    Import {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// File to read, or `-` for standard input.
+        file: PathBuf,
+    },
+    /// Verify every record and snapshot in a data directory and print a summary.
+    Check {
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DataDirArg {
+    /// Data directory [default: ./data]
+    #[arg(long, env = "SHORTD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+/// Flags of `shortd serve`; each is optional so that the TOML file can fill
+/// in what the command line leaves out.
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (kebab-case keys)
+    #[arg(long, env = "SHORTD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "SHORTD_LISTEN")]
+    pub listen: Option<String>,
+    /// Data directory [default: ./data]
+    #[arg(long, env = "SHORTD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Worker threads, one listener each [default: number of cores]
+    #[arg(long, env = "SHORTD_WORKERS")]
+    pub workers: Option<usize>,
+    /// Base URL of short links [default: http://LISTEN/]
+    #[arg(long, env = "SHORTD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// API key clients send as `Authorization: Bearer KEY`; repeatable
+    #[arg(long = "api-key", env = "SHORTD_API_KEY", value_delimiter = ',')]
+    #[serde(default)]
+    pub api_key: Vec<String>,
+    /// always | interval | never [default: always]
+    #[arg(long, env = "SHORTD_DURABILITY")]
+    pub durability: Option<Durability>,
+    /// fsync period under --durability interval [default: 10ms]
+    #[arg(long, env = "SHORTD_FSYNC_INTERVAL")]
+    pub fsync_interval: Option<String>,
+    /// Log segment size in bytes [default: 67108864]
+    #[arg(long, env = "SHORTD_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Cache-Control header on redirects [default: "private, max-age=90"]
+    #[arg(long, env = "SHORTD_CACHE_CONTROL")]
+    pub cache_control: Option<String>,
+    /// Longest target URL in bytes [default: 8192]
+    #[arg(long, env = "SHORTD_MAX_URL_BYTES")]
+    pub max_url_bytes: Option<usize>,
+    /// Largest request body in bytes [default: 1048576]
+    #[arg(long, env = "SHORTD_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Time to receive a request head, e.g. 2s, 500ms [default: 10s]
+    #[arg(long, env = "SHORTD_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+    /// Keep-alive idle timeout [default: 60s]
+    #[arg(long, env = "SHORTD_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// Open connections at most [default: 10000]
+    #[arg(long, env = "SHORTD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Cache bound in entries [default: 1000000]
+    #[arg(long, env = "SHORTD_CACHE_ENTRIES")]
+    pub cache_entries: Option<usize>,
+    /// Cache bound in bytes [default: 268435456]
+    #[arg(long, env = "SHORTD_CACHE_BYTES")]
+    pub cache_bytes: Option<usize>,
+    /// Cache entry lifetime [default: 60s]
+    #[arg(long, env = "SHORTD_CACHE_TTL")]
+    pub cache_ttl: Option<String>,
+    /// Random extra cache lifetime, up to this [default: 15s]
+    #[arg(long, env = "SHORTD_CACHE_TTL_JITTER")]
+    pub cache_ttl_jitter: Option<String>,
+    /// Snapshot after this many records [default: 1000000]
+    #[arg(long, env = "SHORTD_SNAPSHOT_RECORDS")]
+    pub snapshot_records: Option<u64>,
+    /// Snapshot at least this often when anything changed [default: 5m]
+    #[arg(long, env = "SHORTD_SNAPSHOT_INTERVAL")]
+    pub snapshot_interval: Option<String>,
+    /// Dead share of a segment that triggers compaction, 0..1 [default: 0.5]
+    #[arg(long, env = "SHORTD_COMPACT_RATIO")]
+    pub compact_ratio: Option<f64>,
+    /// Start past mid-log damage, keeping every intact record
+    #[arg(long, env = "SHORTD_REPAIR")]
+    #[serde(default)]
+    pub repair: bool,
+    /// text | json [default: text]
+    #[arg(long, env = "SHORTD_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// tracing filter, e.g. info or shortd=debug [default: info]
+    #[arg(long, env = "SHORTD_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// A setting that could not be used, with its name.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+fn bad(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { name, reason: reason.into() }
+}
+
+/// Parses `2s`, `500ms`, `1m`, `1h`.
+pub fn parse_duration(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|e| bad(name, format!("{text:?} is not a duration like 2s or 500ms ({e})")))
+}
+
+impl ServeArgs {
+    /// Fills gaps from the TOML file (if any), then checks every value.
+    pub fn resolve(mut self) -> Result<Config, ConfigError> {
+        if let Some(path) = self.config.take() {
+            let file = read_toml(&path)?;
+            self.fill_from(file);
+        }
+        let mut c = Config::default();
+        if let Some(v) = &self.listen {
+            c.listen = v.parse().map_err(|_| bad("--listen", format!("{v:?} is not ADDR:PORT")))?;
+        }
+        c.public_url = match &self.public_url {
+            Some(v) => {
+                let u = url::Url::parse(v).map_err(|e| bad("--public-url", format!("{v:?}: {e}")))?;
+                if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+                    return Err(bad("--public-url", "must be an http or https URL with a host"));
+                }
+                u
+            }
+            None => default_public_url(c.listen),
+        };
+        if let Some(v) = self.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = self.workers {
+            if v == 0 || v > 1024 {
+                return Err(bad("--workers", "must be between 1 and 1024"));
+            }
+            c.workers = v;
+        }
+        for key in &self.api_key {
+            if key.len() < 8 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad("--api-key", "each key needs at least 8 printable ASCII characters, no spaces"));
+            }
+        }
+        c.api_keys = self.api_key;
+        if let Some(v) = self.durability {
+            c.durability = v;
+        }
+        if let Some(v) = &self.fsync_interval {
+            c.fsync_interval = parse_duration("--fsync-interval", v)?;
+            if c.fsync_interval.is_zero() {
+                return Err(bad("--fsync-interval", "must be more than zero"));
+            }
+        }
+        if let Some(v) = self.segment_bytes {
+            if !(1 << 16..=1 << 32).contains(&v) {
+                return Err(bad("--segment-bytes", "must be between 65536 and 4294967296"));
+            }
+            c.segment_bytes = v;
+        }
+        if let Some(v) = self.cache_control {
+            if http::HeaderValue::from_str(&v).is_err() {
+                return Err(bad("--cache-control", "is not a valid header value"));
+            }
+            c.cache_control = v;
+        }
+        if let Some(v) = self.max_url_bytes {
+            if !(16..=1 << 20).contains(&v) {
+                return Err(bad("--max-url-bytes", "must be between 16 and 1048576"));
+            }
+            c.max_url_bytes = v;
+        }
+        if let Some(v) = self.max_body_bytes {
+            if v < 1024 {
+                return Err(bad("--max-body-bytes", "must be at least 1024"));
+            }
+            c.max_body_bytes = v;
+        }
+        if let Some(v) = &self.header_timeout {
+            c.header_timeout = parse_duration("--header-timeout", v)?;
+        }
+        if let Some(v) = &self.idle_timeout {
+            c.idle_timeout = parse_duration("--idle-timeout", v)?;
+        }
+        if let Some(v) = self.max_connections {
+            if v == 0 {
+                return Err(bad("--max-connections", "must be at least 1"));
+            }
+            c.max_connections = v;
+        }
+        if let Some(v) = self.cache_entries {
+            c.cache_entries = v;
+        }
+        if let Some(v) = self.cache_bytes {
+            c.cache_bytes = v;
+        }
+        if let Some(v) = &self.cache_ttl {
+            c.cache_ttl = parse_duration("--cache-ttl", v)?;
+        }
+        if let Some(v) = &self.cache_ttl_jitter {
+            c.cache_ttl_jitter = parse_duration("--cache-ttl-jitter", v)?;
+        }
+        if let Some(v) = self.snapshot_records {
+            if v == 0 {
+                return Err(bad("--snapshot-records", "must be at least 1"));
+            }
+            c.snapshot_records = v;
+        }
+        if let Some(v) = &self.snapshot_interval {
+            c.snapshot_interval = parse_duration("--snapshot-interval", v)?;
+        }
+        if let Some(v) = self.compact_ratio {
+            if !(0.05..=1.0).contains(&v) {
+                return Err(bad("--compact-ratio", "must be between 0.05 and 1.0"));
+            }
+            c.compact_ratio = v;
+        }
+        c.repair = self.repair;
+        if let Some(v) = self.log_format {
+            c.log_format = v;
+        }
+        if let Some(v) = self.log_level {
+            tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| bad("--log-level", e.to_string()))?;
+            c.log_level = v;
+        }
+        Ok(c)
+    }
+
+    fn fill_from(&mut self, file: ServeArgs) {
+        macro_rules! fill {
+            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
+        }
+        fill!(
+            listen, data_dir, workers, public_url, durability, fsync_interval, segment_bytes,
+            cache_control, max_url_bytes, max_body_bytes, header_timeout, idle_timeout,
+            max_connections, cache_entries, cache_bytes, cache_ttl, cache_ttl_jitter,
+            snapshot_records, snapshot_interval, compact_ratio, log_format, log_level
+        );
+        if self.api_key.is_empty() {
+            self.api_key = file.api_key;
+        }
+        self.repair |= file.repair;
+    }
+}
+
+fn read_toml(path: &Path) -> Result<ServeArgs, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| bad("--config", format!("{}: {}", path.display(), e.message())))
+}

@@ -1,0 +1,435 @@
+//! The JSON admin API, health, readiness and metrics.
+//!
+//! Each handler parses and validates its whole input before it touches the
+//! store, so a refusal changes nothing; every refusal is a `Problem` that
+//! names the field and the reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::problem::{Body, Problem};
+use super::router::{route, Route};
+use super::App;
+use crate::code::validate_alias;
+use crate::store::{Cursor, Link, Lookup, NewLink, Patch, WriteError, REDIRECT_STATUSES};
+use crate::{clock, metrics, target};
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+const MAX_BATCH: usize = 1000;
+/// Longest accepted lifetime of a link: 100 years.
+const MAX_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
+/// Largest click limit: what a JSON number holds exactly.
+const MAX_CLICKS: u64 = 1 << 53;
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+const CREATE_FIELDS: &[&str] = &["url", "alias", "ttl_seconds", "expires_at", "max_clicks", "redirect"];
+const PATCH_FIELDS: &[&str] = &["url", "ttl_seconds", "expires_at", "max_clicks", "redirect", "disabled"];
+
+pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let route = route(&path);
+    let name = route.name();
+    let resp = dispatch(&app, peer, route, req).await.unwrap_or_else(Problem::into_response);
+    metrics::api_request(name, resp.status().as_u16());
+    resp
+}
+
+async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
+    if route == Route::NotFound {
+        return Err(Problem::not_found(&format!("the path {}", req.uri().path())));
+    }
+    if !route.allows(req.method()) {
+        return Err(Problem::method_not_allowed(route.allow()));
+    }
+    match route {
+        Route::Health => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        Route::Ready => Ok(ready(app)),
+        Route::Metrics => {
+            let text = app.metrics.render(app.store.stats().links, app.cache.len(), app.cache.bytes());
+            let mut resp = Response::new(Full::new(Bytes::from(text)));
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            Ok(resp)
+        }
+        Route::Redirect(_) | Route::NotFound => Err(Problem::not_found("this path")),
+        _ => {
+            authorize(app, peer, req.headers())?;
+            match (route, req.method().clone()) {
+                (Route::Links, Method::POST) => create(app, req).await,
+                (Route::Links, _) => list(app, &req),
+                (Route::LinksBatch, _) => batch(app, req).await,
+                (Route::Link(code), Method::GET) => get(app, code),
+                (Route::Link(code), Method::PATCH) => {
+                    let code = code.to_owned();
+                    patch(app, &code, req).await
+                }
+                (Route::Link(code), _) => {
+                    let code = code.to_owned();
+                    app.store.delete(&code).await?;
+                    app.cache.invalidate(&code);
+                    Ok(empty(StatusCode::NO_CONTENT))
+                }
+                (Route::HotStats, _) => Ok(hot(app, &req)?),
+                _ => Err(Problem::not_found("this path")),
+            }
+        }
+    }
+}
+
+fn ready(app: &App) -> Response<Body> {
+    let writes = match app.store.poisoned() {
+        None => "accepted".to_string(),
+        Some(reason) => format!("refused: {reason}"),
+    };
+    if app.is_shutting_down() {
+        let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting-down", "Shutting down", "the server is draining connections");
+        p.retry_after = Some(1);
+        return p.into_response();
+    }
+    json(StatusCode::OK, &serde_json::json!({"status": "ready", "writes": writes}))
+}
+
+/// With keys configured, a valid `Authorization: Bearer KEY`; without, a
+/// loopback client.
+fn authorize(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Problem> {
+    if app.cfg.api_keys.is_empty() {
+        if peer.ip().to_canonical().is_loopback() {
+            return Ok(());
+        }
+        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", "no API key is configured, so the API answers loopback clients only"));
+    }
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let ok = given.is_some_and(|g| app.cfg.api_keys.iter().fold(false, |hit, k| hit | constant_time_eq(g, k.as_bytes())));
+    if ok {
+        return Ok(());
+    }
+    let mut resp = Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", "send a valid API key as Authorization: Bearer KEY")
+        .with_field("Authorization", if given.is_some() { "the key is not valid" } else { "is required" });
+    resp.allow = None;
+    Err(resp)
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a
+/// key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Serialize)]
+pub struct LinkView<'a> {
+    code: &'a str,
+    short_url: String,
+    url: &'a str,
+    created_at: String,
+    expires_at: Option<String>,
+    max_clicks: Option<u64>,
+    redirect: u16,
+    clicks: u64,
+    disabled: bool,
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+pub fn view<'a>(app: &App, link: &'a Link) -> LinkView<'a> {
+    LinkView {
+        code: &link.code,
+        short_url: format!("{}{}", app.public_base, link.code),
+        url: &link.url,
+        created_at: rfc3339(link.created_ms),
+        expires_at: (link.expires_ms != 0).then(|| rfc3339(link.expires_ms)),
+        max_clicks: (link.max_clicks != 0).then_some(link.max_clicks),
+        redirect: link.redirect,
+        clicks: link.clicks,
+        disabled: link.disabled,
+    }
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, JSON);
+    resp
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Reads a JSON body within the size limit.
+async fn read_body(app: &App, req: Request<Incoming>, json_only: bool) -> Result<Bytes, Problem> {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let is_json = ct == "application/json" || ct.ends_with("+json");
+        let is_lines = ct == "application/x-ndjson" || ct == "application/jsonl" || ct == "application/json-lines";
+        if !(is_json || (!json_only && is_lines)) {
+            return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", "send application/json")
+                .with_field("Content-Type", "must be application/json"));
+        }
+    }
+    let limit = app.cfg.max_body_bytes;
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Problem::too_large("body", limit));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Problem::too_large("body", limit)),
+        Err(e) => Err(Problem::invalid("body", format!("could not be read: {e}"))),
+    }
+}
+
+fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, Problem> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Problem::invalid("body", "must be a JSON object")),
+        Err(e) => Err(Problem::invalid("body", format!("is not valid JSON: {e}"))),
+    }
+}
+
+fn check_fields(obj: &Map<String, Value>, known: &[&str]) -> Result<(), Problem> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(Problem::invalid(k.as_str(), format!("is not a known field (known: {})", known.join(", ")))),
+        None => Ok(()),
+    }
+}
+
+fn present<'a>(obj: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+    obj.get(field)
+}
+
+fn string_field<'a>(v: &'a Value, field: &str) -> Result<&'a str, Problem> {
+    v.as_str().ok_or_else(|| Problem::invalid(field, "must be a string"))
+}
+
+fn int_field(v: &Value, field: &str, min: u64, max: u64) -> Result<u64, Problem> {
+    match v.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(Problem::invalid(field, format!("must be an integer from {min} to {max}"))),
+    }
+}
+
+fn url_field(app: &App, v: &Value) -> Result<String, Problem> {
+    let raw = string_field(v, "url")?;
+    target::validate(raw, app.cfg.max_url_bytes, app.own_host.as_deref()).map_err(|e| Problem::invalid("url", e.to_string()))
+}
+
+fn redirect_field(v: &Value) -> Result<u16, Problem> {
+    match v.as_u64() {
+        Some(n) if REDIRECT_STATUSES.contains(&(n as u16)) && n < 1000 => Ok(n as u16),
+        _ => Err(Problem::invalid("redirect", "must be one of 301, 302, 307, 308")),
+    }
+}
+
+/// `ttl_seconds` or `expires_at` into unix ms; `Some(0)` for an explicit null.
+fn expiry(obj: &Map<String, Value>, now: i64) -> Result<Option<i64>, Problem> {
+    let ttl = present(obj, "ttl_seconds");
+    let at = present(obj, "expires_at");
+    if ttl.is_some_and(|v| !v.is_null()) && at.is_some_and(|v| !v.is_null()) {
+        return Err(Problem::invalid("expires_at", "cannot be combined with ttl_seconds; give one of them"));
+    }
+    if let Some(v) = ttl.filter(|v| !v.is_null()) {
+        let secs = int_field(v, "ttl_seconds", 1, MAX_TTL_SECONDS)?;
+        return Ok(Some(now + secs as i64 * 1000));
+    }
+    if let Some(v) = at.filter(|v| !v.is_null()) {
+        let text = string_field(v, "expires_at")?;
+        let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| Problem::invalid("expires_at", "must be an RFC 3339 date-time such as 2030-01-31T12:00:00Z"))?;
+        let ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
+        if ms <= now {
+            return Err(Problem::invalid("expires_at", "must be in the future"));
+        }
+        if ms > now + MAX_TTL_SECONDS as i64 * 1000 {
+            return Err(Problem::invalid("expires_at", "must be within 100 years"));
+        }
+        return Ok(Some(ms));
+    }
+    if ttl.is_some() || at.is_some() {
+        return Ok(Some(0));
+    }
+    Ok(None)
+}
+
+/// Checks a create request body; pure, so the bulk paths share it.
+pub fn parse_create(app: &App, obj: &Map<String, Value>, now: i64) -> Result<NewLink, Problem> {
+    check_fields(obj, CREATE_FIELDS)?;
+    let url = match present(obj, "url") {
+        None | Some(Value::Null) => return Err(Problem::invalid("url", "is required")),
+        Some(v) => url_field(app, v)?,
+    };
+    let alias = match present(obj, "alias") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let a = string_field(v, "alias")?;
+            validate_alias(a).map_err(|e| Problem::invalid("alias", e.reason()))?;
+            Some(a.to_string())
+        }
+    };
+    let expires_ms = expiry(obj, now)?.unwrap_or(0);
+    let max_clicks = match present(obj, "max_clicks") {
+        None | Some(Value::Null) => 0,
+        Some(v) => int_field(v, "max_clicks", 1, MAX_CLICKS)?,
+    };
+    let redirect = match present(obj, "redirect") {
+        None | Some(Value::Null) => 302,
+        Some(v) => redirect_field(v)?,
+    };
+    Ok(NewLink { url, alias, expires_ms, max_clicks, redirect, disabled: false, idempotency: None })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let bad = || Problem::invalid("Idempotency-Key", format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"));
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(s.to_string()))
+}
+
+async fn create(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
+    let idem = idempotency_key(req.headers())?;
+    let body = read_body(app, req, true).await?;
+    let obj = parse_object(&body)?;
+    let mut new = parse_create(app, &obj, clock::now_ms())?;
+    if let Some(key) = idem {
+        let canonical = serde_json::to_vec(&obj).unwrap_or_default();
+        new.idempotency = Some((key, xxhash_rust::xxh3::xxh3_64(&canonical)));
+    }
+    let created = app.store.create(new).await?;
+    if !created.replayed {
+        metrics::link_created();
+    }
+    let mut resp = json(StatusCode::CREATED, &view(app, &created.link));
+    if let Ok(loc) = HeaderValue::from_str(&format!("/api/v1/links/{}", created.link.code)) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    if created.replayed {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+fn get(app: &App, code: &str) -> Result<Response<Body>, Problem> {
+    match app.store.lookup(code) {
+        Lookup::Live(link) => Ok(json(StatusCode::OK, &view(app, &link))),
+        Lookup::Deleted => Err(Problem::gone(code)),
+        Lookup::Missing => Err(Problem::not_found(&format!("link {code}"))),
+    }
+}
+
+async fn patch(app: &App, code: &str, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
+    let body = read_body(app, req, true).await?;
+    let obj = parse_object(&body)?;
+    check_fields(&obj, PATCH_FIELDS)?;
+    let mut p = Patch::default();
+    if let Some(v) = present(&obj, "url") {
+        if v.is_null() {
+            return Err(Problem::invalid("url", "cannot be removed"));
+        }
+        p.url = Some(url_field(app, v)?);
+    }
+    p.expires_ms = expiry(&obj, clock::now_ms())?;
+    if let Some(v) = present(&obj, "max_clicks") {
+        p.max_clicks = Some(if v.is_null() { 0 } else { int_field(v, "max_clicks", 1, MAX_CLICKS)? });
+    }
+    if let Some(v) = present(&obj, "redirect") {
+        p.redirect = Some(if v.is_null() { 302 } else { redirect_field(v)? });
+    }
+    if let Some(v) = present(&obj, "disabled") {
+        p.disabled = Some(v.as_bool().ok_or_else(|| Problem::invalid("disabled", "must be true or false"))?);
+    }
+    let link = app.store.update(code, p).await?;
+    app.cache.invalidate(code);
+    Ok(json(StatusCode::OK, &view(app, &link)))
+}
+
+fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
+    let mut cursor = None;
+    let mut limit = DEFAULT_PAGE;
+    for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "cursor" if !v.is_empty() => cursor = Some(Cursor::decode(&v).ok_or_else(|| Problem::invalid("cursor", "is not a cursor from an earlier page"))?),
+            "limit" => {
+                limit = v.parse().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| Problem::invalid("limit", format!("must be an integer from 1 to {MAX_PAGE}")))?
+            }
+            _ => {}
+        }
+    }
+    let (links, next) = app.store.page(cursor, limit);
+    let views: Vec<_> = links.iter().map(|l| view(app, l)).collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({"links": views, "next_cursor": next.map(|c| c.encode())})))
+}
+
+async fn batch(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
+    let body = read_body(app, req, false).await?;
+    let text = std::str::from_utf8(&body).map_err(|_| Problem::invalid("body", "must be UTF-8 JSON lines"))?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() > MAX_BATCH {
+        return Err(Problem::invalid("body", format!("holds more than {MAX_BATCH} links; split it")));
+    }
+    let now = clock::now_ms();
+    let mut pending = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let parsed = parse_object(line.as_bytes()).and_then(|obj| parse_create(app, &obj, now)).map_err(|mut p| {
+            p.detail = format!("line {}: {}", i + 1, p.detail);
+            p
+        });
+        pending.push(match parsed {
+            Ok(new) => app.store.create_queued(new).map_err(Problem::from),
+            Err(p) => Err(p),
+        });
+    }
+    let mut results = Vec::with_capacity(pending.len());
+    let mut created = 0;
+    for p in pending {
+        let outcome = match p {
+            Ok(rx) => rx.await.unwrap_or_else(|_| Err(WriteError::Unavailable("the writer has stopped".into()))).map_err(Problem::from),
+            Err(p) => Err(p),
+        };
+        results.push(match outcome {
+            Ok(c) => {
+                created += 1;
+                metrics::link_created();
+                serde_json::json!({"status": 201, "link": view(app, &c.link)})
+            }
+            Err(p) => serde_json::json!({"status": p.status, "problem": p}),
+        });
+    }
+    Ok(json(StatusCode::OK, &serde_json::json!({"created": created, "results": results})))
+}
+
+fn hot(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
+    let mut limit = 10;
+    for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        if k == "limit" {
+            limit = v.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| Problem::invalid("limit", "must be an integer from 1 to 100"))?;
+        }
+    }
+    let window = app.hot.window();
+    let top: Vec<_> = app
+        .hot
+        .top(limit)
+        .into_iter()
+        .map(|(code, count)| serde_json::json!({"code": code.as_str(), "requests": count, "per_second": count as f64 / window.as_secs_f64()}))
+        .collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({"window_seconds": window.as_secs(), "codes": top})))
+}

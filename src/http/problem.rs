@@ -1,0 +1,121 @@
+//! Errors at the HTTP edge: one `Problem` type rendered as RFC 9457
+//! `application/problem+json`, naming the field and the reason where there
+//! is one.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::store::WriteError;
+
+pub type Body = Full<Bytes>;
+
+pub const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
+    #[serde(skip)]
+    pub allow: Option<&'static str>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, title: &'static str, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: format!("urn:shortd:problem:{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+            field: None,
+            reason: None,
+            retry_after: None,
+            allow: None,
+        }
+    }
+
+    /// A 400 about one field of the request.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Problem {
+        let (field, reason) = (field.into(), reason.into());
+        let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", format!("{field}: {reason}"));
+        p.field = Some(field);
+        p.reason = Some(reason);
+        p
+    }
+
+    pub fn with_field(mut self, field: &str, reason: &str) -> Problem {
+        self.field = Some(field.into());
+        self.reason = Some(reason.into());
+        self
+    }
+
+    pub fn not_found(what: &str) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", format!("{what} does not exist"))
+    }
+
+    pub fn gone(code: &str) -> Problem {
+        Problem::new(StatusCode::GONE, "gone", "Gone", format!("link {code} was deleted"))
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Problem {
+        let mut p = Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", format!("allowed methods: {allow}"));
+        p.allow = Some(allow);
+        p
+    }
+
+    pub fn too_large(field: &str, limit: usize) -> Problem {
+        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Payload too large", format!("the request body is larger than {limit} bytes"))
+            .with_field(field, &format!("larger than {limit} bytes"))
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        resp.headers_mut().insert(header::CONTENT_TYPE, PROBLEM_JSON);
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow {
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        resp
+    }
+}
+
+impl From<WriteError> for Problem {
+    fn from(e: WriteError) -> Problem {
+        let detail = e.to_string();
+        match e {
+            WriteError::Taken => Problem::new(StatusCode::CONFLICT, "alias-taken", "Conflict", detail).with_field("alias", "is already taken"),
+            WriteError::NotFound => Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail),
+            WriteError::Gone => Problem::new(StatusCode::GONE, "gone", "Gone", detail),
+            WriteError::IdempotencyMismatch => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-mismatch", "Idempotency-Key reused", detail)
+                .with_field("Idempotency-Key", "was used earlier with a different request body"),
+            WriteError::Exhausted => Problem::new(StatusCode::INSUFFICIENT_STORAGE, "exhausted", "Code space exhausted", detail),
+            WriteError::DiskFull(_) => Problem::new(StatusCode::INSUFFICIENT_STORAGE, "disk-full", "Insufficient storage", detail),
+            WriteError::Unavailable(_) => {
+                let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail);
+                p.retry_after = Some(5);
+                p
+            }
+        }
+    }
+}
+
+/// The static body of a redirect-path 404, so a miss allocates nothing.
+pub const NOT_FOUND_BODY: &[u8] =
+    br#"{"type":"urn:shortd:problem:not-found","title":"Not found","status":404,"detail":"no link has this code"}"#;
+/// The static body of a redirect-path 410.
+pub const GONE_BODY: &[u8] =
+    br#"{"type":"urn:shortd:problem:gone","title":"Gone","status":410,"detail":"this link was deleted, disabled, has expired or has used up its clicks"}"#;

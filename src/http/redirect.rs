@@ -1,0 +1,116 @@
+//! The hot path: `GET /{code}` and `HEAD /{code}`, top to bottom.
+//!
+//! cache hit -> answer; cache miss -> one coalesced read of the index and
+//! the mapped log -> cache -> answer; unknown -> 404. Every branch bumps its
+//! own counter in this worker's stats block. A cache hit takes one shard
+//! read lock, clones two reference counts and allocates nothing of its own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use super::problem::{Body, GONE_BODY, NOT_FOUND_BODY, PROBLEM_JSON};
+use super::{App, Worker};
+use crate::cache::{Entry, Hit};
+use crate::clock;
+use crate::metrics::{bump, Outcome};
+use crate::store::Lookup;
+
+/// Longest a miss waits for another request's load of the same code.
+const COALESCE_WAIT: Duration = Duration::from_millis(100);
+const ZERO: HeaderValue = HeaderValue::from_static("0");
+
+pub fn serve(app: &App, worker: &Worker, code: &str, head: bool) -> Response<Body> {
+    let started = Instant::now();
+    let now = clock::now_ms();
+    let stats = &worker.stats;
+
+    let entry = match app.cache.get(code, now) {
+        Hit::Fresh(e) => {
+            bump(&stats.cache_hits);
+            e
+        }
+        Hit::StaleRefresh(e) => {
+            bump(&stats.cache_hits);
+            load(app, code, now);
+            e
+        }
+        Hit::Miss => {
+            bump(&stats.cache_misses);
+            match load(app, code, now) {
+                Some(e) => e,
+                None => return finish(stats, started, problem(StatusCode::NOT_FOUND, NOT_FOUND_BODY)),
+            }
+        }
+    };
+
+    if entry.gone || entry.is_expired(now) {
+        return finish(stats, started, problem(StatusCode::GONE, GONE_BODY));
+    }
+    if entry.max_clicks > 0 {
+        let allowed = if head { app.store.clicks(code) < entry.max_clicks } else { app.store.try_click_limited(code, entry.max_clicks) };
+        if !allowed {
+            return finish(stats, started, problem(StatusCode::GONE, GONE_BODY));
+        }
+    } else if !head {
+        worker.clicks.borrow_mut().count(code);
+    }
+    if !head {
+        bump(&stats.clicks);
+    }
+
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = entry.status;
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, entry.location.clone());
+    h.insert(header::CACHE_CONTROL, app.cache_control.clone());
+    h.insert(header::CONTENT_LENGTH, ZERO);
+    finish(stats, started, resp)
+}
+
+/// Reads a code from the store into the cache, one load per code at a time.
+/// Inside the single flight, the cache is checked again first: the leader
+/// of an earlier flight may have filled it.
+fn load(app: &App, code: &str, now: i64) -> Option<Arc<Entry>> {
+    let generation = app.cache.generation();
+    let (loaded, role) = app.cache.coalescer.load(code, COALESCE_WAIT, || {
+        if let Some(e) = app.cache.peek(code).filter(|e| now < e.fresh_until_ms()) {
+            return Some(e);
+        }
+        let entry = match app.store.lookup(code) {
+            Lookup::Missing => return None,
+            Lookup::Deleted => Entry::new(HeaderValue::from_static(""), StatusCode::GONE, 0, 0, true),
+            Lookup::Live(link) => {
+                let status = StatusCode::from_u16(link.redirect).unwrap_or(StatusCode::FOUND);
+                match HeaderValue::from_maybe_shared(Bytes::from(link.url)) {
+                    Ok(location) => Entry::new(location, status, link.expires_ms, link.max_clicks, link.disabled),
+                    Err(_) => {
+                        tracing::error!(code, "stored URL is not a valid header value");
+                        Entry::new(HeaderValue::from_static(""), StatusCode::GONE, 0, 0, true)
+                    }
+                }
+            }
+        };
+        Some(app.cache.insert(code, entry, generation, now))
+    });
+    if role != crate::cache::Role::Leader {
+        crate::metrics::coalesced_wait();
+    }
+    loaded
+}
+
+fn problem(status: StatusCode, body: &'static [u8]) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, PROBLEM_JSON);
+    resp
+}
+
+#[inline]
+fn finish(stats: &crate::metrics::WorkerStats, started: Instant, resp: Response<Body>) -> Response<Body> {
+    stats.redirect(Outcome::for_status(resp.status().as_u16()), started.elapsed());
+    resp
+}

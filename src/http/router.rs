@@ -1,0 +1,110 @@
+//! Maps method and path to a route without allocating.
+//!
+//! Everything that is not a fixed server path and looks like a code is a
+//! redirect; the API lives under `/api/v1/`.
+
+use http::Method;
+
+use crate::code::{is_code_byte, MAX_ALIAS_LEN};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    Redirect(&'a str),
+    Health,
+    Ready,
+    Metrics,
+    Links,
+    LinksBatch,
+    Link(&'a str),
+    HotStats,
+    NotFound,
+}
+
+impl Route<'_> {
+    /// The methods a route answers, for 405's `Allow`.
+    pub fn allow(&self) -> &'static str {
+        match self {
+            Route::Redirect(_) | Route::Health | Route::Ready | Route::Metrics | Route::HotStats => "GET, HEAD",
+            Route::Links => "GET, POST",
+            Route::LinksBatch => "POST",
+            Route::Link(_) => "GET, PATCH, DELETE",
+            Route::NotFound => "",
+        }
+    }
+
+    pub fn allows(&self, method: &Method) -> bool {
+        match self {
+            Route::Redirect(_) | Route::Health | Route::Ready | Route::Metrics | Route::HotStats => method == Method::GET || method == Method::HEAD,
+            Route::Links => method == Method::GET || method == Method::POST,
+            Route::LinksBatch => method == Method::POST,
+            Route::Link(_) => method == Method::GET || method == Method::PATCH || method == Method::DELETE,
+            Route::NotFound => true,
+        }
+    }
+
+    /// A name for metrics labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Redirect(_) => "redirect",
+            Route::Health => "healthz",
+            Route::Ready => "readyz",
+            Route::Metrics => "metrics",
+            Route::Links => "links",
+            Route::LinksBatch => "links_batch",
+            Route::Link(_) => "link",
+            Route::HotStats => "stats_hot",
+            Route::NotFound => "not_found",
+        }
+    }
+}
+
+fn is_code(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ALIAS_LEN && s.bytes().all(is_code_byte)
+}
+
+pub fn route(path: &str) -> Route<'_> {
+    let Some(rest) = path.strip_prefix('/') else { return Route::NotFound };
+    match rest {
+        "healthz" => return Route::Health,
+        "readyz" => return Route::Ready,
+        "metrics" => return Route::Metrics,
+        _ => {}
+    }
+    if let Some(api) = rest.strip_prefix("api/v1/") {
+        return match api {
+            "links" => Route::Links,
+            "links:batch" => Route::LinksBatch,
+            "stats/hot" => Route::HotStats,
+            _ => match api.strip_prefix("links/") {
+                Some(code) if is_code(code) => Route::Link(code),
+                _ => Route::NotFound,
+            },
+        };
+    }
+    if is_code(rest) {
+        Route::Redirect(rest)
+    } else {
+        Route::NotFound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/abc1234"), Route::Redirect("abc1234"));
+        assert_eq!(route("/my-alias_2"), Route::Redirect("my-alias_2"));
+        assert_eq!(route("/healthz"), Route::Health);
+        assert_eq!(route("/api/v1/links"), Route::Links);
+        assert_eq!(route("/api/v1/links:batch"), Route::LinksBatch);
+        assert_eq!(route("/api/v1/links/abc"), Route::Link("abc"));
+        assert_eq!(route("/api/v1/links/a/b"), Route::NotFound);
+        assert_eq!(route("/api"), Route::Redirect("api"));
+        assert_eq!(route("/"), Route::NotFound);
+        assert_eq!(route("/a%20b"), Route::NotFound);
+        assert_eq!(route("/abc/"), Route::NotFound);
+        assert_eq!(route(&format!("/{}", "a".repeat(65))), Route::NotFound);
+    }
+}

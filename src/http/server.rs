@@ -1,0 +1,277 @@
+//! Sockets, threads and connections.
+//!
+//! One OS thread per worker, each running a single-threaded tokio runtime
+//! with its own `SO_REUSEPORT` listener on the same address, so the kernel
+//! spreads connections across cores and a connection never changes thread.
+//! That makes per-worker state (counters, click buffer) plain thread-owned
+//! data. The redirect route is answered synchronously inside the hyper
+//! service; the API gets a boxed future.
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::future::{ready, Future, Ready};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::problem::Body;
+use super::router::{route, Route};
+use super::{api, redirect, App, Worker};
+use crate::cache::{Cache, CacheConfig};
+use crate::clicks::{Aggregator, ClickBuffer, ClickSink, FLUSH_EVERY};
+use crate::config::Config;
+use crate::hot::HotKeys;
+use crate::store::{Store, StoreOptions};
+
+/// How long a graceful shutdown waits for open connections to finish.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+const LISTEN_BACKLOG: i32 = 4096;
+/// Largest request head (request line plus headers) hyper buffers.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(#[from] crate::store::OpenError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start worker threads: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running server; dropping it without `shutdown` leaves threads running.
+pub struct Server {
+    app: Arc<App>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    aggregator: Aggregator,
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+impl Server {
+    /// Opens the store, binds every worker's listener and starts serving.
+    pub fn start(cfg: Config) -> Result<Server, StartError> {
+        let metrics = crate::metrics::install();
+        let store = Arc::new(Store::open(StoreOptions {
+            dir: cfg.data_dir.clone(),
+            durability: cfg.durability,
+            fsync_interval: cfg.fsync_interval,
+            segment_bytes: cfg.segment_bytes,
+            snapshot_records: cfg.snapshot_records,
+            snapshot_interval: cfg.snapshot_interval,
+            compact_ratio: cfg.compact_ratio,
+            repair: cfg.repair,
+            read_only: false,
+        })?);
+        let first = bind(cfg.listen).map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+        let addr = first.local_addr().map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+        let mut listeners = vec![first];
+        for _ in 1..cfg.workers {
+            listeners.push(bind(addr).map_err(|source| StartError::Listen { addr, source })?);
+        }
+        let hot = Arc::new(HotKeys::default());
+        let aggregator = Aggregator::start(store.clone(), hot.clone());
+        let mut public_base = cfg.public_url.to_string();
+        if !public_base.ends_with('/') {
+            public_base.push('/');
+        }
+        let app = Arc::new(App {
+            cache: Cache::new(CacheConfig { max_entries: cfg.cache_entries, max_bytes: cfg.cache_bytes, ttl: cfg.cache_ttl, jitter: cfg.cache_ttl_jitter }),
+            cache_control: http::HeaderValue::from_str(&cfg.cache_control).expect("validated in config"),
+            own_host: cfg.public_url.host_str().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_string()),
+            public_base,
+            hot,
+            metrics,
+            store,
+            cfg,
+            shutting_down: Default::default(),
+        });
+        let (stop, _) = watch::channel(false);
+        let limit = Arc::new(Semaphore::new(app.cfg.max_connections));
+        let mut workers = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (app, stop, limit, sink) = (app.clone(), stop.subscribe(), limit.clone(), aggregator.sink());
+            let handle = std::thread::Builder::new()
+                .name(format!("shortd-worker-{i}"))
+                .spawn(move || worker_main(app, listener, stop, limit, sink))
+                .map_err(StartError::Thread)?;
+            workers.push(handle);
+        }
+        tracing::info!(%addr, workers = app.cfg.workers, data_dir = %app.cfg.data_dir.display(), "shortd serving");
+        Ok(Server { app, addr, stop, workers, aggregator })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Stops accepting, lets open requests finish (up to a deadline), then
+    /// persists clicks, writes a snapshot and closes the store.
+    pub fn shutdown(mut self) {
+        self.app.shutting_down.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        self.aggregator.stop();
+        self.app.store.close();
+        tracing::info!("shortd stopped");
+    }
+}
+
+fn worker_main(app: Arc<App>, listener: StdListener, mut stop: watch::Receiver<bool>, limit: Arc<Semaphore>, sink: ClickSink) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build a worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let worker = Rc::new(Worker { stats: app.metrics.register_worker(), clicks: RefCell::new(ClickBuffer::new(sink)) });
+    local.block_on(&rt, async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register a listener");
+                return;
+            }
+        };
+        let flusher = {
+            let worker = worker.clone();
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(FLUSH_EVERY);
+                loop {
+                    tick.tick().await;
+                    worker.clicks.borrow_mut().flush();
+                }
+            })
+        };
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                permit = limit.clone().acquire_owned() => {
+                    let Ok(permit) = permit else { break };
+                    let accepted = tokio::select! {
+                        _ = stop.changed() => break,
+                        a = listener.accept() => a,
+                    };
+                    match accepted {
+                        Ok((stream, peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            let svc = Svc { app: app.clone(), worker: worker.clone(), peer };
+                            let stop = stop.clone();
+                            conns.spawn_local(async move {
+                                serve_connection(stream, svc, stop).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            }
+        }
+        drop(listener);
+        let _ = tokio::time::timeout(DRAIN_DEADLINE, async { while conns.join_next().await.is_some() {} }).await;
+        conns.abort_all();
+        flusher.abort();
+        worker.clicks.borrow_mut().flush();
+    });
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, svc: Svc, mut stop: watch::Receiver<bool>) {
+    let cfg = &svc.app.cfg;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_timeout)
+        .keep_alive(true)
+        .pipeline_flush(true)
+        .max_buf_size(MAX_HEAD_BYTES.max(cfg.max_url_bytes + 8192))
+        .max_headers(MAX_HEADERS);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// The per-connection hyper service.
+struct Svc {
+    app: Arc<App>,
+    worker: Rc<Worker>,
+    peer: SocketAddr,
+}
+
+pub enum SvcFuture {
+    Ready(Ready<Result<Response<Body>, Infallible>>),
+    Api(Pin<Box<dyn Future<Output = Response<Body>>>>),
+}
+
+impl Future for SvcFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            SvcFuture::Ready(r) => Pin::new(r).poll(cx),
+            SvcFuture::Api(f) => f.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Svc {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = SvcFuture;
+
+    fn call(&self, req: Request<Incoming>) -> SvcFuture {
+        let method = req.method();
+        if let Route::Redirect(code) = route(req.uri().path()) {
+            if method == Method::GET || method == Method::HEAD {
+                let head = method == Method::HEAD;
+                return SvcFuture::Ready(ready(Ok(redirect::serve(&self.app, &self.worker, code, head))));
+            }
+        }
+        SvcFuture::Api(Box::pin(api::handle(self.app.clone(), self.peer, req)))
+    }
+}

@@ -1,0 +1,297 @@
+//! The on-disk record format: encode and decode side by side.
+//!
+//! Every change to the store is one record appended to a log segment. A
+//! record is self-checking (xxh3 over everything after the checksum field),
+//! starts on an 8-byte boundary and is laid out little-endian:
+//!
+//! ```text
+//! offset size field
+//!      0    8 checksum   xxh3_64 of bytes [8, len)
+//!      8    4 len        bytes in this record, header included, padding excluded
+//!     12    1 kind       1 put, 2 delete, 3 clicks, 4 idempotency
+//!     13    1 version    1
+//!     14    2 key_len    bytes of key (0 for clicks)
+//!     16    8 lsn        log sequence number, strictly increasing
+//!     24    8 time_ms    unix milliseconds when written
+//!     32    .. body      per kind, below
+//! put:   id u64 | created_ms i64 | expires_ms i64 (0: never) | max_clicks u64
+//!        (0: unlimited) | redirect u16 | flags u8 (1: disabled) | 0 u8 |
+//!        url_len u32 | key | url
+//! delete: key
+//! clicks: count u32 | count x (key_len u16 | key | total u64)
+//! idempotency: body_hash u64 | code_len u16 | key (the Idempotency-Key) | code
+//! ```
+//!
+//! Zero bytes follow the last record up to the next 8-byte boundary. A header
+//! of eight zero bytes where a record would start marks the end of a segment's
+//! data (segments are preallocated with zeros).
+
+use xxhash_rust::xxh3::xxh3_64;
+
+pub const HEADER_LEN: usize = 32;
+pub const VERSION: u8 = 1;
+pub const ALIGN: usize = 8;
+const PUT_FIXED: usize = 40;
+/// Largest record accepted when decoding; anything claiming more is damage.
+pub const MAX_RECORD_LEN: usize = 16 << 20;
+
+pub const KIND_PUT: u8 = 1;
+pub const KIND_DELETE: u8 = 2;
+pub const KIND_CLICKS: u8 = 3;
+pub const KIND_IDEMPOTENCY: u8 = 4;
+
+pub const FLAG_DISABLED: u8 = 1;
+
+/// The state of one link as stored in a put record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Put<'a> {
+    pub key: &'a [u8],
+    pub url: &'a [u8],
+    pub id: u64,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub max_clicks: u64,
+    pub redirect: u16,
+    pub flags: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body<'a> {
+    Put(Put<'a>),
+    Delete { key: &'a [u8] },
+    Clicks(Vec<(&'a [u8], u64)>),
+    Idempotency { key: &'a [u8], body_hash: u64, code: &'a [u8] },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub lsn: u64,
+    pub time_ms: i64,
+    pub body: Body<'a>,
+}
+
+/// Why bytes at an offset are not a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("end of data")]
+    End,
+    #[error("record runs past the end of the segment")]
+    Truncated,
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("malformed record")]
+    Malformed,
+}
+
+pub fn padded(len: usize) -> usize {
+    len.div_ceil(ALIGN) * ALIGN
+}
+
+/// Appends the encoded record to `out` (padded to 8 bytes) and returns its
+/// unpadded length.
+pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    let (kind, key_len) = match &rec.body {
+        Body::Put(p) => {
+            out.extend_from_slice(&p.id.to_le_bytes());
+            out.extend_from_slice(&p.created_ms.to_le_bytes());
+            out.extend_from_slice(&p.expires_ms.to_le_bytes());
+            out.extend_from_slice(&p.max_clicks.to_le_bytes());
+            out.extend_from_slice(&p.redirect.to_le_bytes());
+            out.push(p.flags);
+            out.push(0);
+            out.extend_from_slice(&(p.url.len() as u32).to_le_bytes());
+            out.extend_from_slice(p.key);
+            out.extend_from_slice(p.url);
+            (KIND_PUT, p.key.len())
+        }
+        Body::Delete { key } => {
+            out.extend_from_slice(key);
+            (KIND_DELETE, key.len())
+        }
+        Body::Clicks(entries) => {
+            out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+            for (key, total) in entries {
+                out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+                out.extend_from_slice(key);
+                out.extend_from_slice(&total.to_le_bytes());
+            }
+            (KIND_CLICKS, 0)
+        }
+        Body::Idempotency { key, body_hash, code } => {
+            out.extend_from_slice(&body_hash.to_le_bytes());
+            out.extend_from_slice(&(code.len() as u16).to_le_bytes());
+            out.extend_from_slice(key);
+            out.extend_from_slice(code);
+            (KIND_IDEMPOTENCY, key.len())
+        }
+    };
+    let len = out.len() - start;
+    let h = &mut out[start..start + HEADER_LEN];
+    h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    h[12] = kind;
+    h[13] = VERSION;
+    h[14..16].copy_from_slice(&(key_len as u16).to_le_bytes());
+    h[16..24].copy_from_slice(&rec.lsn.to_le_bytes());
+    h[24..32].copy_from_slice(&rec.time_ms.to_le_bytes());
+    let sum = xxh3_64(&out[start + 8..start + len]);
+    out[start..start + 8].copy_from_slice(&sum.to_le_bytes());
+    out.resize(start + padded(len), 0);
+    len
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The unpadded length claimed by the header at `at`, checked against bounds
+/// but not against the checksum.
+pub fn claimed_len(data: &[u8], at: usize) -> Result<usize, DecodeError> {
+    let rest = data.get(at..).ok_or(DecodeError::Truncated)?;
+    if rest.len() < HEADER_LEN {
+        return if rest.iter().all(|&b| b == 0) { Err(DecodeError::End) } else { Err(DecodeError::Truncated) };
+    }
+    if rest[..16].iter().all(|&b| b == 0) {
+        return Err(DecodeError::End);
+    }
+    let len = u32_at(rest, 8) as usize;
+    if !(HEADER_LEN..=MAX_RECORD_LEN).contains(&len) {
+        return Err(DecodeError::Malformed);
+    }
+    if len > rest.len() {
+        return Err(DecodeError::Truncated);
+    }
+    Ok(len)
+}
+
+/// Decodes the record at `at`, returning it and its unpadded length.
+pub fn decode(data: &[u8], at: usize) -> Result<(Record<'_>, usize), DecodeError> {
+    let len = claimed_len(data, at)?;
+    let b = &data[at..at + len];
+    if u64_at(b, 0) != xxh3_64(&b[8..]) {
+        return Err(DecodeError::Checksum);
+    }
+    if b[13] != VERSION {
+        return Err(DecodeError::Malformed);
+    }
+    let key_len = u16_at(b, 14) as usize;
+    let lsn = u64_at(b, 16);
+    let time_ms = u64_at(b, 24) as i64;
+    let body = &b[HEADER_LEN..];
+    let body = match b[12] {
+        KIND_PUT => {
+            if body.len() < PUT_FIXED {
+                return Err(DecodeError::Malformed);
+            }
+            let url_len = u32_at(body, 36) as usize;
+            if body.len() != PUT_FIXED + key_len + url_len {
+                return Err(DecodeError::Malformed);
+            }
+            Body::Put(Put {
+                id: u64_at(body, 0),
+                created_ms: u64_at(body, 8) as i64,
+                expires_ms: u64_at(body, 16) as i64,
+                max_clicks: u64_at(body, 24),
+                redirect: u16_at(body, 32),
+                flags: body[34],
+                key: &body[PUT_FIXED..PUT_FIXED + key_len],
+                url: &body[PUT_FIXED + key_len..],
+            })
+        }
+        KIND_DELETE => {
+            if body.len() != key_len {
+                return Err(DecodeError::Malformed);
+            }
+            Body::Delete { key: body }
+        }
+        KIND_CLICKS => {
+            let count = u32_at(body.get(..4).ok_or(DecodeError::Malformed)?, 0) as usize;
+            let mut entries = Vec::with_capacity(count.min(body.len() / 10));
+            let mut at = 4;
+            for _ in 0..count {
+                let klen = u16_at(body.get(at..at + 2).ok_or(DecodeError::Malformed)?, 0) as usize;
+                let key = body.get(at + 2..at + 2 + klen).ok_or(DecodeError::Malformed)?;
+                let total = body.get(at + 2 + klen..at + 10 + klen).ok_or(DecodeError::Malformed)?;
+                entries.push((key, u64_at(total, 0)));
+                at += 10 + klen;
+            }
+            if at != body.len() {
+                return Err(DecodeError::Malformed);
+            }
+            Body::Clicks(entries)
+        }
+        KIND_IDEMPOTENCY => {
+            if body.len() < 10 {
+                return Err(DecodeError::Malformed);
+            }
+            let code_len = u16_at(body, 8) as usize;
+            if body.len() != 10 + key_len + code_len {
+                return Err(DecodeError::Malformed);
+            }
+            Body::Idempotency { body_hash: u64_at(body, 0), key: &body[10..10 + key_len], code: &body[10 + key_len..] }
+        }
+        _ => return Err(DecodeError::Malformed),
+    };
+    Ok((Record { lsn, time_ms, body }, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..max)
+    }
+
+    fn check(rec: Record<'_>) {
+        let mut buf = vec![];
+        let len = encode(&rec, &mut buf);
+        assert_eq!(buf.len() % ALIGN, 0);
+        let (back, back_len) = decode(&buf, 0).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(back_len, len);
+        for i in 0..len {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x10;
+            assert!(decode(&bad, 0).is_err(), "flip at {i} went unnoticed");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn put_round_trips(key in bytes(64), url in bytes(300), id: u64, c: i64, e: i64, m: u64, r: u16, f: u8, lsn: u64, t: i64) {
+            check(Record { lsn, time_ms: t, body: Body::Put(Put { key: &key, url: &url, id, created_ms: c, expires_ms: e, max_clicks: m, redirect: r, flags: f }) });
+        }
+
+        #[test]
+        fn clicks_round_trip(keys in proptest::collection::vec((bytes(64), any::<u64>()), 0..20), lsn: u64) {
+            let entries = keys.iter().map(|(k, n)| (k.as_slice(), *n)).collect();
+            check(Record { lsn, time_ms: 1, body: Body::Clicks(entries) });
+        }
+
+        #[test]
+        fn delete_and_idempotency_round_trip(key in bytes(64), code in bytes(64), h: u64, lsn: u64) {
+            check(Record { lsn, time_ms: 2, body: Body::Delete { key: &key } });
+            check(Record { lsn, time_ms: 3, body: Body::Idempotency { key: &key, body_hash: h, code: &code } });
+        }
+
+        #[test]
+        fn decoding_garbage_never_panics(data in bytes(200), at in 0usize..220) {
+            let _ = decode(&data, at);
+        }
+    }
+
+    #[test]
+    fn zeros_are_the_end() {
+        assert_eq!(decode(&[0u8; 64], 0).unwrap_err(), DecodeError::End);
+        assert_eq!(decode(&[0u8; 5], 0).unwrap_err(), DecodeError::End);
+    }
+}

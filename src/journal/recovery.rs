@@ -1,0 +1,330 @@
+//! Start-up: load the newest valid snapshot, then replay the log after it.
+//!
+//! Rules (also in docs/storage.md):
+//! - A torn or corrupt tail of the newest segment (a crash mid-write, garbage
+//!   after the last good record, preallocation zeros) is cut off: logged,
+//!   overwritten with zeros, and the store starts with every record before it.
+//! - Damage in any older segment stops the start with the file and offset,
+//!   unless `repair` is set; then every intact record is kept and each
+//!   skipped range is reported.
+//! - A snapshot that fails its checksum is reported and the next older one
+//!   (or a full replay) is used instead.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use compact_str::CompactString;
+use parking_lot::{Mutex, RwLock};
+
+use super::record::{self, Body, DecodeError, Record};
+use super::segment::{self, Segment, SEGMENT_HEADER_LEN};
+use super::snapshot::{self, Entry, Snapshot};
+use crate::code::CodeKey;
+use crate::store::{Idem, Loc, OpenError, Shared, StoreOptions, ALIAS_ID};
+
+pub const KEY_FILE: &str = "code.key";
+const LOCK_FILE: &str = "lock";
+
+/// What the writer needs to carry on where the log ends.
+pub struct Recovered {
+    pub shared: Arc<Shared>,
+    pub active: u32,
+    pub write_off: u64,
+    pub next_id: u64,
+    pub next_lsn: u64,
+    /// Bytes of records that the index points at, per segment.
+    pub live: HashMap<u32, u64>,
+    /// Records replayed after the snapshot.
+    pub replayed: u64,
+    _lock: Option<File>,
+}
+
+impl Recovered {
+    pub fn take_lock(&mut self) -> Option<File> {
+        self._lock.take()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io { path: path.to_path_buf(), source }
+}
+
+pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
+    let dir = &opts.dir;
+    if !opts.read_only {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    if !dir.is_dir() {
+        return Err(OpenError::Invalid(format!("data directory {} does not exist", dir.display())));
+    }
+    let lock = if opts.read_only { None } else { Some(lock_dir(dir)?) };
+    let key = load_or_create_key(dir, opts.read_only)?;
+    let shared = Arc::new(Shared {
+        dir: dir.clone(),
+        key,
+        index: Default::default(),
+        clicks: Default::default(),
+        dirty_clicks: Mutex::new(HashSet::new()),
+        idem: Default::default(),
+        segments: RwLock::new(BTreeMap::new()),
+        poisoned: RwLock::new(None),
+        live_links: AtomicU64::new(0),
+    });
+
+    let mut numbers: Vec<u32> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok()?.file_name().to_str().and_then(segment::segment_number))
+        .collect();
+    numbers.sort_unstable();
+    let mut segs = BTreeMap::new();
+    for &n in &numbers {
+        let seg = Segment::open(dir, n).map_err(|e| OpenError::Damaged {
+            file: segment::segment_path(dir, n),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
+        segs.insert(n, Arc::new(seg));
+    }
+
+    let mut state = Replay { shared: &shared, live: HashMap::new(), next_id: 0, next_lsn: 1, replayed: 0 };
+    let mut start = Loc { seg: 0, off: 0 };
+    for path in snapshot::list(dir).map_err(io_err(dir))? {
+        match Snapshot::read(&path) {
+            Ok(snap) => {
+                match state.load_snapshot(&snap, &segs, opts.repair) {
+                    Ok(()) => {
+                        tracing::info!(file = %path.display(), "loaded snapshot");
+                        start = Loc { seg: snap.meta.replay_seg, off: snap.meta.replay_off as u32 };
+                        break;
+                    }
+                    Err(e) if opts.repair => {
+                        tracing::warn!(file = %path.display(), error = %e, "snapshot unusable; trying an older one");
+                        state.reset();
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "snapshot fails its check; trying an older one"),
+        }
+    }
+    if start.seg == 0 {
+        if let Some(&first) = numbers.first() {
+            if first != 1 && !opts.repair {
+                return Err(OpenError::Invalid(format!(
+                    "no usable snapshot and the log starts at segment {first}: earlier segments are gone; start with --repair to load what is left"
+                )));
+            }
+        }
+    }
+
+    let newest = numbers.last().copied();
+    let mut write_off = SEGMENT_HEADER_LEN as u64;
+    *shared.segments.write() = segs.clone();
+    for (&n, seg) in segs.range(start.seg..) {
+        let from = if n == start.seg { (start.off as usize).max(SEGMENT_HEADER_LEN) } else { SEGMENT_HEADER_LEN };
+        let end = state.replay_segment(seg, from, Some(n) == newest, opts)?;
+        if Some(n) == newest {
+            write_off = end as u64;
+        }
+    }
+    let (next_id, next_lsn, live, replayed) = (state.next_id, state.next_lsn, state.live, state.replayed);
+    Ok(Recovered { active: newest.unwrap_or(0), write_off, next_id, next_lsn, live, replayed, shared, _lock: lock })
+}
+
+struct Replay<'a> {
+    shared: &'a Shared,
+    live: HashMap<u32, u64>,
+    next_id: u64,
+    next_lsn: u64,
+    replayed: u64,
+}
+
+impl Replay<'_> {
+    fn reset(&mut self) {
+        self.shared.index.clear();
+        self.shared.clicks.clear();
+        self.shared.idem.clear();
+        self.live.clear();
+        self.next_id = 0;
+        self.next_lsn = 1;
+    }
+
+    fn load_snapshot(&mut self, snap: &Snapshot, segs: &BTreeMap<u32, Arc<Segment>>, repair: bool) -> Result<(), OpenError> {
+        let mut missing = HashSet::new();
+        snap.for_each(|e| match e {
+            Entry::Loc { key, seg, off } => {
+                if !segs.contains_key(&seg) {
+                    missing.insert(seg);
+                    if !repair {
+                        return;
+                    }
+                }
+                self.shared.index.insert(CompactString::from_utf8_lossy(key), Loc { seg, off });
+            }
+            Entry::Clicks { key, total } => {
+                self.shared.clicks.insert(CompactString::from_utf8_lossy(key), AtomicU64::new(total));
+            }
+            Entry::Idem { key, body_hash, at_ms, code } => {
+                let idem = Idem { code: CompactString::from_utf8_lossy(code), body_hash, at_ms };
+                self.shared.idem.insert(CompactString::from_utf8_lossy(key), idem);
+            }
+            Entry::Live { seg, bytes } => {
+                self.live.insert(seg, bytes);
+            }
+        })
+        .map_err(|e| OpenError::Invalid(format!("snapshot: {e}")))?;
+        if !missing.is_empty() {
+            let msg = format!("snapshot points into missing segments {missing:?}");
+            if repair {
+                tracing::warn!("{msg}; dropping those links (--repair)");
+                self.shared.index.retain(|_, l| !missing.contains(&l.seg));
+            } else {
+                return Err(OpenError::Invalid(format!("{msg}; start with --repair to drop those links")));
+            }
+        }
+        self.next_id = snap.meta.next_id;
+        self.next_lsn = snap.meta.next_lsn;
+        Ok(())
+    }
+
+    /// Replays one segment from `from`; returns where its data ends.
+    fn replay_segment(&mut self, seg: &Segment, from: usize, newest: bool, opts: &StoreOptions) -> Result<usize, OpenError> {
+        let data = seg.bytes();
+        let mut at = from;
+        loop {
+            let problem = match record::decode(data, at) {
+                Ok((rec, len)) => {
+                    self.apply(&rec, Loc { seg: seg.number, off: at as u32 }, record::padded(len) as u64);
+                    at += record::padded(len);
+                    continue;
+                }
+                Err(DecodeError::End) => match data[at.min(data.len())..].iter().position(|&b| b != 0) {
+                    None => return Ok(at),
+                    Some(_) => "data after the end of the log".to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if newest && !opts.read_only {
+                let cut = data.len() - at;
+                tracing::warn!(file = %seg.path.display(), offset = at, bytes = cut, reason = %problem, "cutting off a torn or corrupt tail");
+                zero_tail(&seg.path, at as u64, data.len() as u64).map_err(io_err(&seg.path))?;
+                return Ok(at);
+            }
+            if newest {
+                return Ok(at);
+            }
+            if !opts.repair {
+                return Err(OpenError::Damaged { file: seg.path.clone(), offset: at as u64, reason: problem });
+            }
+            let resume = (at + record::ALIGN..data.len()).step_by(record::ALIGN).find(|&o| record::decode(data, o).is_ok());
+            let to = resume.unwrap_or(data.len());
+            tracing::warn!(file = %seg.path.display(), from = at, to, reason = %problem, "repair: skipping a damaged range");
+            match resume {
+                Some(o) => at = o,
+                None => return Ok(at),
+            }
+        }
+    }
+
+    fn apply(&mut self, rec: &Record<'_>, loc: Loc, len: u64) {
+        self.replayed += 1;
+        self.next_lsn = self.next_lsn.max(rec.lsn + 1);
+        let key = match &rec.body {
+            Body::Put(p) => {
+                if p.id != ALIAS_ID {
+                    self.next_id = self.next_id.max(p.id + 1);
+                }
+                p.key
+            }
+            Body::Delete { key } => key,
+            Body::Clicks(entries) => {
+                for (key, total) in entries {
+                    let key = CompactString::from_utf8_lossy(key);
+                    let c = self.shared.clicks.entry(key).or_default();
+                    c.fetch_max(*total, Ordering::Relaxed);
+                }
+                return;
+            }
+            Body::Idempotency { key, body_hash, code } => {
+                let idem = Idem { code: CompactString::from_utf8_lossy(code), body_hash: *body_hash, at_ms: rec.time_ms };
+                self.shared.idem.insert(CompactString::from_utf8_lossy(key), idem);
+                return;
+            }
+        };
+        let key = CompactString::from_utf8_lossy(key);
+        let old = self.shared.index.get(key.as_str()).map(|l| *l);
+        if old.is_some_and(|o| o >= loc) {
+            return;
+        }
+        self.shared.index.insert(key, loc);
+        *self.live.entry(loc.seg).or_default() += len;
+        if let Some(old) = old {
+            if let Some(old_len) = record_len_at(&self.shared.segments, old) {
+                let l = self.live.entry(old.seg).or_default();
+                *l = l.saturating_sub(old_len);
+            }
+        }
+    }
+}
+
+/// Padded length of the record at `loc`, read from its header.
+pub fn record_len_at(segments: &RwLock<BTreeMap<u32, Arc<Segment>>>, loc: Loc) -> Option<u64> {
+    let segs = segments.read();
+    let seg = segs.get(&loc.seg)?;
+    record::claimed_len(seg.bytes(), loc.off as usize).ok().map(|l| record::padded(l) as u64)
+}
+
+fn zero_tail(path: &Path, from: u64, to: u64) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_data()
+}
+
+fn lock_dir(dir: &Path) -> Result<File, OpenError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        OpenError::Invalid(format!("data directory {} is in use by another shortd process", dir.display()))
+    })?;
+    Ok(file)
+}
+
+/// The permutation key: 48 random bytes followed by their xxh3 checksum.
+fn load_or_create_key(dir: &Path, read_only: bool) -> Result<CodeKey, OpenError> {
+    let path = dir.join(KEY_FILE);
+    let mut bytes = [0u8; CodeKey::BYTES + 8];
+    match File::open(&path) {
+        Ok(mut f) => {
+            let n = f.read(&mut bytes).map_err(io_err(&path))?;
+            let sum = u64::from_le_bytes(bytes[CodeKey::BYTES..].try_into().expect("8 bytes"));
+            if n != bytes.len() || sum != xxhash_rust::xxh3::xxh3_64(&bytes[..CodeKey::BYTES]) {
+                return Err(OpenError::Invalid(format!("{} is damaged (checksum mismatch); restore it from a backup", path.display())));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !read_only => {
+            getrandom::getrandom(&mut bytes[..CodeKey::BYTES]).map_err(|e| OpenError::Invalid(format!("no randomness for the code key: {e}")))?;
+            let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..CodeKey::BYTES]);
+            bytes[CodeKey::BYTES..].copy_from_slice(&sum.to_le_bytes());
+            let tmp = path.with_extension("tmp");
+            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+            f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            segment::sync_dir(dir).map_err(io_err(dir))?;
+        }
+        Err(e) => return Err(OpenError::Io { path, source: e }),
+    }
+    let mut k = [0u8; CodeKey::BYTES];
+    k.copy_from_slice(&bytes[..CodeKey::BYTES]);
+    Ok(CodeKey::from_bytes(k))
+}

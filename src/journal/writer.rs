@@ -1,0 +1,680 @@
+//! The single writer: group commit, segment rolling, snapshots, compaction.
+//!
+//! All changes arrive over one channel. The writer takes every command that
+//! is waiting (up to `MAX_BATCH`), checks each against the current state plus
+//! the changes earlier in the same batch, encodes the records into one
+//! buffer, writes it with one `pwrite`, syncs once (`always`), applies the
+//! batch to the index and answers. A failed write or `fdatasync` poisons the
+//! writer: it refuses every later write until restart, because after a
+//! failed fsync the kernel may have dropped the dirty pages (fsyncgate).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use compact_str::CompactString;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tokio::sync::oneshot;
+
+use super::record::{self, Body, Put, Record};
+use super::recovery::{self, Recovered};
+use super::segment::{self, Segment, SEGMENT_HEADER_LEN};
+use super::snapshot::{SnapshotMeta, SnapshotWriter};
+use crate::code::CODE_SPACE;
+use crate::config::Durability;
+use crate::metrics as m;
+use crate::store::{Created, Idem, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS};
+
+const MAX_BATCH: usize = 1024;
+const CLICKS_PER_RECORD: usize = 256;
+const COMPACT_CHUNK: usize = 2048;
+const TICK: Duration = Duration::from_millis(100);
+const IDEM_PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+pub enum Command {
+    Create { new: NewLink, reply: oneshot::Sender<Result<Created, WriteError>> },
+    Update { code: CompactString, patch: Patch, reply: oneshot::Sender<Result<Link, WriteError>> },
+    Delete { code: CompactString, reply: oneshot::Sender<Result<(), WriteError>> },
+    Clicks(Vec<(CompactString, u64)>),
+    Sync { reply: oneshot::Sender<Result<(), WriteError>> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+enum Reply {
+    Created(oneshot::Sender<Result<Created, WriteError>>, Result<Created, WriteError>),
+    Updated(oneshot::Sender<Result<Link, WriteError>>, Result<Link, WriteError>),
+    Deleted(oneshot::Sender<Result<(), WriteError>>, Result<(), WriteError>),
+}
+
+impl Reply {
+    fn send(self, failure: Option<&WriteError>) {
+        match (self, failure) {
+            (Reply::Created(tx, r), f) => drop(tx.send(f.map_or(r, |e| Err(e.clone())))),
+            (Reply::Updated(tx, r), f) => drop(tx.send(f.map_or(r, |e| Err(e.clone())))),
+            (Reply::Deleted(tx, r), f) => drop(tx.send(f.map_or(r, |e| Err(e.clone())))),
+        }
+    }
+}
+
+/// A change to shared state that waits until its records are durable.
+enum Effect {
+    SetLoc { key: CompactString, loc: Loc, len: u64 },
+    Idem { key: CompactString, idem: Idem },
+    LiveLinks(i64),
+}
+
+struct SnapshotJob {
+    meta: SnapshotMeta,
+    started: Instant,
+    handle: JoinHandle<io::Result<std::path::PathBuf>>,
+}
+
+pub struct Writer {
+    opts: StoreOptions,
+    shared: Arc<Shared>,
+    file: Option<File>,
+    active: u32,
+    /// Where `buf` will be written in the active segment.
+    buf_off: u64,
+    buf: Vec<u8>,
+    next_id: u64,
+    next_lsn: u64,
+    live: HashMap<u32, u64>,
+    sealed_len: HashMap<u32, u64>,
+    dirty: bool,
+    last_sync: Instant,
+    since_snapshot: u64,
+    last_snapshot: Instant,
+    snapshot: Option<SnapshotJob>,
+    compacting: Option<(Arc<Segment>, usize)>,
+    drained: Vec<(u32, u64)>,
+    last_idem_prune: Instant,
+    // Changes earlier in the current batch, seen by later commands in it.
+    pending: HashMap<CompactString, Option<Link>>,
+    pending_idem: HashMap<CompactString, (CompactString, u64)>,
+    effects: Vec<Effect>,
+    replies: Vec<Reply>,
+    sync_replies: Vec<oneshot::Sender<Result<(), WriteError>>>,
+    _lock: Option<File>,
+    _tx: Sender<Command>,
+}
+
+fn now_ms() -> i64 {
+    crate::clock::now_ms()
+}
+
+impl Writer {
+    pub fn new(opts: StoreOptions, mut rec: Recovered, tx: Sender<Command>) -> Writer {
+        let lock = rec.take_lock();
+        let mut w = Writer {
+            shared: rec.shared.clone(),
+            file: None,
+            active: rec.active,
+            buf_off: rec.write_off,
+            buf: Vec::with_capacity(1 << 20),
+            next_id: rec.next_id,
+            next_lsn: rec.next_lsn,
+            live: rec.live,
+            sealed_len: HashMap::new(),
+            dirty: false,
+            last_sync: Instant::now(),
+            since_snapshot: rec.replayed,
+            last_snapshot: Instant::now(),
+            snapshot: None,
+            compacting: None,
+            drained: Vec::new(),
+            last_idem_prune: Instant::now(),
+            pending: HashMap::new(),
+            pending_idem: HashMap::new(),
+            effects: Vec::new(),
+            replies: Vec::new(),
+            sync_replies: Vec::new(),
+            _lock: lock,
+            _tx: tx,
+            opts,
+        };
+        for (&n, seg) in w.shared.segments.read().iter() {
+            if n != w.active {
+                w.sealed_len.insert(n, seg.len() as u64);
+            }
+        }
+        let opened = if w.active == 0 {
+            w.roll()
+        } else {
+            OpenOptions::new().write(true).open(segment::segment_path(&w.opts.dir, w.active)).map(|f| w.file = Some(f)).map_err(|e| WriteError::Unavailable(e.to_string()))
+        };
+        if let Err(e) = opened {
+            w.poison(format!("cannot open the log for writing: {e}"));
+        }
+        w
+    }
+
+    fn poison(&mut self, reason: String) {
+        tracing::error!(%reason, "store refuses writes until restart");
+        *self.shared.poisoned.write() = Some(reason);
+    }
+
+    fn refusal(&self) -> Option<WriteError> {
+        self.shared.poisoned.read().as_ref().map(|r| WriteError::Unavailable(r.clone()))
+    }
+
+    pub fn run(mut self, rx: Receiver<Command>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let busy = self.compacting.is_some();
+            let first = if busy { rx.try_recv().map_err(|_| RecvTimeoutError::Timeout) } else { rx.recv_timeout(TICK) };
+            match first {
+                Ok(cmd) => {
+                    batch.push(cmd);
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(cmd) => batch.push(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let mut shutdown = None;
+            for cmd in batch.drain(..) {
+                match cmd {
+                    Command::Shutdown { reply } => shutdown = Some(reply),
+                    cmd => self.handle(cmd),
+                }
+            }
+            self.commit(false);
+            if let Some(reply) = shutdown {
+                self.shutdown();
+                let _ = reply.send(());
+                return;
+            }
+            self.housekeeping();
+        }
+        self.shutdown();
+    }
+
+    fn state(&self, code: &str) -> Lookup {
+        match self.pending.get(code) {
+            Some(Some(link)) => Lookup::Live(link.clone()),
+            Some(None) => Lookup::Deleted,
+            None => self.shared.lookup(code),
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Create { new, reply } => {
+                let r = self.create(new);
+                self.replies.push(Reply::Created(reply, r));
+            }
+            Command::Update { code, patch, reply } => {
+                let r = self.update(code, patch);
+                self.replies.push(Reply::Updated(reply, r));
+            }
+            Command::Delete { code, reply } => {
+                let r = self.delete(code);
+                self.replies.push(Reply::Deleted(reply, r));
+            }
+            Command::Clicks(totals) => {
+                for chunk in totals.chunks(CLICKS_PER_RECORD) {
+                    let entries = chunk.iter().map(|(k, n)| (k.as_bytes(), *n)).collect();
+                    let rec = Record { lsn: 0, time_ms: now_ms(), body: Body::Clicks(entries) };
+                    if let Err(e) = self.append(rec) {
+                        tracing::warn!(error = %e, "click totals not logged");
+                    }
+                }
+            }
+            Command::Sync { reply } => self.sync_replies.push(reply),
+            Command::Shutdown { .. } => unreachable!("handled by run"),
+        }
+    }
+
+    fn create(&mut self, new: NewLink) -> Result<Created, WriteError> {
+        if let Some(e) = self.refusal() {
+            return Err(e);
+        }
+        if let Some((ikey, hash)) = &new.idempotency {
+            let earlier = self.pending_idem.get(ikey.as_str()).cloned().or_else(|| {
+                let i = self.shared.idem.get(ikey.as_str())?;
+                (i.at_ms + IDEMPOTENCY_WINDOW_MS > now_ms()).then(|| (i.code.clone(), i.body_hash))
+            });
+            if let Some((code, earlier_hash)) = earlier {
+                if earlier_hash != *hash {
+                    return Err(WriteError::IdempotencyMismatch);
+                }
+                return match self.state(&code) {
+                    Lookup::Live(mut link) => {
+                        link.clicks = self.shared.clicks.get(code.as_str()).map_or(0, |c| c.load(Ordering::Relaxed));
+                        Ok(Created { link, replayed: true })
+                    }
+                    Lookup::Deleted => Err(WriteError::Gone),
+                    Lookup::Missing => Err(WriteError::NotFound),
+                };
+            }
+        }
+        let (code, id) = match &new.alias {
+            Some(alias) => {
+                if !matches!(self.state(alias), Lookup::Missing) {
+                    return Err(WriteError::Taken);
+                }
+                (CompactString::from(alias.as_str()), ALIAS_ID)
+            }
+            None => loop {
+                let id = self.next_id;
+                if id >= CODE_SPACE {
+                    return Err(WriteError::Exhausted);
+                }
+                self.next_id += 1;
+                let code = self.shared.key.encode(id).expect("id is inside the code space");
+                let code = CompactString::from_utf8_lossy(&code);
+                if matches!(self.state(&code), Lookup::Missing) {
+                    break (code, id);
+                }
+            },
+        };
+        let link = Link {
+            code: code.clone(),
+            url: new.url,
+            id,
+            created_ms: now_ms(),
+            expires_ms: new.expires_ms,
+            max_clicks: new.max_clicks,
+            redirect: new.redirect,
+            disabled: new.disabled,
+            clicks: 0,
+        };
+        self.put(&link)?;
+        self.effects.push(Effect::LiveLinks(1));
+        if let Some((ikey, hash)) = new.idempotency {
+            let at = now_ms();
+            let rec = Record { lsn: 0, time_ms: at, body: Body::Idempotency { key: ikey.as_bytes(), body_hash: hash, code: code.as_bytes() } };
+            self.append(rec)?;
+            let key = CompactString::from(ikey);
+            self.pending_idem.insert(key.clone(), (code.clone(), hash));
+            self.effects.push(Effect::Idem { key, idem: Idem { code, body_hash: hash, at_ms: at } });
+        }
+        Ok(Created { link, replayed: false })
+    }
+
+    fn put(&mut self, link: &Link) -> Result<(), WriteError> {
+        let flags = if link.disabled { record::FLAG_DISABLED } else { 0 };
+        let body = Body::Put(Put {
+            key: link.code.as_bytes(),
+            url: link.url.as_bytes(),
+            id: link.id,
+            created_ms: link.created_ms,
+            expires_ms: link.expires_ms,
+            max_clicks: link.max_clicks,
+            redirect: link.redirect,
+            flags,
+        });
+        let (loc, len) = self.append(Record { lsn: 0, time_ms: now_ms(), body })?;
+        self.pending.insert(link.code.clone(), Some(link.clone()));
+        self.effects.push(Effect::SetLoc { key: link.code.clone(), loc, len });
+        Ok(())
+    }
+
+    fn update(&mut self, code: CompactString, patch: Patch) -> Result<Link, WriteError> {
+        if let Some(e) = self.refusal() {
+            return Err(e);
+        }
+        let mut link = match self.state(&code) {
+            Lookup::Live(link) => link,
+            Lookup::Deleted => return Err(WriteError::Gone),
+            Lookup::Missing => return Err(WriteError::NotFound),
+        };
+        if patch.is_empty() {
+            return Ok(link);
+        }
+        if let Some(url) = patch.url {
+            link.url = url;
+        }
+        if let Some(e) = patch.expires_ms {
+            link.expires_ms = e;
+        }
+        if let Some(m) = patch.max_clicks {
+            link.max_clicks = m;
+        }
+        if let Some(r) = patch.redirect {
+            link.redirect = r;
+        }
+        if let Some(d) = patch.disabled {
+            link.disabled = d;
+        }
+        self.put(&link)?;
+        link.clicks = self.shared.clicks.get(code.as_str()).map_or(0, |c| c.load(Ordering::Relaxed));
+        Ok(link)
+    }
+
+    fn delete(&mut self, code: CompactString) -> Result<(), WriteError> {
+        if let Some(e) = self.refusal() {
+            return Err(e);
+        }
+        match self.state(&code) {
+            Lookup::Missing => return Err(WriteError::NotFound),
+            Lookup::Deleted => return Ok(()),
+            Lookup::Live(_) => {}
+        }
+        let (loc, len) = self.append(Record { lsn: 0, time_ms: now_ms(), body: Body::Delete { key: code.as_bytes() } })?;
+        self.pending.insert(code.clone(), None);
+        self.effects.push(Effect::SetLoc { key: code, loc, len });
+        self.effects.push(Effect::LiveLinks(-1));
+        Ok(())
+    }
+
+    /// Encodes a record into the batch buffer, rolling to a new segment when
+    /// the active one is full. Returns where it will lie and its padded size.
+    fn append(&mut self, mut rec: Record<'_>) -> Result<(Loc, u64), WriteError> {
+        if let Some(e) = self.refusal() {
+            return Err(e);
+        }
+        rec.lsn = self.next_lsn;
+        self.next_lsn += 1;
+        let mut start = self.buf.len();
+        record::encode(&rec, &mut self.buf);
+        let size = (self.buf.len() - start) as u64;
+        if self.buf_off + self.buf.len() as u64 > self.opts.segment_bytes {
+            let tail = self.buf.split_off(start);
+            self.flush_buf()?;
+            self.roll()?;
+            self.buf = tail;
+            start = 0;
+        }
+        self.since_snapshot += 1;
+        Ok((Loc { seg: self.active, off: (self.buf_off + start as u64) as u32 }, size))
+    }
+
+    fn flush_buf(&mut self) -> Result<(), WriteError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let Some(file) = &self.file else {
+            self.buf.clear();
+            return Err(WriteError::Unavailable("no writable segment".into()));
+        };
+        let written = file.write_all_at(&self.buf, self.buf_off);
+        let n = self.buf.len() as u64;
+        self.buf.clear();
+        match written {
+            Ok(()) => {
+                self.buf_off += n;
+                self.dirty = true;
+                m::store_appended(n);
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("write to segment {} failed: {e}", self.active);
+                self.poison(reason.clone());
+                Err(WriteError::Unavailable(reason))
+            }
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), WriteError> {
+        let Some(file) = &self.file else { return Ok(()) };
+        if !self.dirty {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let r = file.sync_data();
+        m::fsync_seconds(started.elapsed());
+        self.last_sync = Instant::now();
+        match r {
+            Ok(()) => {
+                self.dirty = false;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("fdatasync of segment {} failed: {e}", self.active);
+                self.poison(reason.clone());
+                Err(WriteError::Unavailable(reason))
+            }
+        }
+    }
+
+    fn roll(&mut self) -> Result<(), WriteError> {
+        if self.opts.durability != Durability::Never {
+            self.sync()?;
+        }
+        let next = self.active + 1;
+        let (seg, file) = Segment::create(&self.opts.dir, next, self.opts.segment_bytes).map_err(|e| {
+            self.buf.clear();
+            if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+                WriteError::DiskFull(format!("cannot create segment {next}: {e}"))
+            } else {
+                WriteError::Unavailable(format!("cannot create segment {next}: {e}"))
+            }
+        })?;
+        if self.active != 0 {
+            self.sealed_len.insert(self.active, self.buf_off);
+        }
+        self.shared.segments.write().insert(next, Arc::new(seg));
+        self.file = Some(file);
+        self.active = next;
+        self.buf_off = SEGMENT_HEADER_LEN as u64;
+        self.dirty = false;
+        m::segments(self.shared.segments.read().len());
+        Ok(())
+    }
+
+    /// Writes the batch, syncs it as durability asks, applies it, answers.
+    fn commit(&mut self, force_sync: bool) {
+        let batch = self.replies.len();
+        let mut failure = self.flush_buf().err();
+        let must_sync = force_sync || !self.sync_replies.is_empty() || (self.opts.durability == Durability::Always && self.dirty);
+        if failure.is_none() && must_sync {
+            failure = self.sync().err();
+        }
+        if failure.is_none() {
+            for effect in std::mem::take(&mut self.effects) {
+                self.apply(effect);
+            }
+        } else {
+            self.effects.clear();
+        }
+        self.pending.clear();
+        self.pending_idem.clear();
+        for reply in self.replies.drain(..) {
+            reply.send(failure.as_ref());
+        }
+        for reply in self.sync_replies.drain(..) {
+            let _ = reply.send(failure.clone().map_or(Ok(()), Err));
+        }
+        if batch > 0 {
+            m::commit_batch(batch);
+        }
+    }
+
+    fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::SetLoc { key, loc, len } => {
+                *self.live.entry(loc.seg).or_default() += len;
+                if let Some(old) = self.shared.index.insert(key, loc) {
+                    if let Some(old_len) = recovery::record_len_at(&self.shared.segments, old) {
+                        let l = self.live.entry(old.seg).or_default();
+                        *l = l.saturating_sub(old_len);
+                    }
+                }
+            }
+            Effect::Idem { key, idem } => {
+                self.shared.idem.insert(key, idem);
+            }
+            Effect::LiveLinks(d) => {
+                if d >= 0 {
+                    self.shared.live_links.fetch_add(d as u64, Ordering::Relaxed);
+                } else {
+                    self.shared.live_links.fetch_sub(d.unsigned_abs(), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        if self.opts.durability == Durability::Interval && self.dirty && self.last_sync.elapsed() >= self.opts.fsync_interval {
+            let _ = self.sync();
+        }
+        if let Some(job) = &self.snapshot {
+            if job.handle.is_finished() {
+                let job = self.snapshot.take().expect("checked above");
+                self.snapshot_done(job);
+            }
+        }
+        let due = self.since_snapshot >= self.opts.snapshot_records
+            || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= self.opts.snapshot_interval)
+            || self.drained.iter().any(|&(_, lsn)| lsn <= self.next_lsn) && self.last_snapshot.elapsed() >= TICK;
+        if due && self.snapshot.is_none() && self.refusal().is_none() {
+            self.start_snapshot();
+        }
+        if self.last_idem_prune.elapsed() >= IDEM_PRUNE_EVERY {
+            let cutoff = now_ms() - IDEMPOTENCY_WINDOW_MS;
+            self.shared.idem.retain(|_, i| i.at_ms > cutoff);
+            self.last_idem_prune = Instant::now();
+        }
+        self.compact_step();
+    }
+
+    fn start_snapshot(&mut self) {
+        if self.sync().is_err() {
+            return;
+        }
+        let meta = SnapshotMeta {
+            replay_seg: self.active,
+            replay_off: self.buf_off,
+            next_id: self.next_id,
+            next_lsn: self.next_lsn,
+            created_ms: now_ms(),
+        };
+        let live: Vec<(u32, u64)> = self.live.iter().map(|(&s, &b)| (s, b)).collect();
+        let shared = self.shared.clone();
+        let dir = self.opts.dir.clone();
+        let handle = std::thread::Builder::new().name("shortd-snapshot".into()).spawn(move || write_snapshot(&shared, &dir, &meta, &live));
+        match handle {
+            Ok(handle) => {
+                self.snapshot = Some(SnapshotJob { meta, started: Instant::now(), handle });
+                self.since_snapshot = 0;
+                self.last_snapshot = Instant::now();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot start a snapshot thread"),
+        }
+    }
+
+    fn snapshot_done(&mut self, job: SnapshotJob) {
+        match job.handle.join() {
+            Ok(Ok(path)) => {
+                m::snapshot_seconds(job.started.elapsed());
+                tracing::info!(file = %path.display(), seconds = job.started.elapsed().as_secs_f64(), "snapshot written");
+                if let Ok(all) = super::snapshot::list(&self.opts.dir) {
+                    for old in all.into_iter().filter(|p| *p != path) {
+                        let _ = std::fs::remove_file(old);
+                    }
+                }
+                let covered = job.meta.next_lsn;
+                let (gone, keep): (Vec<_>, Vec<_>) = self.drained.iter().partition(|&&(_, lsn)| lsn <= covered);
+                self.drained = keep;
+                for (seg, _) in gone {
+                    self.shared.segments.write().remove(&seg);
+                    self.live.remove(&seg);
+                    self.sealed_len.remove(&seg);
+                    match std::fs::remove_file(segment::segment_path(&self.opts.dir, seg)) {
+                        Ok(()) => tracing::info!(segment = seg, "compacted segment removed"),
+                        Err(e) => tracing::warn!(segment = seg, error = %e, "cannot remove a compacted segment"),
+                    }
+                }
+                m::segments(self.shared.segments.read().len());
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "snapshot failed; the log still holds everything"),
+            Err(_) => tracing::error!("snapshot thread panicked"),
+        }
+    }
+
+    fn compact_step(&mut self) {
+        if self.refusal().is_some() {
+            return;
+        }
+        if self.compacting.is_none() {
+            let candidate = self.sealed_len.iter().filter(|(s, _)| !self.drained.iter().any(|(d, _)| d == *s)).find(|(s, &total)| {
+                let data = total.saturating_sub(SEGMENT_HEADER_LEN as u64).max(1);
+                let live = self.live.get(s).copied().unwrap_or(0);
+                1.0 - live as f64 / data as f64 >= self.opts.compact_ratio
+            });
+            let Some((&seg, _)) = candidate else { return };
+            let Some(seg) = self.shared.segment(seg) else { return };
+            tracing::info!(segment = seg.number, "compacting");
+            self.compacting = Some((seg, SEGMENT_HEADER_LEN));
+        }
+        let Some((seg, mut at)) = self.compacting.take() else { return };
+        let started = Instant::now();
+        let mut done = false;
+        for _ in 0..COMPACT_CHUNK {
+            let Ok((rec, len)) = record::decode(seg.bytes(), at) else {
+                done = true;
+                break;
+            };
+            let here = Loc { seg: seg.number, off: at as u32 };
+            at += record::padded(len);
+            let key = match &rec.body {
+                Body::Put(p) => p.key,
+                Body::Delete { key } => key,
+                _ => continue,
+            };
+            let key = CompactString::from_utf8_lossy(key);
+            if self.shared.index.get(key.as_str()).is_some_and(|l| *l == here) {
+                let copy = Record { lsn: 0, time_ms: rec.time_ms, body: rec.body.clone() };
+                match self.append(copy) {
+                    Ok((loc, len)) => self.effects.push(Effect::SetLoc { key, loc, len }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "compaction stopped");
+                        self.effects.clear();
+                        self.buf.clear();
+                        return;
+                    }
+                }
+            }
+        }
+        self.commit(true);
+        m::compaction_seconds(started.elapsed());
+        if done {
+            tracing::info!(segment = seg.number, "segment drained; removed after the next snapshot");
+            self.drained.push((seg.number, self.next_lsn));
+        } else {
+            self.compacting = Some((seg, at));
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.commit(true);
+        if let Some(job) = self.snapshot.take() {
+            let _ = job.handle.join();
+        }
+        if self.since_snapshot > 0 && self.refusal().is_none() {
+            self.start_snapshot();
+            if let Some(job) = self.snapshot.take() {
+                self.snapshot_done(job);
+            }
+        }
+    }
+}
+
+fn write_snapshot(shared: &Shared, dir: &std::path::Path, meta: &SnapshotMeta, live: &[(u32, u64)]) -> io::Result<std::path::PathBuf> {
+    let mut w = SnapshotWriter::create(dir, meta)?;
+    for e in shared.index.iter() {
+        w.loc(e.key().as_bytes(), e.value().seg, e.value().off)?;
+    }
+    for e in shared.clicks.iter() {
+        w.clicks(e.key().as_bytes(), e.value().load(Ordering::Relaxed))?;
+    }
+    let cutoff = now_ms() - IDEMPOTENCY_WINDOW_MS;
+    for e in shared.idem.iter().filter(|e| e.value().at_ms > cutoff) {
+        w.idem(e.key().as_bytes(), e.value().body_hash, e.value().at_ms, e.value().code.as_bytes())?;
+    }
+    for &(seg, bytes) in live {
+        w.live(seg, bytes)?;
+    }
+    w.finish()
+}

@@ -1,0 +1,31 @@
+//! shortd: a URL shortener built as a key-value redirect server.
+//!
+//! How a request flows:
+//! - `http::server` accepts on one `SO_REUSEPORT` listener per worker thread
+//!   and runs hyper's HTTP/1.1 connection loop; `http::router` maps the path.
+//! - `GET /{code}` goes to `http::redirect`: `cache` (sharded, TTL with
+//!   jitter, coalesced loads) -> on a miss `store` (in-memory index over the
+//!   memory-mapped `journal`) -> a 30x with a prebuilt `Location`. Each
+//!   click lands in the worker's buffer in `clicks` and reaches the store
+//!   through one aggregator thread, which also feeds `hot` (heavy hitters).
+//! - `/api/v1/...` goes to `http::api`, which validates input (`code` for
+//!   aliases, `target` for URLs) and sends changes to the store's single
+//!   writer thread (`journal::writer`: group commit, snapshots, compaction).
+//! - `metrics` names every metric and renders `/metrics`; `config` holds
+//!   every setting; `cli` has the offline commands (export, import, check).
+
+pub mod cache;
+pub mod cli;
+pub mod clicks;
+pub mod clock;
+pub mod code;
+pub mod config;
+pub mod hot;
+pub mod http;
+pub mod journal;
+pub mod metrics;
+pub mod store;
+pub mod target;
+
+pub use config::{Cli, Command, Config};
+pub use http::server::Server;

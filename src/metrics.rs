@@ -1,0 +1,257 @@
+//! Every metric shortd exports, named once, and the `/metrics` renderer.
+//!
+//! Most metrics go through the `metrics` crate and its Prometheus exporter.
+//! The redirect path is the exception: each worker thread owns a cache-line
+//! aligned block of plain atomic counters that only it writes, so counting a
+//! redirect touches no line another core writes. A scrape folds the blocks
+//! into the exporter (`absolute`) and renders the redirect latency histogram
+//! itself, since the exporter's histograms record one sample at a time
+//! through a shared queue.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use parking_lot::Mutex;
+
+pub const HTTP_REQUESTS: &str = "shortd_http_requests_total";
+pub const REDIRECT_SECONDS: &str = "shortd_redirect_duration_seconds";
+pub const CACHE_HITS: &str = "shortd_cache_hits_total";
+pub const CACHE_MISSES: &str = "shortd_cache_misses_total";
+pub const CACHE_COALESCED: &str = "shortd_cache_coalesced_waits_total";
+pub const CACHE_EVICTIONS: &str = "shortd_cache_evictions_total";
+pub const CACHE_ENTRIES: &str = "shortd_cache_entries";
+pub const CACHE_BYTES: &str = "shortd_cache_bytes";
+pub const STORE_APPENDED: &str = "shortd_store_appended_bytes_total";
+pub const STORE_COMMITS: &str = "shortd_store_commits_total";
+pub const STORE_BATCH: &str = "shortd_store_commit_batch_size";
+pub const FSYNC_SECONDS: &str = "shortd_store_fsync_duration_seconds";
+pub const SEGMENTS: &str = "shortd_store_segments";
+pub const SNAPSHOT_SECONDS: &str = "shortd_store_snapshot_duration_seconds";
+pub const COMPACTION_SECONDS: &str = "shortd_store_compaction_duration_seconds";
+pub const LINKS: &str = "shortd_links";
+pub const CLICKS: &str = "shortd_clicks_total";
+pub const LINKS_CREATED: &str = "shortd_links_created_total";
+
+/// Redirect-path outcomes counted per worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Outcome {
+    S301,
+    S302,
+    S307,
+    S308,
+    NotFound,
+    Gone,
+}
+const OUTCOMES: [(Outcome, &str); 6] = [
+    (Outcome::S301, "301"),
+    (Outcome::S302, "302"),
+    (Outcome::S307, "307"),
+    (Outcome::S308, "308"),
+    (Outcome::NotFound, "404"),
+    (Outcome::Gone, "410"),
+];
+
+impl Outcome {
+    pub fn for_status(status: u16) -> Outcome {
+        match status {
+            301 => Outcome::S301,
+            307 => Outcome::S307,
+            308 => Outcome::S308,
+            404 => Outcome::NotFound,
+            410 => Outcome::Gone,
+            _ => Outcome::S302,
+        }
+    }
+}
+
+/// Upper bounds of the redirect latency buckets, in seconds.
+const LATENCY_BOUNDS: [f64; 12] = [1e-6, 2e-6, 5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 5e-3, 25e-3];
+
+/// Counters one worker thread writes and a scrape reads.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct WorkerStats {
+    outcomes: [AtomicU64; 6],
+    latency: [AtomicU64; 13],
+    latency_sum_ns: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub clicks: AtomicU64,
+}
+
+/// Adds one to a counter that only this thread writes: a plain load and
+/// store, with no locked read-modify-write.
+#[inline]
+pub fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+impl WorkerStats {
+    #[inline]
+    pub fn redirect(&self, outcome: Outcome, took: Duration) {
+        bump(&self.outcomes[outcome as usize]);
+        let secs = took.as_secs_f64();
+        let bucket = LATENCY_BOUNDS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BOUNDS.len());
+        bump(&self.latency[bucket]);
+        let s = &self.latency_sum_ns;
+        s.store(s.load(Ordering::Relaxed) + took.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The exporter handle plus every worker's counters.
+pub struct Metrics {
+    handle: PrometheusHandle,
+    workers: Mutex<Vec<Arc<WorkerStats>>>,
+}
+
+static METRICS: OnceLock<Arc<Metrics>> = OnceLock::new();
+
+/// Installs the global recorder once per process (the metrics recorder is
+/// the one global the style guide allows) and returns its handle.
+pub fn install() -> Arc<Metrics> {
+    METRICS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &[1e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0, 5.0])
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_BATCH.into()), &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]))
+                .expect("bucket lists are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            Arc::new(Metrics { handle, workers: Mutex::new(Vec::new()) })
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by route and status");
+    describe_counter!(CACHE_HITS, "Redirects answered from the cache");
+    describe_counter!(CACHE_MISSES, "Redirects that had to read the store");
+    describe_counter!(CACHE_COALESCED, "Cache misses that waited for another request's load of the same key");
+    describe_counter!(CACHE_EVICTIONS, "Cache entries evicted to stay within bounds");
+    describe_gauge!(CACHE_ENTRIES, "Entries in the redirect cache");
+    describe_gauge!(CACHE_BYTES, Unit::Bytes, "Bytes held by the redirect cache");
+    describe_counter!(STORE_APPENDED, Unit::Bytes, "Bytes appended to the log");
+    describe_counter!(STORE_COMMITS, "Group commits (one write, at most one fsync each)");
+    describe_histogram!(STORE_BATCH, "Requests per group commit");
+    describe_histogram!(FSYNC_SECONDS, Unit::Seconds, "Time spent in fdatasync");
+    describe_gauge!(SEGMENTS, "Log segment files");
+    describe_histogram!(SNAPSHOT_SECONDS, Unit::Seconds, "Time to write a snapshot");
+    describe_histogram!(COMPACTION_SECONDS, Unit::Seconds, "Time per compaction step");
+    describe_gauge!(LINKS, "Live links in the store");
+    describe_counter!(CLICKS, "Clicks counted on redirects");
+    describe_counter!(LINKS_CREATED, "Links created");
+}
+
+impl Metrics {
+    pub fn register_worker(&self) -> Arc<WorkerStats> {
+        let stats = Arc::new(WorkerStats::default());
+        self.workers.lock().push(stats.clone());
+        stats
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self, links: u64, cache_entries: usize, cache_bytes: usize) -> String {
+        let workers = self.workers.lock().clone();
+        let sum = |f: &dyn Fn(&WorkerStats) -> &AtomicU64| workers.iter().map(|w| f(w).load(Ordering::Relaxed)).sum::<u64>();
+        for (outcome, status) in OUTCOMES {
+            let n = sum(&|w| &w.outcomes[outcome as usize]);
+            if n > 0 {
+                counter!(HTTP_REQUESTS, "route" => "redirect", "status" => status).absolute(n);
+            }
+        }
+        counter!(CACHE_HITS).absolute(sum(&|w| &w.cache_hits));
+        counter!(CACHE_MISSES).absolute(sum(&|w| &w.cache_misses));
+        counter!(CLICKS).absolute(sum(&|w| &w.clicks));
+        gauge!(LINKS).set(links as f64);
+        gauge!(CACHE_ENTRIES).set(cache_entries as f64);
+        gauge!(CACHE_BYTES).set(cache_bytes as f64);
+        counter!(CACHE_COALESCED).increment(0);
+        counter!(CACHE_EVICTIONS).increment(0);
+        let mut out = self.handle.render();
+        let _ = writeln!(out, "# HELP {REDIRECT_SECONDS} Time to answer a redirect, from parsed request to response");
+        let _ = writeln!(out, "# TYPE {REDIRECT_SECONDS} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BOUNDS.iter().enumerate() {
+            cumulative += sum(&|w| &w.latency[i]);
+            let _ = writeln!(out, "{REDIRECT_SECONDS}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += sum(&|w| &w.latency[LATENCY_BOUNDS.len()]);
+        let _ = writeln!(out, "{REDIRECT_SECONDS}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{REDIRECT_SECONDS}_sum {}", sum(&|w| &w.latency_sum_ns) as f64 / 1e9);
+        let _ = writeln!(out, "{REDIRECT_SECONDS}_count {cumulative}");
+        out
+    }
+}
+
+pub fn api_request(route: &'static str, status: u16) {
+    counter!(HTTP_REQUESTS, "route" => route, "status" => status_label(status)).increment(1);
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        410 => "410",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        503 => "503",
+        507 => "507",
+        _ => "other",
+    }
+}
+
+pub fn store_appended(bytes: u64) {
+    counter!(STORE_APPENDED).increment(bytes);
+}
+
+pub fn commit_batch(size: usize) {
+    counter!(STORE_COMMITS).increment(1);
+    histogram!(STORE_BATCH).record(size as f64);
+}
+
+pub fn fsync_seconds(d: Duration) {
+    histogram!(FSYNC_SECONDS).record(d.as_secs_f64());
+}
+
+pub fn segments(n: usize) {
+    gauge!(SEGMENTS).set(n as f64);
+}
+
+pub fn snapshot_seconds(d: Duration) {
+    histogram!(SNAPSHOT_SECONDS).record(d.as_secs_f64());
+}
+
+pub fn compaction_seconds(d: Duration) {
+    histogram!(COMPACTION_SECONDS).record(d.as_secs_f64());
+}
+
+pub fn link_created() {
+    counter!(LINKS_CREATED).increment(1);
+}
+
+pub fn coalesced_wait() {
+    counter!(CACHE_COALESCED).increment(1);
+}
+
+pub fn evicted(n: u64) {
+    counter!(CACHE_EVICTIONS).increment(n);
+}

@@ -1,0 +1,439 @@
+//! The store: an in-memory index over the append-only journal.
+//!
+//! Reads (`lookup`, `page`, click counts) run on the caller's thread against
+//! shared maps and memory-mapped segments. Every change goes to the single
+//! writer thread (`journal::writer`), which checks it against the current
+//! state, appends it, syncs per the durability setting, applies it to the
+//! index and only then answers; that one thread is why an alias is claimed
+//! atomically and why the index always matches the log's order.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use compact_str::CompactString;
+use crossbeam_channel::Sender;
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
+use crate::code::CodeKey;
+use crate::config::Durability;
+use crate::journal::record::{self, Body};
+use crate::journal::segment::Segment;
+use crate::journal::writer::{Command, Writer};
+use crate::journal::{recovery, segment};
+
+pub type Hasher = Xxh3DefaultBuilder;
+pub type Map<V> = DashMap<CompactString, V, Hasher>;
+
+/// Idempotency keys are remembered this long.
+pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// Where a key's newest record lies. Ordering follows the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Loc {
+    pub seg: u32,
+    pub off: u32,
+}
+
+/// Redirect statuses a link may ask for.
+pub const REDIRECT_STATUSES: [u16; 4] = [301, 302, 307, 308];
+
+/// A link as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub code: CompactString,
+    pub url: String,
+    pub id: u64,
+    pub created_ms: i64,
+    /// 0 when the link never expires.
+    pub expires_ms: i64,
+    /// 0 when unlimited.
+    pub max_clicks: u64,
+    pub redirect: u16,
+    pub disabled: bool,
+    pub clicks: u64,
+}
+
+impl Link {
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expires_ms != 0 && now_ms >= self.expires_ms
+    }
+}
+
+/// Id of links created under a custom alias, which take no counter value.
+pub const ALIAS_ID: u64 = u64::MAX;
+
+pub enum Lookup {
+    Missing,
+    Deleted,
+    Live(Link),
+}
+
+/// A create request after validation.
+#[derive(Clone, Debug)]
+pub struct NewLink {
+    pub url: String,
+    pub alias: Option<String>,
+    pub expires_ms: i64,
+    pub max_clicks: u64,
+    pub redirect: u16,
+    pub disabled: bool,
+    /// `(Idempotency-Key, hash of the request body)`.
+    pub idempotency: Option<(String, u64)>,
+}
+
+/// A change to a link; `None` leaves a field alone.
+#[derive(Clone, Debug, Default)]
+pub struct Patch {
+    pub url: Option<String>,
+    /// `Some(0)` removes the expiry.
+    pub expires_ms: Option<i64>,
+    /// `Some(0)` removes the limit.
+    pub max_clicks: Option<u64>,
+    pub redirect: Option<u16>,
+    pub disabled: Option<bool>,
+}
+
+impl Patch {
+    pub fn is_empty(&self) -> bool {
+        self.url.is_none() && self.expires_ms.is_none() && self.max_clicks.is_none() && self.redirect.is_none() && self.disabled.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("the alias is already taken")]
+    Taken,
+    #[error("no link has this code")]
+    NotFound,
+    #[error("the link was deleted")]
+    Gone,
+    #[error("this Idempotency-Key was used with a different request body")]
+    IdempotencyMismatch,
+    #[error("every short code has been handed out")]
+    Exhausted,
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
+    #[error("the store refuses writes: {0}")]
+    Unavailable(String),
+}
+
+pub struct Created {
+    pub link: Link,
+    /// True when an earlier request with the same Idempotency-Key made it.
+    pub replayed: bool,
+}
+
+/// Why the store could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("data directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{file} is damaged at byte {offset}: {reason}; start with --repair to keep every intact record and drop the rest")]
+    Damaged { file: PathBuf, offset: u64, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    pub fsync_interval: Duration,
+    pub segment_bytes: u64,
+    pub snapshot_records: u64,
+    pub snapshot_interval: Duration,
+    pub compact_ratio: f64,
+    pub repair: bool,
+    /// Open without a writer thread and without changing any file.
+    pub read_only: bool,
+}
+
+impl StoreOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StoreOptions {
+            dir: dir.into(),
+            durability: Durability::Always,
+            fsync_interval: Duration::from_millis(10),
+            segment_bytes: 64 << 20,
+            snapshot_records: 1_000_000,
+            snapshot_interval: Duration::from_secs(300),
+            compact_ratio: 0.5,
+            repair: false,
+            read_only: false,
+        }
+    }
+}
+
+pub struct Idem {
+    pub code: CompactString,
+    pub body_hash: u64,
+    pub at_ms: i64,
+}
+
+/// State shared by readers and the writer thread.
+pub struct Shared {
+    pub dir: PathBuf,
+    pub key: CodeKey,
+    pub index: Map<Loc>,
+    pub clicks: Map<AtomicU64>,
+    pub dirty_clicks: Mutex<HashSet<CompactString>>,
+    pub idem: Map<Idem>,
+    pub segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
+    pub poisoned: RwLock<Option<String>>,
+    pub live_links: AtomicU64,
+}
+
+impl Shared {
+    pub fn segment(&self, seg: u32) -> Option<Arc<Segment>> {
+        self.segments.read().get(&seg).cloned()
+    }
+
+    /// Decodes the record a location points at and turns it into a lookup.
+    pub fn read_at(&self, loc: Loc) -> Lookup {
+        let Some(seg) = self.segment(loc.seg) else {
+            tracing::error!(seg = loc.seg, "index points into a missing segment");
+            return Lookup::Missing;
+        };
+        match record::decode(seg.bytes(), loc.off as usize) {
+            Ok((rec, _)) => match rec.body {
+                Body::Put(p) => Lookup::Live(self.link_from(&p)),
+                Body::Delete { .. } => Lookup::Deleted,
+                _ => Lookup::Missing,
+            },
+            Err(e) => {
+                tracing::error!(seg = loc.seg, off = loc.off, error = %e, "record under the index is unreadable");
+                Lookup::Missing
+            }
+        }
+    }
+
+    pub fn link_from(&self, p: &record::Put<'_>) -> Link {
+        let code = CompactString::from_utf8_lossy(p.key);
+        let clicks = self.clicks.get(code.as_str()).map_or(0, |c| c.load(Ordering::Relaxed));
+        Link {
+            url: String::from_utf8_lossy(p.url).into_owned(),
+            id: p.id,
+            created_ms: p.created_ms,
+            expires_ms: p.expires_ms,
+            max_clicks: p.max_clicks,
+            redirect: p.redirect,
+            disabled: p.flags & record::FLAG_DISABLED != 0,
+            clicks,
+            code,
+        }
+    }
+
+    pub fn lookup(&self, code: &str) -> Lookup {
+        let Some(loc) = self.index.get(code).map(|l| *l) else {
+            return Lookup::Missing;
+        };
+        self.read_at(loc)
+    }
+}
+
+/// Figures for metrics and `shortd check`.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    pub links: u64,
+    pub keys: u64,
+    pub segments: u64,
+    pub segment_bytes: u64,
+}
+
+pub struct Store {
+    shared: Arc<Shared>,
+    tx: Option<Sender<Command>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// An opaque position in the log for paging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor(pub Loc);
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        format!("{:x}.{:x}", self.0.seg, self.0.off)
+    }
+
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let (s, o) = text.split_once('.')?;
+        if s.is_empty() || o.is_empty() || s.len() > 8 || o.len() > 8 {
+            return None;
+        }
+        Some(Cursor(Loc { seg: u32::from_str_radix(s, 16).ok()?, off: u32::from_str_radix(o, 16).ok()? }))
+    }
+}
+
+impl Store {
+    pub fn open(opts: StoreOptions) -> Result<Store, OpenError> {
+        let recovered = recovery::recover(&opts)?;
+        let shared = recovered.shared.clone();
+        if opts.read_only {
+            return Ok(Store { shared, tx: None, writer: Mutex::new(None) });
+        }
+        let (tx, rx) = crossbeam_channel::bounded(64 * 1024);
+        let writer = Writer::new(opts, recovered, tx.clone());
+        let handle = std::thread::Builder::new()
+            .name("shortd-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| OpenError::Invalid(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store { shared, tx: Some(tx), writer: Mutex::new(Some(handle)) })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn lookup(&self, code: &str) -> Lookup {
+        self.shared.lookup(code)
+    }
+
+    /// Why the store refuses writes, if it does.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned.read().clone()
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), WriteError> {
+        let tx = self.tx.as_ref().ok_or_else(|| WriteError::Unavailable("opened read-only".into()))?;
+        tx.send(cmd).map_err(|_| WriteError::Unavailable("the writer has stopped".into()))
+    }
+
+    pub async fn create(&self, new: NewLink) -> Result<Created, WriteError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Create { new, reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// For bulk loaders outside a runtime: queues the create and returns a
+    /// receiver, so that many can be in flight for group commit.
+    pub fn create_queued(&self, new: NewLink) -> Result<tokio::sync::oneshot::Receiver<Result<Created, WriteError>>, WriteError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Create { new, reply })?;
+        Ok(rx)
+    }
+
+    pub async fn update(&self, code: &str, patch: Patch) -> Result<Link, WriteError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Update { code: code.into(), patch, reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    pub async fn delete(&self, code: &str) -> Result<(), WriteError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Delete { code: code.into(), reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Adds clicks counted elsewhere (the click aggregator).
+    pub fn add_clicks(&self, code: &str, delta: u64) {
+        if let Some(c) = self.shared.clicks.get(code) {
+            c.fetch_add(delta, Ordering::Relaxed);
+        } else {
+            self.shared.clicks.entry(code.into()).or_default().fetch_add(delta, Ordering::Relaxed);
+        }
+        self.shared.dirty_clicks.lock().insert(code.into());
+    }
+
+    /// Counts one click on a link with a click limit, unless the limit is
+    /// reached; exact however many threads race.
+    pub fn try_click_limited(&self, code: &str, max_clicks: u64) -> bool {
+        let counted = {
+            let entry = match self.shared.clicks.get(code) {
+                Some(e) => e,
+                None => self.shared.clicks.entry(code.into()).or_default().downgrade(),
+            };
+            entry.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max_clicks).then_some(n + 1)).is_ok()
+        };
+        if counted {
+            self.shared.dirty_clicks.lock().insert(code.into());
+        }
+        counted
+    }
+
+    pub fn clicks(&self, code: &str) -> u64 {
+        self.shared.clicks.get(code).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Hands changed click totals to the writer to be logged.
+    pub fn persist_clicks(&self) {
+        let dirty = std::mem::take(&mut *self.shared.dirty_clicks.lock());
+        if dirty.is_empty() {
+            return;
+        }
+        let totals = dirty
+            .into_iter()
+            .filter_map(|k| {
+                let n = self.shared.clicks.get(k.as_str())?.load(Ordering::Relaxed);
+                Some((k, n))
+            })
+            .collect();
+        let _ = self.send(Command::Clicks(totals));
+    }
+
+    /// Waits until everything sent so far is written and synced.
+    pub async fn sync(&self) -> Result<(), WriteError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Sync { reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Up to `limit` live links from `cursor` on, in log order, and the
+    /// cursor of the next page. A link changed while paging may show up
+    /// twice (at its new place too); none is skipped.
+    pub fn page(&self, cursor: Option<Cursor>, limit: usize) -> (Vec<Link>, Option<Cursor>) {
+        let segments: Vec<Arc<Segment>> = self.shared.segments.read().values().cloned().collect();
+        let start = cursor.map_or(Loc { seg: 0, off: 0 }, |c| c.0);
+        let mut out = Vec::new();
+        for seg in segments.iter().filter(|s| s.number >= start.seg) {
+            let mut at = if seg.number == start.seg { (start.off as usize).max(segment::SEGMENT_HEADER_LEN) } else { segment::SEGMENT_HEADER_LEN };
+            while let Ok((rec, len)) = record::decode(seg.bytes(), at) {
+                let here = Loc { seg: seg.number, off: at as u32 };
+                at += record::padded(len);
+                if let Body::Put(p) = rec.body {
+                    let key = std::str::from_utf8(p.key).unwrap_or_default();
+                    if self.shared.index.get(key).is_some_and(|l| *l == here) {
+                        out.push(self.shared.link_from(&p));
+                        if out.len() == limit {
+                            return (out, Some(Cursor(Loc { seg: seg.number, off: at as u32 })));
+                        }
+                    }
+                }
+            }
+        }
+        (out, None)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let segs = self.shared.segments.read();
+        StoreStats {
+            links: self.shared.live_links.load(Ordering::Relaxed),
+            keys: self.shared.index.len() as u64,
+            segments: segs.len() as u64,
+            segment_bytes: segs.values().map(|s| s.len() as u64).sum(),
+        }
+    }
+
+    /// Persists click totals, writes a final snapshot and stops the writer.
+    pub fn close(&self) {
+        self.persist_clicks();
+        if let Some(tx) = &self.tx {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            if tx.send(Command::Shutdown { reply }).is_ok() {
+                let _ = rx.blocking_recv();
+            }
+        }
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn stopped() -> WriteError {
+    WriteError::Unavailable("the writer has stopped".into())
+}
