@@ -29,6 +29,8 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 pub const HEADER_LEN: usize = 32;
+/// Where the kind byte sits in a record.
+pub const KIND_OFFSET: usize = 12;
 pub const VERSION: u8 = 1;
 pub const ALIGN: usize = 8;
 const PUT_FIXED: usize = 40;

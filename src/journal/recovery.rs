@@ -91,7 +91,7 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
         segs.insert(n, Arc::new(seg));
     }
 
-    let mut state = Replay { shared: &shared, live: HashMap::new(), next_id: 0, next_lsn: 1, replayed: 0 };
+    let mut state = Replay { shared: &shared, live: HashMap::new(), next_id: 0, next_lsn: 1, replayed: 0, live_links: 0 };
     let mut start = Loc { seg: 0, off: 0 };
     for path in snapshot::list(dir).map_err(io_err(dir))? {
         match Snapshot::read(&path) {
@@ -125,6 +125,7 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
     let newest = numbers.last().copied();
     let mut write_off = SEGMENT_HEADER_LEN as u64;
     *shared.segments.write() = segs.clone();
+    
     for (&n, seg) in segs.range(start.seg..) {
         let from = if n == start.seg { (start.off as usize).max(SEGMENT_HEADER_LEN) } else { SEGMENT_HEADER_LEN };
         let end = state.replay_segment(seg, from, Some(n) == newest, opts)?;
@@ -132,6 +133,7 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
             write_off = end as u64;
         }
     }
+    shared.live_links.store(state.live_links, Ordering::Relaxed);
     let (next_id, next_lsn, live, replayed) = (state.next_id, state.next_lsn, state.live, state.replayed);
     Ok(Recovered { active: newest.unwrap_or(0), write_off, next_id, next_lsn, live, replayed, shared, _lock: lock })
 }
@@ -142,6 +144,7 @@ struct Replay<'a> {
     next_id: u64,
     next_lsn: u64,
     replayed: u64,
+    live_links: u64,
 }
 
 impl Replay<'_> {
@@ -152,18 +155,18 @@ impl Replay<'_> {
         self.live.clear();
         self.next_id = 0;
         self.next_lsn = 1;
+        self.live_links = 0;
     }
 
     fn load_snapshot(&mut self, snap: &Snapshot, segs: &BTreeMap<u32, Arc<Segment>>, repair: bool) -> Result<(), OpenError> {
         let mut missing = HashSet::new();
         snap.for_each(|e| match e {
-            Entry::Loc { key, seg, off } => {
+            Entry::Loc { key, seg, off, live } => {
                 if !segs.contains_key(&seg) {
                     missing.insert(seg);
-                    if !repair {
-                        return;
-                    }
+                    return;
                 }
+                self.live_links += live as u64;
                 self.shared.index.insert(CompactString::from_utf8_lossy(key), Loc { seg, off });
             }
             Entry::Clicks { key, total } => {
@@ -256,6 +259,7 @@ impl Replay<'_> {
                 return;
             }
         };
+        let is_put = matches!(rec.body, Body::Put(_));
         let key = CompactString::from_utf8_lossy(key);
         let old = self.shared.index.get(key.as_str()).map(|l| *l);
         if old.is_some_and(|o| o >= loc) {
@@ -263,20 +267,27 @@ impl Replay<'_> {
         }
         self.shared.index.insert(key, loc);
         *self.live.entry(loc.seg).or_default() += len;
-        if let Some(old) = old {
-            if let Some(old_len) = record_len_at(&self.shared.segments, old) {
-                let l = self.live.entry(old.seg).or_default();
-                *l = l.saturating_sub(old_len);
-            }
+        let old_kind = old.and_then(|old| {
+            let (old_len, kind) = record_len_at(&self.shared.segments, old)?;
+            let l = self.live.entry(old.seg).or_default();
+            *l = l.saturating_sub(old_len);
+            Some(kind)
+        });
+        let was_live = old_kind == Some(record::KIND_PUT);
+        match (was_live, is_put) {
+            (false, true) => self.live_links += 1,
+            (true, false) => self.live_links = self.live_links.saturating_sub(1),
+            _ => {}
         }
     }
 }
 
-/// Padded length of the record at `loc`, read from its header.
-pub fn record_len_at(segments: &RwLock<BTreeMap<u32, Arc<Segment>>>, loc: Loc) -> Option<u64> {
+/// Padded length and kind of the record at `loc`, read from its header.
+pub fn record_len_at(segments: &RwLock<BTreeMap<u32, Arc<Segment>>>, loc: Loc) -> Option<(u64, u8)> {
     let segs = segments.read();
     let seg = segs.get(&loc.seg)?;
-    record::claimed_len(seg.bytes(), loc.off as usize).ok().map(|l| record::padded(l) as u64)
+    let len = record::claimed_len(seg.bytes(), loc.off as usize).ok()?;
+    Some((record::padded(len) as u64, seg.bytes()[loc.off as usize + record::KIND_OFFSET]))
 }
 
 fn zero_tail(path: &Path, from: u64, to: u64) -> io::Result<()> {

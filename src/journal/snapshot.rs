@@ -11,7 +11,7 @@
 //! header  magic "SHORTDSN" | version u32 | replay_seg u32 | replay_off u64 |
 //!         next_id u64 | next_lsn u64 | created_ms i64          (48 bytes)
 //! entries tag u8, then by tag:
-//!         1 location  key_len u8 | key | seg u32 | off u32
+//!         1 location  key_len u8 | key | seg u32 | off u32 | live u8 (1: put, 0: delete)
 //!         2 clicks    key_len u8 | key | total u64
 //!         3 idem      key_len u8 | key | body_hash u64 | at_ms i64 | code_len u8 | code
 //!         4 live      seg u32 | live_bytes u64
@@ -48,7 +48,7 @@ pub struct SnapshotMeta {
 /// One entry as read back from a snapshot.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Entry<'a> {
-    Loc { key: &'a [u8], seg: u32, off: u32 },
+    Loc { key: &'a [u8], seg: u32, off: u32, live: bool },
     Clicks { key: &'a [u8], total: u64 },
     Idem { key: &'a [u8], body_hash: u64, at_ms: i64, code: &'a [u8] },
     Live { seg: u32, bytes: u64 },
@@ -104,10 +104,11 @@ impl SnapshotWriter {
         self.put(key)
     }
 
-    pub fn loc(&mut self, key: &[u8], seg: u32, off: u32) -> io::Result<()> {
+    pub fn loc(&mut self, key: &[u8], seg: u32, off: u32, live: bool) -> io::Result<()> {
         self.put_key(TAG_LOC, key)?;
         self.put(&seg.to_le_bytes())?;
-        self.put(&off.to_le_bytes())
+        self.put(&off.to_le_bytes())?;
+        self.put(&[live as u8])
     }
 
     pub fn clicks(&mut self, key: &[u8], total: u64) -> io::Result<()> {
@@ -228,7 +229,8 @@ impl Snapshot {
                 TAG_LOC => {
                     let seg = num(take(&mut at, 4)?) as u32;
                     let off = num(take(&mut at, 4)?) as u32;
-                    f(Entry::Loc { key, seg, off });
+                    let live = take(&mut at, 1)?[0] == 1;
+                    f(Entry::Loc { key, seg, off, live });
                 }
                 TAG_CLICKS => f(Entry::Clicks { key, total: num(take(&mut at, 8)?) }),
                 TAG_IDEM => {
@@ -263,7 +265,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = SnapshotMeta { replay_seg: 3, replay_off: 4096, next_id: 77, next_lsn: 900, created_ms: 5 };
         let mut w = SnapshotWriter::create(dir.path(), &meta).unwrap();
-        w.loc(b"abc", 1, 32).unwrap();
+        w.loc(b"abc", 1, 32, true).unwrap();
         w.clicks(b"abc", 12).unwrap();
         w.idem(b"key-1", 99, 1234, b"abc").unwrap();
         w.live(1, 500).unwrap();

@@ -496,7 +496,7 @@ impl Writer {
             Effect::SetLoc { key, loc, len } => {
                 *self.live.entry(loc.seg).or_default() += len;
                 if let Some(old) = self.shared.index.insert(key, loc) {
-                    if let Some(old_len) = recovery::record_len_at(&self.shared.segments, old) {
+                    if let Some((old_len, _)) = recovery::record_len_at(&self.shared.segments, old) {
                         let l = self.live.entry(old.seg).or_default();
                         *l = l.saturating_sub(old_len);
                     }
@@ -664,7 +664,9 @@ impl Writer {
 fn write_snapshot(shared: &Shared, dir: &std::path::Path, meta: &SnapshotMeta, live: &[(u32, u64)]) -> io::Result<std::path::PathBuf> {
     let mut w = SnapshotWriter::create(dir, meta)?;
     for e in shared.index.iter() {
-        w.loc(e.key().as_bytes(), e.value().seg, e.value().off)?;
+        let loc = *e.value();
+        let live = recovery::record_len_at(&shared.segments, loc).is_some_and(|(_, kind)| kind == record::KIND_PUT);
+        w.loc(e.key().as_bytes(), loc.seg, loc.off, live)?;
     }
     for e in shared.clicks.iter() {
         w.clicks(e.key().as_bytes(), e.value().load(Ordering::Relaxed))?;

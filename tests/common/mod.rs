@@ -1,0 +1,409 @@
+//! Runs the real `shortd` binary for integration tests and talks to it the
+//! way a user does: over HTTP on loopback, with a client that does not
+//! follow redirects.
+//!
+//! `shortd serve --listen 127.0.0.1:0` cannot tell us the port it got, so a
+//! free loopback port is picked here (bind, read, drop) and handed to the
+//! child; readiness is `GET /healthz` answering 200. The child is killed
+//! when the `Server` is dropped, so a failing test leaves nothing behind.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long a start may take before `/healthz` must answer 200.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a graceful stop may take before the test gives up on it.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between two polls of something that changes asynchronously.
+pub const POLL_EVERY: Duration = Duration::from_millis(20);
+/// Attempts at starting on a fresh port when the child dies at start-up
+/// (another process may have taken the port between pick and bind).
+const START_ATTEMPTS: usize = 3;
+
+/// Ports this test process already handed to a child. The server binds
+/// with `SO_REUSEPORT`, so two children given the same port would both
+/// start and share connections; never give a port out twice.
+static USED_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding a probe listener on loopback").port();
+        let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+        if used.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// The client every test uses: no redirects followed, bounded time.
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().redirects(0).timeout(Duration::from_secs(10)).build()
+}
+
+/// A response of any status.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    /// Header names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts an RFC 9457 problem with this status and returns its body.
+    pub fn problem(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "unexpected status: {self:?}");
+        let ct = self.header("content-type").unwrap_or("");
+        assert!(ct.starts_with("application/problem+json"), "Content-Type is {ct:?}, not application/problem+json: {self:?}");
+        let p = self.json();
+        let obj = p.as_object().unwrap_or_else(|| panic!("problem is not a JSON object: {self:?}"));
+        for key in ["type", "title", "detail"] {
+            let v = obj.get(key).and_then(Value::as_str);
+            assert!(v.is_some_and(|s| !s.is_empty()), "problem lacks a non-empty string {key:?}: {self:?}");
+        }
+        assert_eq!(obj.get("status").and_then(Value::as_u64), Some(u64::from(status)), "problem status differs from HTTP status: {self:?}");
+        if obj.contains_key("field") || obj.contains_key("reason") {
+            for key in ["field", "reason"] {
+                let v = obj.get(key).and_then(Value::as_str);
+                assert!(v.is_some_and(|s| !s.is_empty()), "field problem lacks a non-empty string {key:?}: {self:?}");
+            }
+        }
+        p
+    }
+
+    /// Asserts a 400 problem naming `field` and returns its body.
+    pub fn field_problem(&self, status: u16, field: &str) -> Value {
+        let p = self.problem(status);
+        assert_eq!(p["field"].as_str(), Some(field), "problem names the wrong field: {self:?}");
+        assert!(p["reason"].as_str().is_some_and(|r| !r.is_empty()), "problem has no reason: {self:?}");
+        p
+    }
+}
+
+/// What to send as a request body.
+pub enum Body<'a> {
+    None,
+    /// Sent with `Content-Length`.
+    Bytes(&'a [u8]),
+    /// Sent with `Transfer-Encoding: chunked` (no declared length).
+    Chunked(&'a [u8]),
+}
+
+/// Sends a request and returns the response whatever its status; panics on
+/// transport errors (connection refused, timeouts), which no test expects.
+pub fn fetch(req: ureq::Request, body: Body<'_>) -> Resp {
+    let desc = format!("{} {}", req.method(), req.url());
+    let result = match body {
+        Body::None => req.call(),
+        Body::Bytes(b) => req.send_bytes(b),
+        Body::Chunked(b) => req.send(std::io::Cursor::new(b.to_vec())),
+    };
+    let resp = match result {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{desc}: transport error: {e}"),
+    };
+    let status = resp.status();
+    let mut headers = Vec::new();
+    for name in resp.headers_names() {
+        for v in resp.all(&name) {
+            headers.push((name.to_ascii_lowercase(), v.to_string()));
+        }
+    }
+    let body = resp.into_string().unwrap_or_else(|e| panic!("{desc}: reading the body: {e}"));
+    Resp { status, headers, body }
+}
+
+/// Calls `f` until it gives `Some`, for at most `timeout`.
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// A running `shortd serve` child process on a loopback port.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub base: String,
+    /// Holds `data/` (the data directory) and `shortd.log` (its output).
+    root: Option<TempDir>,
+    args: Vec<String>,
+    agent: ureq::Agent,
+}
+
+/// Why a start attempt failed.
+enum StartFailure {
+    /// The child exited before it was healthy (e.g. the port was taken).
+    Exited,
+    /// The child runs but `/healthz` never answered 200.
+    Unhealthy,
+}
+
+impl Server {
+    /// Starts on a fresh data directory with `--workers 2` and `extra` flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let root = tempfile::Builder::new().prefix("shortd-test-").tempdir().expect("creating a temporary directory");
+        std::fs::create_dir_all(root.path().join("data")).expect("creating the data directory");
+        Server::start_in(root, extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn start_in(root: TempDir, args: Vec<String>) -> Server {
+        let agent = agent();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let base = format!("http://127.0.0.1:{port}");
+            let mut child = spawn(&root, port, &args);
+            match wait_healthy(&agent, &base, &mut child) {
+                Ok(()) => return Server { child: Some(child), port, base, root: Some(root), args, agent },
+                Err(StartFailure::Exited) => continue,
+                Err(StartFailure::Unhealthy) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("shortd did not answer GET /healthz with 200 within {START_TIMEOUT:?}; log:\n{}", read_log(&root));
+                }
+            }
+        }
+        panic!("shortd exited at start-up {START_ATTEMPTS} times; log:\n{}", read_log(&root));
+    }
+
+    /// Starts again on the same data directory with the same flags (on a
+    /// new port). The running child, if any, must have been stopped.
+    pub fn restart(mut self) -> Server {
+        if let Some(child) = self.child.as_mut() {
+            assert!(child.try_wait().ok().flatten().is_some(), "restart() needs the old process stopped first");
+        }
+        let root = self.root.take().expect("root is held until drop");
+        let args = std::mem::take(&mut self.args);
+        drop(self);
+        Server::start_in(root, args)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.as_ref().expect("root is held until drop").path().join("data")
+    }
+
+    /// Everything the server (and earlier runs on this directory) printed.
+    pub fn log(&self) -> String {
+        self.root.as_ref().map(read_log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit. Returns
+    /// its exit status and how long the exit took.
+    pub fn stop_gracefully(&mut self) -> (ExitStatus, Duration) {
+        let pid = self.pid();
+        let started = Instant::now();
+        let sent = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().expect("running kill -TERM");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let child = self.child.as_mut().expect("server is running");
+        let status = poll_until(STOP_TIMEOUT, || child.try_wait().expect("waiting for shortd"));
+        match status {
+            Some(s) => (s, started.elapsed()),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("shortd did not exit within {STOP_TIMEOUT:?} of SIGTERM; log:\n{}", self.log());
+            }
+        }
+    }
+
+    /// SIGKILL, as in a crash; waits for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn agent(&self) -> &ureq::Agent {
+        &self.agent
+    }
+
+    pub fn request(&self, method: &str, path: &str) -> ureq::Request {
+        self.agent.request(method, &self.url(path))
+    }
+
+    /// Any request with extra headers and an optional body.
+    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Body<'_>) -> Resp {
+        let mut req = self.request(method, path);
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        fetch(req, body)
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.send("GET", path, &[], Body::None)
+    }
+
+    pub fn head(&self, path: &str) -> Resp {
+        self.send("HEAD", path, &[], Body::None)
+    }
+
+    pub fn delete(&self, path: &str) -> Resp {
+        self.send("DELETE", path, &[], Body::None)
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> Resp {
+        self.send_json("POST", path, &[], body)
+    }
+
+    pub fn patch_json(&self, path: &str, body: &Value) -> Resp {
+        self.send_json("PATCH", path, &[], body)
+    }
+
+    pub fn send_json(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &Value) -> Resp {
+        let bytes = serde_json::to_vec(body).expect("serializing a request body");
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        self.send(method, path, &all, Body::Bytes(&bytes))
+    }
+
+    /// Creates a link, asserting 201, and returns it.
+    pub fn create(&self, body: Value) -> Value {
+        let r = self.post_json("/api/v1/links", &body);
+        assert_eq!(r.status, 201, "creating {body}: {r:?}");
+        r.json()
+    }
+
+    /// `GET /api/v1/links/{code}`, asserting 200.
+    pub fn link(&self, code: &str) -> Value {
+        let r = self.get(&format!("/api/v1/links/{code}"));
+        assert_eq!(r.status, 200, "GET link {code}: {r:?}");
+        r.json()
+    }
+
+    /// Waits (up to 3 s; clicks are batched) until the link shows `want`
+    /// clicks and returns what it shows last.
+    pub fn wait_for_clicks(&self, code: &str, want: u64) -> u64 {
+        let mut last = 0;
+        poll_until(Duration::from_secs(3), || {
+            last = self.link(code)["clicks"].as_u64().expect("clicks is a number");
+            (last == want).then_some(())
+        });
+        last
+    }
+
+    /// Every link, paging through the list with `limit` per page; also
+    /// returns the size of each page.
+    pub fn list_pages(&self, limit: usize) -> (Vec<Value>, Vec<usize>) {
+        let mut links = Vec::new();
+        let mut sizes = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..10_000 {
+            let path = match &cursor {
+                None => format!("/api/v1/links?limit={limit}"),
+                Some(c) => format!("/api/v1/links?limit={limit}&cursor={c}"),
+            };
+            let r = self.get(&path);
+            assert_eq!(r.status, 200, "{path}: {r:?}");
+            let page = r.json();
+            let items = page["links"].as_array().unwrap_or_else(|| panic!("{path}: no links array: {r:?}"));
+            sizes.push(items.len());
+            links.extend(items.iter().cloned());
+            match &page["next_cursor"] {
+                Value::Null => return (links, sizes),
+                Value::String(c) => cursor = Some(c.clone()),
+                other => panic!("{path}: next_cursor is {other}"),
+            }
+        }
+        panic!("the list did not end after 10000 pages");
+    }
+
+    pub fn list_all(&self) -> Vec<Value> {
+        self.list_pages(1000).0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(root: &TempDir, port: u16, args: &[String]) -> Child {
+    let mut log = OpenOptions::new().create(true).append(true).open(root.path().join("shortd.log")).expect("opening the server log");
+    let _ = writeln!(log, "=== shortd serve on 127.0.0.1:{port} {args:?}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shortd"));
+    // Settings come from the flags alone, never from the caller's environment.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SHORTD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .arg("--workers")
+        .arg("2")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("cloning the log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("spawning shortd")
+}
+
+fn wait_healthy(agent: &ureq::Agent, base: &str, child: &mut Child) -> Result<(), StartFailure> {
+    let url = format!("{base}/healthz");
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return Err(StartFailure::Exited);
+        }
+        if let Ok(r) = agent.get(&url).timeout(Duration::from_secs(1)).call() {
+            if r.status() == 200 {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+    Err(StartFailure::Unhealthy)
+}
+
+fn read_log(root: &TempDir) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = File::open(root.path().join("shortd.log")) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
