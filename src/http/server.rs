@@ -6,8 +6,14 @@
 //! That makes per-worker state (counters, click buffer) plain thread-owned
 //! data. The redirect route is answered synchronously inside the hyper
 //! service; the API gets a boxed future.
+//!
+//! Time limits are enforced by one watchdog timer per connection rather than
+//! hyper's header-read timeout, which arms (and allocates) a fresh timer for
+//! every request: the watchdog wakes a few times per limit and drops a
+//! connection that has sent part of a request without finishing it within
+//! `header_timeout`, or has sent nothing within `idle_timeout`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -24,7 +30,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -192,7 +199,7 @@ fn worker_main(app: Arc<App>, listener: StdListener, mut stop: watch::Receiver<b
                     match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            let svc = Svc { app: app.clone(), worker: worker.clone(), peer };
+                            let svc = Svc { app: app.clone(), worker: worker.clone(), peer, conn: Rc::new(ConnState::default()) };
                             let stop = stop.clone();
                             conns.spawn_local(async move {
                                 serve_connection(stream, svc, stop).await;
@@ -215,23 +222,91 @@ fn worker_main(app: Arc<App>, listener: StdListener, mut stop: watch::Receiver<b
     });
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, svc: Svc, mut stop: watch::Receiver<bool>) {
+/// What the watchdog knows of a connection.
+#[derive(Default)]
+struct ConnState {
+    /// Requests whose head has been parsed.
+    requests: Cell<u64>,
+    /// Bytes arrived since the last request head was parsed.
+    partial: Cell<bool>,
+}
+
+/// The socket, noting when bytes arrive.
+struct Watched {
+    stream: TcpStream,
+    conn: Rc<ConnState>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.conn.partial.set(true);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Resolves when the connection has overstayed a limit.
+async fn watchdog(conn: Rc<ConnState>, header_timeout: Duration, idle_timeout: Duration) {
+    let period = (header_timeout.min(idle_timeout) / 4).max(Duration::from_millis(50));
+    let mut seen = conn.requests.get();
+    let mut progress = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(period).await;
+        let now = tokio::time::Instant::now();
+        if conn.requests.get() != seen {
+            seen = conn.requests.get();
+            progress = now;
+            continue;
+        }
+        let limit = if conn.partial.get() { header_timeout } else { idle_timeout };
+        if now.duration_since(progress) >= limit {
+            return;
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, svc: Svc, mut stop: watch::Receiver<bool>) {
     let cfg = &svc.app.cfg;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_timeout)
+        .header_read_timeout(None)
         .keep_alive(true)
         .pipeline_flush(true)
         .max_buf_size(MAX_HEAD_BYTES.max(cfg.max_url_bytes + 8192))
         .max_headers(MAX_HEADERS);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let overstayed = watchdog(svc.conn.clone(), cfg.header_timeout, cfg.idle_timeout);
+    let io = TokioIo::new(Watched { stream, conn: svc.conn.clone() });
+    let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
+        _ = overstayed => {}
         _ = stop.changed() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            let _ = tokio::time::timeout(DRAIN_DEADLINE, conn).await;
         }
     }
 }
@@ -241,6 +316,7 @@ struct Svc {
     app: Arc<App>,
     worker: Rc<Worker>,
     peer: SocketAddr,
+    conn: Rc<ConnState>,
 }
 
 pub enum SvcFuture {
@@ -265,6 +341,8 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
     type Future = SvcFuture;
 
     fn call(&self, req: Request<Incoming>) -> SvcFuture {
+        self.conn.requests.set(self.conn.requests.get() + 1);
+        self.conn.partial.set(false);
         let method = req.method();
         if let Route::Redirect(code) = route(req.uri().path()) {
             if method == Method::GET || method == Method::HEAD {
