@@ -57,6 +57,11 @@ fn init_logging(format: LogFormat, level: &str) {
 fn serve(cfg: Config) -> Result<(), String> {
     init_logging(cfg.log_format, &cfg.log_level);
     let server = Server::start(cfg).map_err(|e| e.to_string())?;
+    let app = server.app().clone();
+    std::thread::Builder::new()
+        .name("shortd-signals".into())
+        .spawn(move || reload_on_hangup(&app))
+        .map_err(|e| e.to_string())?;
     wait_for_signal();
     tracing::info!("shutting down: draining connections (send SIGINT again to exit at once)");
     std::thread::spawn(|| {
@@ -66,6 +71,23 @@ fn serve(cfg: Config) -> Result<(), String> {
     });
     server.shutdown();
     Ok(())
+}
+
+/// SIGHUP re-reads the key file and blocklist; once a minute, rate-limit
+/// state of quiet clients is dropped.
+fn reload_on_hangup(app: &crate::http::App) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        let mut prune = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = hup.recv() => app.access.reload(),
+                _ = prune.tick() => app.access.prune(),
+            }
+        }
+    });
 }
 
 fn wait_for_signal() {

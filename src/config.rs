@@ -42,8 +42,21 @@ pub struct Config {
     pub workers: usize,
     /// Base of `short_url`. Default `http://{listen}`.
     pub public_url: url::Url,
-    /// API keys; empty means the API answers loopback clients only.
+    /// API keys; with none (here or in `api_key_file`) the API answers
+    /// loopback clients only.
     pub api_keys: Vec<String>,
+    /// File of API keys, one per line, re-read on SIGHUP. Default none.
+    pub api_key_file: Option<PathBuf>,
+    /// Creates per second per client IP; 0 for unlimited. Default 0.
+    pub create_rate: u32,
+    /// Creates a client may make at once before the rate applies. Default: the rate.
+    pub create_burst: u32,
+    /// Redirects per second per client IP; 0 for unlimited. Default 0.
+    pub redirect_rate: u32,
+    /// Proxies whose `X-Forwarded-For` names the client. Default none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// File of blocked target domains, one per line, re-read on SIGHUP. Default none.
+    pub blocklist: Option<PathBuf>,
     /// Default `always`.
     pub durability: Durability,
     /// fsync period under `interval`. Default `10ms`.
@@ -93,6 +106,12 @@ impl Default for Config {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             public_url: default_public_url(listen),
             api_keys: Vec::new(),
+            api_key_file: None,
+            create_rate: 0,
+            create_burst: 0,
+            redirect_rate: 0,
+            trusted_proxies: Vec::new(),
+            blocklist: None,
             durability: Durability::Always,
             fsync_interval: Duration::from_millis(10),
             segment_bytes: 64 << 20,
@@ -179,6 +198,25 @@ pub struct ServeArgs {
     #[arg(long = "api-key", env = "SHORTD_API_KEY", value_delimiter = ',')]
     #[serde(default)]
     pub api_key: Vec<String>,
+    /// File of API keys, one per line; re-read on SIGHUP
+    #[arg(long, env = "SHORTD_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Creates per second per client IP, 0 = unlimited [default: 0]
+    #[arg(long, env = "SHORTD_CREATE_RATE")]
+    pub create_rate: Option<u32>,
+    /// Burst of creates allowed above the rate [default: the rate]
+    #[arg(long, env = "SHORTD_CREATE_BURST")]
+    pub create_burst: Option<u32>,
+    /// Redirects per second per client IP, 0 = unlimited [default: 0]
+    #[arg(long, env = "SHORTD_REDIRECT_RATE")]
+    pub redirect_rate: Option<u32>,
+    /// CIDR of a proxy whose X-Forwarded-For is trusted; repeatable
+    #[arg(long = "trusted-proxy", env = "SHORTD_TRUSTED_PROXY", value_delimiter = ',')]
+    #[serde(default)]
+    pub trusted_proxy: Vec<String>,
+    /// File of blocked target domains (subdomains too); re-read on SIGHUP
+    #[arg(long, env = "SHORTD_BLOCKLIST")]
+    pub blocklist: Option<PathBuf>,
     /// always | interval | never [default: always]
     #[arg(long, env = "SHORTD_DURABILITY")]
     pub durability: Option<Durability>,
@@ -292,6 +330,24 @@ impl ServeArgs {
             }
         }
         c.api_keys = self.api_key;
+        if let Some(f) = self.api_key_file {
+            crate::http::access::read_key_file(&f).map_err(|e| bad("--api-key-file", e))?;
+            c.api_key_file = Some(f);
+        }
+        if let Some(f) = self.blocklist {
+            crate::http::access::Blocklist::load(&f).map_err(|e| bad("--blocklist", e))?;
+            c.blocklist = Some(f);
+        }
+        c.create_rate = self.create_rate.unwrap_or(0);
+        c.create_burst = self.create_burst.unwrap_or(c.create_rate);
+        c.redirect_rate = self.redirect_rate.unwrap_or(0);
+        for p in &self.trusted_proxy {
+            let net = p
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| bad("--trusted-proxy", format!("{p:?} is not an address or CIDR such as 10.0.0.0/8")))?;
+            c.trusted_proxies.push(net);
+        }
         if let Some(v) = self.durability {
             c.durability = v;
         }
@@ -380,6 +436,7 @@ impl ServeArgs {
             ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
         }
         fill!(
+            api_key_file, create_rate, create_burst, redirect_rate, blocklist,
             listen, data_dir, workers, public_url, durability, fsync_interval, segment_bytes,
             cache_control, max_url_bytes, max_body_bytes, header_timeout, idle_timeout,
             max_connections, cache_entries, cache_bytes, cache_ttl, cache_ttl_jitter,
@@ -387,6 +444,9 @@ impl ServeArgs {
         );
         if self.api_key.is_empty() {
             self.api_key = file.api_key;
+        }
+        if self.trusted_proxy.is_empty() {
+            self.trusted_proxy = file.trusted_proxy;
         }
         self.repair |= file.repair;
     }

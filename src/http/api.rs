@@ -61,6 +61,11 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
         Route::Redirect(_) | Route::NotFound => Err(Problem::not_found("this path")),
         _ => {
             authorize(app, peer, req.headers())?;
+            if matches!(route, Route::Links | Route::LinksBatch) && req.method() == Method::POST {
+                if let Some(limit) = &app.access.create_rate {
+                    limit.check(app.access.client_ip(peer, req.headers())).map_err(Problem::too_many_requests)?;
+                }
+            }
             match (route, req.method().clone()) {
                 (Route::Links, Method::POST) => create(app, req).await,
                 (Route::Links, _) => list(app, &req),
@@ -99,30 +104,19 @@ fn ready(app: &App) -> Response<Body> {
 /// With keys configured, a valid `Authorization: Bearer KEY`; without, a
 /// loopback client.
 fn authorize(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Problem> {
-    if app.cfg.api_keys.is_empty() {
+    if !app.access.has_keys() {
         if peer.ip().to_canonical().is_loopback() {
             return Ok(());
         }
         return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", "no API key is configured, so the API answers loopback clients only"));
     }
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    let ok = given.is_some_and(|g| app.cfg.api_keys.iter().fold(false, |hit, k| hit | constant_time_eq(g, k.as_bytes())));
+    let ok = given.is_some_and(|g| app.access.key_matches(g));
     if ok {
         return Ok(());
     }
-    let mut resp = Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", "send a valid API key as Authorization: Bearer KEY")
-        .with_field("Authorization", if given.is_some() { "the key is not valid" } else { "is required" });
-    resp.allow = None;
-    Err(resp)
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a
-/// key matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    Err(Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", "send a valid API key as Authorization: Bearer KEY")
+        .with_field("Authorization", if given.is_some() { "the key is not valid" } else { "is required" }))
 }
 
 #[derive(Serialize)]
@@ -228,7 +222,13 @@ fn int_field(v: &Value, field: &str, min: u64, max: u64) -> Result<u64, Problem>
 
 fn url_field(app: &App, v: &Value) -> Result<String, Problem> {
     let raw = string_field(v, "url")?;
-    target::validate(raw, app.cfg.max_url_bytes, app.own_host.as_deref()).map_err(|e| Problem::invalid("url", e.to_string()))
+    let url = target::validate(raw, app.cfg.max_url_bytes, app.own_host.as_deref()).map_err(|e| Problem::invalid("url", e.to_string()))?;
+    if let Some(host) = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_owned)) {
+        if app.access.blocked(&host) {
+            return Err(Problem::invalid("url", "points at a blocked domain"));
+        }
+    }
+    Ok(url)
 }
 
 fn redirect_field(v: &Value) -> Result<u16, Problem> {

@@ -2,6 +2,7 @@
 //! the redirect hot path (`redirect`), the JSON API (`api`) and its errors
 //! (`problem`).
 
+pub mod access;
 pub mod api;
 pub mod problem;
 pub mod redirect;
@@ -24,6 +25,7 @@ use crate::store::Store;
 /// Everything a request handler may use, shared by all workers.
 pub struct App {
     pub cfg: Config,
+    pub access: access::Access,
     pub store: Arc<Store>,
     pub cache: Cache,
     pub hot: Arc<HotKeys>,

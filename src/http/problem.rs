@@ -78,6 +78,13 @@ impl Problem {
             .with_field(field, &format!("larger than {limit} bytes"))
     }
 
+    pub fn too_many_requests(wait: std::time::Duration) -> Problem {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", format!("slow down; retry in {secs} s"));
+        p.retry_after = Some(secs.max(1));
+        p
+    }
+
     pub fn into_response(self) -> Response<Body> {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -102,6 +102,13 @@ fn load(app: &App, code: &str, now: i64) -> Option<Arc<Entry>> {
     loaded
 }
 
+/// With `--redirect-rate` set, a 429 for a client over its rate.
+pub fn rate_limited(app: &App, peer: std::net::SocketAddr, headers: &http::HeaderMap) -> Option<Response<Body>> {
+    let limit = app.access.redirect_rate.as_ref()?;
+    let wait = limit.check(app.access.client_ip(peer, headers)).err()?;
+    Some(super::problem::Problem::too_many_requests(wait).into_response())
+}
+
 fn problem(status: StatusCode, body: &'static [u8]) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body)));
     *resp.status_mut() = status;

@@ -59,6 +59,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start worker threads: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Access(String),
 }
 
 /// A running server; dropping it without `shutdown` leaves threads running.
@@ -108,7 +110,9 @@ impl Server {
         if !public_base.ends_with('/') {
             public_base.push('/');
         }
+        let access = super::access::Access::new(&cfg).map_err(StartError::Access)?;
         let app = Arc::new(App {
+            access,
             cache: Cache::new(CacheConfig { max_entries: cfg.cache_entries, max_bytes: cfg.cache_bytes, ttl: cfg.cache_ttl, jitter: cfg.cache_ttl_jitter }),
             cache_control: http::HeaderValue::from_str(&cfg.cache_control).expect("validated in config"),
             own_host: cfg.public_url.host_str().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_string()),
@@ -347,6 +351,9 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
         if let Route::Redirect(code) = route(req.uri().path()) {
             if method == Method::GET || method == Method::HEAD {
                 let head = method == Method::HEAD;
+                if let Some(refused) = redirect::rate_limited(&self.app, self.peer, req.headers()) {
+                    return SvcFuture::Ready(ready(Ok(refused)));
+                }
                 return SvcFuture::Ready(ready(Ok(redirect::serve(&self.app, &self.worker, code, head))));
             }
         }
