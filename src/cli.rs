@@ -19,7 +19,7 @@ const IMPORT_WINDOW: usize = 8192;
 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Serve(args) => match args.resolve() {
+        Command::Serve(args) => match (*args).resolve() {
             Ok(cfg) => serve(cfg),
             Err(e) => Err(e.to_string()),
         },
@@ -58,10 +58,7 @@ fn serve(cfg: Config) -> Result<(), String> {
     init_logging(cfg.log_format, &cfg.log_level);
     let server = Server::start(cfg).map_err(|e| e.to_string())?;
     let app = server.app().clone();
-    std::thread::Builder::new()
-        .name("shortd-signals".into())
-        .spawn(move || reload_on_hangup(&app))
-        .map_err(|e| e.to_string())?;
+    std::thread::Builder::new().name("shortd-signals".into()).spawn(move || reload_on_hangup(&app)).map_err(|e| e.to_string())?;
     wait_for_signal();
     tracing::info!("shutting down: draining connections (send SIGINT again to exit at once)");
     std::thread::spawn(|| {
@@ -160,7 +157,8 @@ fn parse_import(obj: &Map<String, Value>) -> Result<NewLink, String> {
     let expires_ms = match (obj.get("ttl_seconds").and_then(Value::as_u64), obj.get("expires_at").and_then(Value::as_str)) {
         (Some(s), _) => now + s as i64 * 1000,
         (None, Some(t)) => {
-            let t = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).map_err(|_| "expires_at: must be RFC 3339")?;
+            let t = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| "expires_at: must be RFC 3339")?;
             (t.unix_timestamp_nanos() / 1_000_000) as i64
         }
         _ => 0,
@@ -262,7 +260,10 @@ fn check(dir: &Path) -> Result<(), String> {
                 Err(DecodeError::End) if seg.bytes()[at.min(seg.len())..].iter().all(|&b| b == 0) => break,
                 Err(e) => {
                     let newest = i + 1 == numbers.len();
-                    println!("segment {n:08}.log: {} at byte {at}: {e}", if newest { "torn tail (cut off at next start)" } else { "damage" });
+                    println!(
+                        "segment {n:08}.log: {} at byte {at}: {e}",
+                        if newest { "torn tail (cut off at next start)" } else { "damage" }
+                    );
                     if !newest {
                         problems += 1;
                     }
@@ -282,7 +283,11 @@ fn check(dir: &Path) -> Result<(), String> {
             }
         }
     }
-    println!("segments: {}, data bytes: {bytes}, records: {puts} put, {deletes} delete, {clicks} clicks, {idem} idempotency; snapshots: {}", numbers.len(), snaps.len());
+    println!(
+        "segments: {}, data bytes: {bytes}, records: {puts} put, {deletes} delete, {clicks} clicks, {idem} idempotency; snapshots: {}",
+        numbers.len(),
+        snaps.len()
+    );
     let store = open(dir, true)?;
     let stats = store.stats();
     println!("keys in index: {} (live links and tombstones)", stats.keys);

@@ -23,8 +23,20 @@ pub const MAX_ALIAS_LEN: usize = 64;
 /// Words that can never be an alias because they name server routes or are
 /// likely to be mistaken for them.
 pub const RESERVED: &[&str] = &[
-    "api", "metrics", "healthz", "readyz", "_internal", "internal", "admin", "static",
-    "favicon.ico", "robots.txt", "health", "ready", "status", "docs",
+    "api",
+    "metrics",
+    "healthz",
+    "readyz",
+    "_internal",
+    "internal",
+    "admin",
+    "static",
+    "favicon.ico",
+    "robots.txt",
+    "health",
+    "ready",
+    "status",
+    "docs",
 ];
 
 /// The secret that keys the permutation; generated once per data directory.

@@ -149,7 +149,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the HTTP server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write every live link as JSON lines to standard output.
     Export(DataDirArg),
     /// Create links from a JSON lines file (one `{"url", "alias"?, ...}` per line).
@@ -436,11 +436,33 @@ impl ServeArgs {
             ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
         }
         fill!(
-            api_key_file, create_rate, create_burst, redirect_rate, blocklist,
-            listen, data_dir, workers, public_url, durability, fsync_interval, segment_bytes,
-            cache_control, max_url_bytes, max_body_bytes, header_timeout, idle_timeout,
-            max_connections, cache_entries, cache_bytes, cache_ttl, cache_ttl_jitter,
-            snapshot_records, snapshot_interval, compact_ratio, log_format, log_level
+            api_key_file,
+            create_rate,
+            create_burst,
+            redirect_rate,
+            blocklist,
+            listen,
+            data_dir,
+            workers,
+            public_url,
+            durability,
+            fsync_interval,
+            segment_bytes,
+            cache_control,
+            max_url_bytes,
+            max_body_bytes,
+            header_timeout,
+            idle_timeout,
+            max_connections,
+            cache_entries,
+            cache_bytes,
+            cache_ttl,
+            cache_ttl_jitter,
+            snapshot_records,
+            snapshot_interval,
+            compact_ratio,
+            log_format,
+            log_level
         );
         if self.api_key.is_empty() {
             self.api_key = file.api_key;

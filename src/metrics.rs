@@ -117,8 +117,16 @@ pub fn install() -> Arc<Metrics> {
     METRICS
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &[1e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0, 5.0])
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_BATCH.into()), &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]))
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[1e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 1.0, 5.0],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(STORE_BATCH.into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+                    )
+                })
                 .expect("bucket lists are not empty")
                 .build_recorder();
             let handle = recorder.handle();

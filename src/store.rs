@@ -391,7 +391,8 @@ impl Store {
         let start = cursor.map_or(Loc { seg: 0, off: 0 }, |c| c.0);
         let mut out = Vec::new();
         for seg in segments.iter().filter(|s| s.number >= start.seg) {
-            let mut at = if seg.number == start.seg { (start.off as usize).max(segment::SEGMENT_HEADER_LEN) } else { segment::SEGMENT_HEADER_LEN };
+            let mut at =
+                if seg.number == start.seg { (start.off as usize).max(segment::SEGMENT_HEADER_LEN) } else { segment::SEGMENT_HEADER_LEN };
             while let Ok((rec, len)) = record::decode(seg.bytes(), at) {
                 let here = Loc { seg: seg.number, off: at as u32 };
                 at += record::padded(len);

@@ -103,10 +103,12 @@ mod tests {
     fn a_waiter_gives_up_after_its_timeout_and_loads_itself() {
         let c: Arc<Coalescer<u64>> = Arc::new(Coalescer::default());
         let c2 = c.clone();
-        let slow = std::thread::spawn(move || c2.load("k", Duration::from_secs(5), || {
-            std::thread::sleep(Duration::from_millis(500));
-            1
-        }));
+        let slow = std::thread::spawn(move || {
+            c2.load("k", Duration::from_secs(5), || {
+                std::thread::sleep(Duration::from_millis(500));
+                1
+            })
+        });
         std::thread::sleep(Duration::from_millis(50));
         let (v, role) = c.load("k", Duration::from_millis(20), || 2);
         assert_eq!((v, role), (2, Role::TimedOut));

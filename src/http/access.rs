@@ -26,7 +26,10 @@ impl RateLimit {
     pub fn new(per_second: u32, burst: u32) -> Option<RateLimit> {
         let rate = NonZeroU32::new(per_second)?;
         let burst = NonZeroU32::new(burst).unwrap_or(rate);
-        Some(RateLimit { limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)), clock: DefaultClock::default() })
+        Some(RateLimit {
+            limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            clock: DefaultClock::default(),
+        })
     }
 
     /// `Err(wait)` when the client must wait before trying again.
@@ -115,7 +118,11 @@ pub fn read_key_file(path: &Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let keys: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
     if let Some(bad) = keys.iter().find(|k| k.len() < 8 || !k.bytes().all(|b| b.is_ascii_graphic())) {
-        return Err(format!("{}: key {:?}… needs at least 8 printable ASCII characters, no spaces", path.display(), &bad[..bad.len().min(3)]));
+        return Err(format!(
+            "{}: key {:?}… needs at least 8 printable ASCII characters, no spaces",
+            path.display(),
+            &bad[..bad.len().min(3)]
+        ));
     }
     Ok(keys)
 }

@@ -108,7 +108,12 @@ fn authorize(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Pro
         if peer.ip().to_canonical().is_loopback() {
             return Ok(());
         }
-        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", "no API key is configured, so the API answers loopback clients only"));
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            "no API key is configured, so the API answers loopback clients only",
+        ));
     }
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     let ok = given.is_some_and(|g| app.access.key_matches(g));
@@ -174,8 +179,13 @@ async fn read_body(app: &App, req: Request<Incoming>, json_only: bool) -> Result
         let is_json = ct == "application/json" || ct.ends_with("+json");
         let is_lines = ct == "application/x-ndjson" || ct == "application/jsonl" || ct == "application/json-lines";
         if !(is_json || (!json_only && is_lines)) {
-            return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", "send application/json")
-                .with_field("Content-Type", "must be application/json"));
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send application/json",
+            )
+            .with_field("Content-Type", "must be application/json"));
         }
     }
     let limit = app.cfg.max_body_bytes;
@@ -367,9 +377,15 @@ fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
     let mut limit = DEFAULT_PAGE;
     for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         match k.as_ref() {
-            "cursor" if !v.is_empty() => cursor = Some(Cursor::decode(&v).ok_or_else(|| Problem::invalid("cursor", "is not a cursor from an earlier page"))?),
+            "cursor" if !v.is_empty() => {
+                cursor = Some(Cursor::decode(&v).ok_or_else(|| Problem::invalid("cursor", "is not a cursor from an earlier page"))?)
+            }
             "limit" => {
-                limit = v.parse().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| Problem::invalid("limit", format!("must be an integer from 1 to {MAX_PAGE}")))?
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| Problem::invalid("limit", format!("must be an integer from 1 to {MAX_PAGE}")))?
             }
             _ => {}
         }
@@ -421,7 +437,11 @@ fn hot(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
     let mut limit = 10;
     for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         if k == "limit" {
-            limit = v.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| Problem::invalid("limit", "must be an integer from 1 to 100"))?;
+            limit = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| Problem::invalid("limit", "must be an integer from 1 to 100"))?;
         }
     }
     let window = app.hot.window();

@@ -13,49 +13,50 @@ pub type Body = Full<Bytes>;
 
 pub const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Problem {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: &'static str,
     pub status: u16,
+    /// The last part of the `type` URI, `urn:shortd:problem:{slug}`.
+    pub slug: &'static str,
+    pub title: &'static str,
     pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(skip)]
+    /// The request field at fault and why.
+    pub field: Option<Box<(String, String)>>,
     pub retry_after: Option<u64>,
-    #[serde(skip)]
     pub allow: Option<&'static str>,
 }
 
-impl Problem {
-    pub fn new(status: StatusCode, slug: &str, title: &'static str, detail: impl Into<String>) -> Problem {
-        Problem {
-            kind: format!("urn:shortd:problem:{slug}"),
-            title,
-            status: status.as_u16(),
-            detail: detail.into(),
-            field: None,
-            reason: None,
-            retry_after: None,
-            allow: None,
+impl Serialize for Problem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("type", &format_args!("urn:shortd:problem:{}", self.slug))?;
+        m.serialize_entry("title", self.title)?;
+        m.serialize_entry("status", &self.status)?;
+        m.serialize_entry("detail", &self.detail)?;
+        if let Some(fr) = &self.field {
+            m.serialize_entry("field", &fr.0)?;
+            m.serialize_entry("reason", &fr.1)?;
         }
+        m.end()
+    }
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Problem {
+        Problem { status: status.as_u16(), slug, title, detail: detail.into(), field: None, retry_after: None, allow: None }
     }
 
     /// A 400 about one field of the request.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Problem {
         let (field, reason) = (field.into(), reason.into());
         let mut p = Problem::new(StatusCode::BAD_REQUEST, "invalid-request", "Invalid request", format!("{field}: {reason}"));
-        p.field = Some(field);
-        p.reason = Some(reason);
+        p.field = Some(Box::new((field, reason)));
         p
     }
 
     pub fn with_field(mut self, field: &str, reason: &str) -> Problem {
-        self.field = Some(field.into());
-        self.reason = Some(reason.into());
+        self.field = Some(Box::new((field.into(), reason.into())));
         self
     }
 
@@ -68,19 +69,26 @@ impl Problem {
     }
 
     pub fn method_not_allowed(allow: &'static str) -> Problem {
-        let mut p = Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", format!("allowed methods: {allow}"));
+        let mut p =
+            Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", format!("allowed methods: {allow}"));
         p.allow = Some(allow);
         p
     }
 
     pub fn too_large(field: &str, limit: usize) -> Problem {
-        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Payload too large", format!("the request body is larger than {limit} bytes"))
-            .with_field(field, &format!("larger than {limit} bytes"))
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Payload too large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .with_field(field, &format!("larger than {limit} bytes"))
     }
 
     pub fn too_many_requests(wait: std::time::Duration) -> Problem {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", format!("slow down; retry in {secs} s"));
+        let mut p =
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", format!("slow down; retry in {secs} s"));
         p.retry_after = Some(secs.max(1));
         p
     }
@@ -104,11 +112,15 @@ impl From<WriteError> for Problem {
     fn from(e: WriteError) -> Problem {
         let detail = e.to_string();
         match e {
-            WriteError::Taken => Problem::new(StatusCode::CONFLICT, "alias-taken", "Conflict", detail).with_field("alias", "is already taken"),
+            WriteError::Taken => {
+                Problem::new(StatusCode::CONFLICT, "alias-taken", "Conflict", detail).with_field("alias", "is already taken")
+            }
             WriteError::NotFound => Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail),
             WriteError::Gone => Problem::new(StatusCode::GONE, "gone", "Gone", detail),
-            WriteError::IdempotencyMismatch => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-mismatch", "Idempotency-Key reused", detail)
-                .with_field("Idempotency-Key", "was used earlier with a different request body"),
+            WriteError::IdempotencyMismatch => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-mismatch", "Idempotency-Key reused", detail)
+                    .with_field("Idempotency-Key", "was used earlier with a different request body")
+            }
             WriteError::Exhausted => Problem::new(StatusCode::INSUFFICIENT_STORAGE, "exhausted", "Code space exhausted", detail),
             WriteError::DiskFull(_) => Problem::new(StatusCode::INSUFFICIENT_STORAGE, "disk-full", "Insufficient storage", detail),
             WriteError::Unavailable(_) => {

@@ -34,7 +34,9 @@ impl Route<'_> {
 
     pub fn allows(&self, method: &Method) -> bool {
         match self {
-            Route::Redirect(_) | Route::Health | Route::Ready | Route::Metrics | Route::HotStats => method == Method::GET || method == Method::HEAD,
+            Route::Redirect(_) | Route::Health | Route::Ready | Route::Metrics | Route::HotStats => {
+                method == Method::GET || method == Method::HEAD
+            }
             Route::Links => method == Method::GET || method == Method::POST,
             Route::LinksBatch => method == Method::POST,
             Route::Link(_) => method == Method::GET || method == Method::PATCH || method == Method::DELETE,

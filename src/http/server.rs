@@ -113,7 +113,12 @@ impl Server {
         let access = super::access::Access::new(&cfg).map_err(StartError::Access)?;
         let app = Arc::new(App {
             access,
-            cache: Cache::new(CacheConfig { max_entries: cfg.cache_entries, max_bytes: cfg.cache_bytes, ttl: cfg.cache_ttl, jitter: cfg.cache_ttl_jitter }),
+            cache: Cache::new(CacheConfig {
+                max_entries: cfg.cache_entries,
+                max_bytes: cfg.cache_bytes,
+                ttl: cfg.cache_ttl,
+                jitter: cfg.cache_ttl_jitter,
+            }),
             cache_control: http::HeaderValue::from_str(&cfg.cache_control).expect("validated in config"),
             own_host: cfg.public_url.host_str().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_string()),
             public_base,

@@ -95,20 +95,18 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
     let mut start = Loc { seg: 0, off: 0 };
     for path in snapshot::list(dir).map_err(io_err(dir))? {
         match Snapshot::read(&path) {
-            Ok(snap) => {
-                match state.load_snapshot(&snap, &segs, opts.repair) {
-                    Ok(()) => {
-                        tracing::info!(file = %path.display(), "loaded snapshot");
-                        start = Loc { seg: snap.meta.replay_seg, off: snap.meta.replay_off as u32 };
-                        break;
-                    }
-                    Err(e) if opts.repair => {
-                        tracing::warn!(file = %path.display(), error = %e, "snapshot unusable; trying an older one");
-                        state.reset();
-                    }
-                    Err(e) => return Err(e),
+            Ok(snap) => match state.load_snapshot(&snap, &segs, opts.repair) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "loaded snapshot");
+                    start = Loc { seg: snap.meta.replay_seg, off: snap.meta.replay_off as u32 };
+                    break;
                 }
-            }
+                Err(e) if opts.repair => {
+                    tracing::warn!(file = %path.display(), error = %e, "snapshot unusable; trying an older one");
+                    state.reset();
+                }
+                Err(e) => return Err(e),
+            },
             Err(e) => tracing::warn!(file = %path.display(), error = %e, "snapshot fails its check; trying an older one"),
         }
     }
@@ -125,7 +123,7 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
     let newest = numbers.last().copied();
     let mut write_off = SEGMENT_HEADER_LEN as u64;
     *shared.segments.write() = segs.clone();
-    
+
     for (&n, seg) in segs.range(start.seg..) {
         let from = if n == start.seg { (start.off as usize).max(SEGMENT_HEADER_LEN) } else { SEGMENT_HEADER_LEN };
         let end = state.replay_segment(seg, from, Some(n) == newest, opts)?;
@@ -305,9 +303,8 @@ fn zero_tail(path: &Path, from: u64, to: u64) -> io::Result<()> {
 fn lock_dir(dir: &Path) -> Result<File, OpenError> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        OpenError::Invalid(format!("data directory {} is in use by another shortd process", dir.display()))
-    })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| OpenError::Invalid(format!("data directory {} is in use by another shortd process", dir.display())))?;
     Ok(file)
 }
 
@@ -324,7 +321,8 @@ fn load_or_create_key(dir: &Path, read_only: bool) -> Result<CodeKey, OpenError>
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound && !read_only => {
-            getrandom::getrandom(&mut bytes[..CodeKey::BYTES]).map_err(|e| OpenError::Invalid(format!("no randomness for the code key: {e}")))?;
+            getrandom::getrandom(&mut bytes[..CodeKey::BYTES])
+                .map_err(|e| OpenError::Invalid(format!("no randomness for the code key: {e}")))?;
             let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..CodeKey::BYTES]);
             bytes[CodeKey::BYTES..].copy_from_slice(&sum.to_le_bytes());
             let tmp = path.with_extension("tmp");

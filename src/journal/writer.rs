@@ -146,7 +146,11 @@ impl Writer {
         let opened = if w.active == 0 {
             w.roll()
         } else {
-            OpenOptions::new().write(true).open(segment::segment_path(&w.opts.dir, w.active)).map(|f| w.file = Some(f)).map_err(|e| WriteError::Unavailable(e.to_string()))
+            OpenOptions::new()
+                .write(true)
+                .open(segment::segment_path(&w.opts.dir, w.active))
+                .map(|f| w.file = Some(f))
+                .map_err(|e| WriteError::Unavailable(e.to_string()))
         };
         if let Err(e) = opened {
             w.poison(format!("cannot open the log for writing: {e}"));
@@ -293,7 +297,8 @@ impl Writer {
         self.effects.push(Effect::LiveLinks(1));
         if let Some((ikey, hash)) = new.idempotency {
             let at = now_ms();
-            let rec = Record { lsn: 0, time_ms: at, body: Body::Idempotency { key: ikey.as_bytes(), body_hash: hash, code: code.as_bytes() } };
+            let rec =
+                Record { lsn: 0, time_ms: at, body: Body::Idempotency { key: ikey.as_bytes(), body_hash: hash, code: code.as_bytes() } };
             self.append(rec)?;
             let key = CompactString::from(ikey);
             self.pending_idem.insert(key.clone(), (code.clone(), hash));
