@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use crate::cache::Cache;
-use crate::clicks::ClickBuffer;
+use crate::cache::{Cache, CacheConfig};
+use crate::clicks::{ClickBuffer, ClickSink};
 use crate::config::Config;
 use crate::hot::HotKeys;
 use crate::metrics::{Metrics, WorkerStats};
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 
 /// Everything a request handler may use, shared by all workers.
 pub struct App {
@@ -39,8 +39,55 @@ pub struct App {
 }
 
 impl App {
+    /// Opens the store and builds everything the handlers share.
+    pub fn open(cfg: Config) -> Result<App, server::StartError> {
+        let store = Arc::new(Store::open(StoreOptions {
+            dir: cfg.data_dir.clone(),
+            durability: cfg.durability,
+            fsync_interval: cfg.fsync_interval,
+            segment_bytes: cfg.segment_bytes,
+            snapshot_records: cfg.snapshot_records,
+            snapshot_interval: cfg.snapshot_interval,
+            compact_ratio: cfg.compact_ratio,
+            repair: cfg.repair,
+            read_only: false,
+        })?);
+        let mut public_base = cfg.public_url.to_string();
+        if !public_base.ends_with('/') {
+            public_base.push('/');
+        }
+        Ok(App {
+            access: access::Access::new(&cfg).map_err(server::StartError::Access)?,
+            cache: Cache::new(CacheConfig {
+                max_entries: cfg.cache_entries,
+                max_bytes: cfg.cache_bytes,
+                ttl: cfg.cache_ttl,
+                jitter: cfg.cache_ttl_jitter,
+            }),
+            cache_control: HeaderValue::from_str(&cfg.cache_control).map_err(|_| server::StartError::Access("--cache-control is not a header value".into()))?,
+            own_host: cfg.public_url.host_str().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_string()),
+            public_base,
+            hot: Arc::new(HotKeys::default()),
+            metrics: crate::metrics::install(),
+            store,
+            cfg,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Worker {
+    /// A worker's state; `sink` is where its click buffer drains to.
+    pub fn new(app: &App, sink: ClickSink) -> Worker {
+        Worker { stats: app.metrics.register_worker(), clicks: RefCell::new(ClickBuffer::new(sink)) }
     }
 }
 

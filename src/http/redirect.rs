@@ -23,8 +23,24 @@ use crate::store::Lookup;
 const COALESCE_WAIT: Duration = Duration::from_millis(100);
 const ZERO: HeaderValue = HeaderValue::from_static("0");
 
+/// What a redirect request comes to, before it becomes an HTTP response.
+pub enum Answer {
+    Redirect { status: StatusCode, location: HeaderValue },
+    NotFound,
+    Gone,
+}
+
 pub fn serve(app: &App, worker: &Worker, code: &str, head: bool) -> Response<Body> {
     let started = Instant::now();
+    let answer = decide(app, worker, code, head);
+    let resp = respond(app, answer);
+    worker.stats.redirect(Outcome::for_status(resp.status().as_u16()), started.elapsed());
+    resp
+}
+
+/// Cache, store, expiry, click limit, click count: everything but HTTP.
+/// On a cache hit this allocates nothing (tests/alloc.rs holds it to that).
+pub fn decide(app: &App, worker: &Worker, code: &str, head: bool) -> Answer {
     let now = clock::now_ms();
     let stats = &worker.stats;
 
@@ -42,18 +58,18 @@ pub fn serve(app: &App, worker: &Worker, code: &str, head: bool) -> Response<Bod
             bump(&stats.cache_misses);
             match load(app, code, now) {
                 Some(e) => e,
-                None => return finish(stats, started, problem(StatusCode::NOT_FOUND, NOT_FOUND_BODY)),
+                None => return Answer::NotFound,
             }
         }
     };
 
     if entry.gone || entry.is_expired(now) {
-        return finish(stats, started, problem(StatusCode::GONE, GONE_BODY));
+        return Answer::Gone;
     }
     if entry.max_clicks > 0 {
         let allowed = if head { app.store.clicks(code) < entry.max_clicks } else { app.store.try_click_limited(code, entry.max_clicks) };
         if !allowed {
-            return finish(stats, started, problem(StatusCode::GONE, GONE_BODY));
+            return Answer::Gone;
         }
     } else if !head {
         worker.clicks.borrow_mut().count(code);
@@ -61,14 +77,25 @@ pub fn serve(app: &App, worker: &Worker, code: &str, head: bool) -> Response<Bod
     if !head {
         bump(&stats.clicks);
     }
+    Answer::Redirect { status: entry.status, location: entry.location.clone() }
+}
 
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = entry.status;
-    let h = resp.headers_mut();
-    h.insert(header::LOCATION, entry.location.clone());
-    h.insert(header::CACHE_CONTROL, app.cache_control.clone());
-    h.insert(header::CONTENT_LENGTH, ZERO);
-    finish(stats, started, resp)
+/// The HTTP response for an answer. hyper's header map allocates its
+/// storage on the first insert; that is the one allocation a hit pays.
+pub fn respond(app: &App, answer: Answer) -> Response<Body> {
+    match answer {
+        Answer::Redirect { status, location } => {
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = status;
+            let h = resp.headers_mut();
+            h.insert(header::LOCATION, location);
+            h.insert(header::CACHE_CONTROL, app.cache_control.clone());
+            h.insert(header::CONTENT_LENGTH, ZERO);
+            resp
+        }
+        Answer::NotFound => problem(StatusCode::NOT_FOUND, NOT_FOUND_BODY),
+        Answer::Gone => problem(StatusCode::GONE, GONE_BODY),
+    }
 }
 
 /// Reads a code from the store into the cache, one load per code at a time.
@@ -116,8 +143,3 @@ fn problem(status: StatusCode, body: &'static [u8]) -> Response<Body> {
     resp
 }
 
-#[inline]
-fn finish(stats: &crate::metrics::WorkerStats, started: Instant, resp: Response<Body>) -> Response<Body> {
-    stats.redirect(Outcome::for_status(resp.status().as_u16()), started.elapsed());
-    resp
-}

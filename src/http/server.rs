@@ -13,13 +13,12 @@
 //! connection that has sent part of a request without finishing it within
 //! `header_timeout`, or has sent nothing within `idle_timeout`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -38,11 +37,8 @@ use tokio::task::JoinSet;
 use super::problem::Body;
 use super::router::{route, Route};
 use super::{api, redirect, App, Worker};
-use crate::cache::{Cache, CacheConfig};
-use crate::clicks::{Aggregator, ClickBuffer, ClickSink, FLUSH_EVERY};
+use crate::clicks::{Aggregator, ClickSink, FLUSH_EVERY};
 use crate::config::Config;
-use crate::hot::HotKeys;
-use crate::store::{Store, StoreOptions};
 
 /// How long a graceful shutdown waits for open connections to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -86,48 +82,14 @@ fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
 impl Server {
     /// Opens the store, binds every worker's listener and starts serving.
     pub fn start(cfg: Config) -> Result<Server, StartError> {
-        let metrics = crate::metrics::install();
-        let store = Arc::new(Store::open(StoreOptions {
-            dir: cfg.data_dir.clone(),
-            durability: cfg.durability,
-            fsync_interval: cfg.fsync_interval,
-            segment_bytes: cfg.segment_bytes,
-            snapshot_records: cfg.snapshot_records,
-            snapshot_interval: cfg.snapshot_interval,
-            compact_ratio: cfg.compact_ratio,
-            repair: cfg.repair,
-            read_only: false,
-        })?);
         let first = bind(cfg.listen).map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
         let addr = first.local_addr().map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
         let mut listeners = vec![first];
         for _ in 1..cfg.workers {
             listeners.push(bind(addr).map_err(|source| StartError::Listen { addr, source })?);
         }
-        let hot = Arc::new(HotKeys::default());
-        let aggregator = Aggregator::start(store.clone(), hot.clone());
-        let mut public_base = cfg.public_url.to_string();
-        if !public_base.ends_with('/') {
-            public_base.push('/');
-        }
-        let access = super::access::Access::new(&cfg).map_err(StartError::Access)?;
-        let app = Arc::new(App {
-            access,
-            cache: Cache::new(CacheConfig {
-                max_entries: cfg.cache_entries,
-                max_bytes: cfg.cache_bytes,
-                ttl: cfg.cache_ttl,
-                jitter: cfg.cache_ttl_jitter,
-            }),
-            cache_control: http::HeaderValue::from_str(&cfg.cache_control).expect("validated in config"),
-            own_host: cfg.public_url.host_str().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_string()),
-            public_base,
-            hot,
-            metrics,
-            store,
-            cfg,
-            shutting_down: Default::default(),
-        });
+        let app = Arc::new(App::open(cfg)?);
+        let aggregator = Aggregator::start(app.store.clone(), app.hot.clone());
         let (stop, _) = watch::channel(false);
         let limit = Arc::new(Semaphore::new(app.cfg.max_connections));
         let mut workers = Vec::new();
@@ -154,7 +116,7 @@ impl Server {
     /// Stops accepting, lets open requests finish (up to a deadline), then
     /// persists clicks, writes a snapshot and closes the store.
     pub fn shutdown(mut self) {
-        self.app.shutting_down.store(true, Ordering::Relaxed);
+        self.app.begin_shutdown();
         let _ = self.stop.send(true);
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -174,7 +136,7 @@ fn worker_main(app: Arc<App>, listener: StdListener, mut stop: watch::Receiver<b
         }
     };
     let local = tokio::task::LocalSet::new();
-    let worker = Rc::new(Worker { stats: app.metrics.register_worker(), clicks: RefCell::new(ClickBuffer::new(sink)) });
+    let worker = Rc::new(Worker::new(&app, sink));
     local.block_on(&rt, async move {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
