@@ -64,7 +64,8 @@ impl App {
                 ttl: cfg.cache_ttl,
                 jitter: cfg.cache_ttl_jitter,
             }),
-            cache_control: HeaderValue::from_str(&cfg.cache_control).map_err(|_| server::StartError::Access("--cache-control is not a header value".into()))?,
+            cache_control: HeaderValue::from_str(&cfg.cache_control)
+                .map_err(|_| server::StartError::Access("--cache-control is not a header value".into()))?,
             own_host: cfg.public_url.host_str().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_string()),
             public_base,
             hot: Arc::new(HotKeys::default()),

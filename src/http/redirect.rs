@@ -142,4 +142,3 @@ fn problem(status: StatusCode, body: &'static [u8]) -> Response<Body> {
     resp.headers_mut().insert(header::CONTENT_TYPE, PROBLEM_JSON);
     resp
 }
-
