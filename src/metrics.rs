@@ -73,10 +73,14 @@ impl Outcome {
 const LATENCY_BOUNDS: [f64; 12] = [1e-6, 2e-6, 5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 5e-3, 25e-3];
 
 /// Counters one worker thread writes and a scrape reads.
+/// One redirect in this many is timed for the latency histogram.
+pub const LATENCY_SAMPLE: u64 = 16;
+
 #[repr(align(128))]
 #[derive(Default)]
 pub struct WorkerStats {
     outcomes: [AtomicU64; 6],
+    sampler: AtomicU64,
     latency: [AtomicU64; 13],
     latency_sum_ns: AtomicU64,
     pub cache_hits: AtomicU64,
@@ -92,14 +96,25 @@ pub fn bump(c: &AtomicU64) {
 }
 
 impl WorkerStats {
+    /// True for one call in `LATENCY_SAMPLE`.
     #[inline]
-    pub fn redirect(&self, outcome: Outcome, took: Duration) {
+    pub fn sample_latency(&self) -> bool {
+        bump(&self.sampler);
+        self.sampler.load(Ordering::Relaxed) % LATENCY_SAMPLE == 0
+    }
+
+    /// Counts a redirect, and its latency when it was sampled (weighted by
+    /// the sampling rate, so the histogram's count tracks the request count).
+    #[inline]
+    pub fn redirect(&self, outcome: Outcome, took: Option<Duration>) {
         bump(&self.outcomes[outcome as usize]);
+        let Some(took) = took else { return };
         let secs = took.as_secs_f64();
         let bucket = LATENCY_BOUNDS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BOUNDS.len());
-        bump(&self.latency[bucket]);
+        let b = &self.latency[bucket];
+        b.store(b.load(Ordering::Relaxed) + LATENCY_SAMPLE, Ordering::Relaxed);
         let s = &self.latency_sum_ns;
-        s.store(s.load(Ordering::Relaxed) + took.as_nanos() as u64, Ordering::Relaxed);
+        s.store(s.load(Ordering::Relaxed) + took.as_nanos() as u64 * LATENCY_SAMPLE, Ordering::Relaxed);
     }
 }
 
@@ -184,7 +199,7 @@ impl Metrics {
         counter!(CACHE_COALESCED).increment(0);
         counter!(CACHE_EVICTIONS).increment(0);
         let mut out = self.handle.render();
-        let _ = writeln!(out, "# HELP {REDIRECT_SECONDS} Time to answer a redirect, from parsed request to response");
+        let _ = writeln!(out, "# HELP {REDIRECT_SECONDS} Time to answer a redirect, from parsed request to response (one in {LATENCY_SAMPLE} timed, weighted)");
         let _ = writeln!(out, "# TYPE {REDIRECT_SECONDS} histogram");
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BOUNDS.iter().enumerate() {

@@ -18,7 +18,6 @@ use compact_str::CompactString;
 use crossbeam_channel::Sender;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
-use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use crate::code::CodeKey;
 use crate::config::Durability;
@@ -27,7 +26,10 @@ use crate::journal::segment::Segment;
 use crate::journal::writer::{Command, Writer};
 use crate::journal::{recovery, segment};
 
-pub type Hasher = Xxh3DefaultBuilder;
+/// Hash state for every in-memory map keyed by codes: foldhash's quality
+/// variant, seeded per process, fast on short keys and not predictable by a
+/// client choosing codes.
+pub type Hasher = foldhash::quality::RandomState;
 pub type Map<V> = DashMap<CompactString, V, Hasher>;
 
 /// Idempotency keys are remembered this long.

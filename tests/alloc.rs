@@ -91,7 +91,7 @@ fn a_cached_redirect_allocates_nothing() {
     });
     assert_eq!(per_hit, 0);
 
-    let (resp, response_allocations) = counted(|| respond(&app, decide(&app, &worker, &code, false)));
+    let (resp, response_allocations) = counted(|| respond(&app, decide(&app, &worker, &code, false), false));
     assert_eq!(resp.status(), 302);
     assert_eq!(resp.headers()["location"], "https://example.com/landing");
     println!("building hyper's response for a hit allocates {response_allocations} time(s) (its header map)");

@@ -148,10 +148,16 @@ fn worker_main(app: Arc<App>, listener: StdListener, mut stop: watch::Receiver<b
         let flusher = {
             let worker = worker.clone();
             tokio::task::spawn_local(async move {
-                let mut tick = tokio::time::interval(FLUSH_EVERY);
+                let mut tick = tokio::time::interval(super::CLOCK_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let mut last_flush = tokio::time::Instant::now();
                 loop {
                     tick.tick().await;
-                    worker.clicks.borrow_mut().flush();
+                    worker.tick();
+                    if last_flush.elapsed() >= FLUSH_EVERY {
+                        worker.clicks.borrow_mut().flush();
+                        last_flush = tokio::time::Instant::now();
+                    }
                 }
             })
         };
