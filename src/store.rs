@@ -280,7 +280,7 @@ impl Store {
             return Ok(Store { shared, tx: None, writer: Mutex::new(None) });
         }
         let (tx, rx) = crossbeam_channel::bounded(64 * 1024);
-        let writer = Writer::new(opts, recovered, tx.clone());
+        let writer = Writer::new(opts, recovered);
         let handle = std::thread::Builder::new()
             .name("shortd-writer".into())
             .spawn(move || writer.run(rx))

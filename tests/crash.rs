@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::Duration;
 
-use store_support::{self as support, Server};
+use store_support::{self as support, CreateFailure, Server};
 
 const WRITERS: usize = 16;
 const ROUNDS: usize = 3;
@@ -43,12 +43,12 @@ fn hammer_then_kill(server: Server, round: usize, run_for: Duration) -> Vec<(Str
                             assert_eq!(link.1, url, "the stored url differs from the one sent");
                             acked.lock().unwrap().push(link);
                         }
-                        Err(ureq::Error::Status(s, r)) => {
+                        Err(CreateFailure::Status(s, body)) => {
                             refused.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("create refused with {s}: {}", r.into_string().unwrap_or_default());
+                            eprintln!("create refused with {s}: {body}");
                         }
                         // The server was killed under this request: not acknowledged.
-                        Err(ureq::Error::Transport(_)) => break,
+                        Err(CreateFailure::Transport(_)) => break,
                     }
                 }
             })
@@ -70,6 +70,13 @@ fn verify(dir: &Path, all: &[(String, String)]) -> Server {
     let server = Server::start(dir, FLAGS);
     support::assert_all_redirect(&server.base(), all, 4);
     server
+}
+
+/// The cut-off tail is reported at start, naming the file.
+fn assert_tail_reported(server: &Server, segment: &Path) {
+    let name = segment.file_name().unwrap().to_str().unwrap();
+    let log = server.log_text();
+    assert!(log.contains(name), "the start does not report the damaged tail of {name}; log:\n{log}");
 }
 
 #[test]
@@ -95,6 +102,7 @@ fn acknowledged_creates_survive_kill_9_and_garbage_after_the_log() {
     let newest = support::newest_segment(&dir);
     support::append(&newest, &support::garbage(4096));
     let server = verify(&dir, &all);
+    assert_tail_reported(&server, &newest);
     server.kill9();
 
     // Garbage written over the zeros just after the last record.
@@ -102,6 +110,7 @@ fn acknowledged_creates_survive_kill_9_and_garbage_after_the_log() {
     let end = support::data_end(&newest);
     support::write_at(&newest, end as u64, &support::garbage(300));
     let server = verify(&dir, &all);
+    assert_tail_reported(&server, &newest);
 
     // The store still takes writes where the garbage was, and they last.
     let a = support::agent();

@@ -77,6 +77,9 @@ impl Entry {
     }
 }
 
+/// What a coalesced load yields: the entry, or `None` for an unknown code.
+pub type Loaded = Option<Arc<Entry>>;
+
 pub enum Hit {
     /// Serve it.
     Fresh(Arc<Entry>),
@@ -288,6 +291,3 @@ mod tests {
         assert!(c.bytes() <= 10_000, "{}", c.bytes());
     }
 }
-
-/// What a coalesced load yields: the entry, or `None` for an unknown code.
-pub type Loaded = Option<Arc<Entry>>;

@@ -256,8 +256,7 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let mut cfg = crate::config::Config::default();
-        cfg.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        let cfg = crate::config::Config { trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()], ..Default::default() };
         let a = Access::new(&cfg).unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "203.0.113.9, 10.1.1.1".parse().unwrap());

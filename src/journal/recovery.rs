@@ -63,6 +63,9 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
         return Err(OpenError::Invalid(format!("data directory {} does not exist", dir.display())));
     }
     let lock = if opts.read_only { None } else { Some(lock_dir(dir)?) };
+    if !opts.read_only {
+        remove_leftovers(dir);
+    }
     let key = load_or_create_key(dir, opts.read_only)?;
     let shared = Arc::new(Shared {
         dir: dir.clone(),
@@ -83,11 +86,15 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
     numbers.sort_unstable();
     let mut segs = BTreeMap::new();
     for &n in &numbers {
-        let seg = Segment::open(dir, n).map_err(|e| OpenError::Damaged {
+        let mut seg = Segment::open(dir, n).map_err(|e| OpenError::Damaged {
             file: segment::segment_path(dir, n),
             offset: 0,
             reason: e.to_string(),
         })?;
+        if Some(&n) == numbers.last() && !opts.read_only {
+            // The writer appends here; it must span a whole segment.
+            seg = seg.grow(opts.segment_bytes).map_err(io_err(&segment::segment_path(dir, n)))?;
+        }
         segs.insert(n, Arc::new(seg));
     }
 
@@ -298,6 +305,20 @@ fn zero_tail(path: &Path, from: u64, to: u64) -> io::Result<()> {
         at += n as u64;
     }
     file.sync_data()
+}
+
+/// Removes temporary files of a snapshot or segment roll that a crash
+/// interrupted; they were never renamed into place, so nothing refers to them.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if (name.starts_with("snapshot-") || name.ends_with(".log.tmp")) && name.ends_with(".tmp") {
+            tracing::warn!(file = %name, "removing a temporary file left by an interrupted write");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn lock_dir(dir: &Path) -> Result<File, OpenError> {

@@ -40,21 +40,40 @@ pub struct Segment {
 impl Segment {
     /// Creates a zero-filled segment of `size` bytes with its header, and
     /// returns the write handle beside the mapping.
+    ///
+    /// The file is built under a temporary name and renamed into place, so
+    /// a crash mid-roll leaves a stray `.tmp` (removed at the next start),
+    /// never a segment without its header.
     pub fn create(dir: &Path, number: u32, size: u64) -> io::Result<(Segment, File)> {
         let path = segment_path(dir, number);
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        let tmp = path.with_extension("log.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&tmp)?;
         let made = (|| {
             preallocate(&file, size)?;
             file.write_all_at(&header(number), 0)?;
             file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
             sync_dir(dir)
         })();
         if let Err(e) = made {
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
         let seg = Segment::map(number, path, &file)?;
         Ok((seg, file))
+    }
+
+    /// Grows a segment that is shorter than `size` (cut short by a crash or
+    /// by hand, or made under a smaller setting) and maps it again.
+    pub fn grow(self, size: u64) -> io::Result<Segment> {
+        if self.map.len() as u64 >= size {
+            return Ok(self);
+        }
+        let file = OpenOptions::new().read(true).write(true).open(&self.path)?;
+        preallocate(&file, size)?;
+        file.sync_all()?;
+        Segment::map(self.number, self.path.clone(), &file)
     }
 
     /// Maps an existing segment and checks its header.

@@ -58,7 +58,8 @@ pub fn snapshot_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
     dir.join(format!("snapshot-{:020}.snap", meta.next_lsn))
 }
 
-/// Streams entries into a checksummed snapshot file.
+/// Streams entries into a checksummed snapshot file. Dropped unfinished,
+/// it removes its temporary file.
 pub struct SnapshotWriter {
     out: BufWriter<File>,
     hash: Xxh3,
@@ -66,6 +67,7 @@ pub struct SnapshotWriter {
     tmp: PathBuf,
     path: PathBuf,
     dir: PathBuf,
+    finished: bool,
 }
 
 impl SnapshotWriter {
@@ -80,6 +82,7 @@ impl SnapshotWriter {
             tmp,
             path,
             dir: dir.to_path_buf(),
+            finished: false,
         };
         let mut h = Vec::with_capacity(HEADER_LEN);
         h.extend_from_slice(MAGIC);
@@ -138,11 +141,20 @@ impl SnapshotWriter {
         self.put(&entries)?;
         let sum = self.hash.digest();
         self.out.write_all(&sum.to_le_bytes())?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
         std::fs::rename(&self.tmp, &self.path)?;
+        self.finished = true;
         sync_dir(&self.dir)?;
-        Ok(self.path)
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
 use super::record::{self, Body, Put, Record};
@@ -101,7 +101,6 @@ pub struct Writer {
     replies: Vec<Reply>,
     sync_replies: Vec<oneshot::Sender<Result<(), WriteError>>>,
     _lock: Option<File>,
-    _tx: Sender<Command>,
 }
 
 fn now_ms() -> i64 {
@@ -109,7 +108,7 @@ fn now_ms() -> i64 {
 }
 
 impl Writer {
-    pub fn new(opts: StoreOptions, mut rec: Recovered, tx: Sender<Command>) -> Writer {
+    pub fn new(opts: StoreOptions, mut rec: Recovered) -> Writer {
         let lock = rec.take_lock();
         let mut w = Writer {
             shared: rec.shared.clone(),
@@ -135,7 +134,6 @@ impl Writer {
             replies: Vec::new(),
             sync_replies: Vec::new(),
             _lock: lock,
-            _tx: tx,
             opts,
         };
         for (&n, seg) in w.shared.segments.read().iter() {
@@ -171,7 +169,8 @@ impl Writer {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let busy = self.compacting.is_some();
-            let first = if busy { rx.try_recv().map_err(|_| RecvTimeoutError::Timeout) } else { rx.recv_timeout(TICK) };
+            let wait = if self.opts.durability == Durability::Interval && self.dirty { self.opts.fsync_interval.min(TICK) } else { TICK };
+            let first = if busy { rx.try_recv().map_err(|_| RecvTimeoutError::Timeout) } else { rx.recv_timeout(wait) };
             match first {
                 Ok(cmd) => {
                     batch.push(cmd);
@@ -384,7 +383,11 @@ impl Writer {
         let mut start = self.buf.len();
         record::encode(&rec, &mut self.buf);
         let size = (self.buf.len() - start) as u64;
-        if self.buf_off + self.buf.len() as u64 > self.opts.segment_bytes {
+        if size > self.opts.segment_bytes - SEGMENT_HEADER_LEN as u64 {
+            self.buf.truncate(start);
+            return Err(WriteError::Unavailable(format!("a record of {size} bytes does not fit in a segment; raise --segment-bytes")));
+        }
+        if self.buf_off + self.buf.len() as u64 > self.active_len() {
             let tail = self.buf.split_off(start);
             self.flush_buf()?;
             self.roll()?;
@@ -393,6 +396,11 @@ impl Writer {
         }
         self.since_snapshot += 1;
         Ok((Loc { seg: self.active, off: (self.buf_off + start as u64) as u32 }, size))
+    }
+
+    /// Bytes the active segment's file and map span.
+    fn active_len(&self) -> u64 {
+        self.shared.segment(self.active).map_or(self.opts.segment_bytes, |s| s.len() as u64)
     }
 
     fn flush_buf(&mut self) -> Result<(), WriteError> {

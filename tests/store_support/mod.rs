@@ -146,9 +146,22 @@ impl Drop for Server {
     }
 }
 
+/// Why a create got no 201.
+#[derive(Debug)]
+pub enum CreateFailure {
+    /// A 4xx or 5xx answer: status and body.
+    Status(u16, String),
+    /// No answer: the connection failed or broke.
+    Transport(String),
+}
+
 /// `POST /api/v1/links {"url": url}`; on 201 the code and the stored url.
-pub fn create(agent: &ureq::Agent, base: &str, url: &str) -> Result<(String, String), ureq::Error> {
-    let resp = agent.post(&format!("{base}/api/v1/links")).send_json(serde_json::json!({ "url": url }))?;
+pub fn create(agent: &ureq::Agent, base: &str, url: &str) -> Result<(String, String), CreateFailure> {
+    let resp = match agent.post(&format!("{base}/api/v1/links")).send_json(serde_json::json!({ "url": url })) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(s, r)) => return Err(CreateFailure::Status(s, r.into_string().unwrap_or_default())),
+        Err(e) => return Err(CreateFailure::Transport(e.to_string())),
+    };
     assert_eq!(resp.status(), 201, "create answered {}", resp.status());
     let v: serde_json::Value = resp.into_json().expect("create body is JSON");
     let code = v["code"].as_str().expect("code in 201 body").to_string();
@@ -188,7 +201,13 @@ pub fn assert_all_redirect(base: &str, links: &[(String, String)], threads: usiz
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("checker thread")).collect()
     });
-    assert!(failures.is_empty(), "{} of {} acknowledged links do not redirect, e.g.:\n{}", failures.len(), links.len(), failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} acknowledged links do not redirect, e.g.:\n{}",
+        failures.len(),
+        links.len(),
+        failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
 }
 
 /// Runs `shortd ARGS` to completion.

@@ -1,0 +1,897 @@
+//! Start-up, snapshots, compaction and a full disk, driven through the
+//! store's library API (no HTTP).
+//!
+//! A "crash" here is a copy of the data directory taken while the store is
+//! synced and idle (`store_support::copy_dir`): that is what `kill -9` leaves
+//! on disk, since the page cache survives the process. The original store is
+//! then closed and the copy opened, as a restarted process would.
+
+mod store_support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use shortd::config::Durability;
+use shortd::journal::record::KIND_PUT;
+use shortd::store::{Link, Lookup, NewLink, OpenError, Patch, Store, StoreOptions, WriteError};
+use store_support as support;
+
+/// Small segments, so that a few thousand links span several of them.
+const SEGMENT: u64 = 65536;
+/// A far-future expiry base (2096), so that no link expires during a test.
+const FUTURE_MS: i64 = 4_000_000_000_000;
+/// `compact_ratio` above 1 means no segment is ever dead enough to compact.
+const NEVER_COMPACT: f64 = 2.0;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn opts(dir: &Path) -> StoreOptions {
+    let mut o = StoreOptions::new(dir);
+    o.segment_bytes = SEGMENT;
+    o.compact_ratio = NEVER_COMPACT;
+    o
+}
+
+fn open(o: StoreOptions) -> Store {
+    let dir = o.dir.clone();
+    Store::open(o).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()))
+}
+
+fn new_link(url: String) -> NewLink {
+    NewLink { url, alias: None, expires_ms: 0, max_clicks: 0, redirect: 302, disabled: false, idempotency: None }
+}
+
+/// Queues every create (so that group commit batches them) and waits for
+/// the answers. Must run outside a tokio runtime.
+fn create_all(store: &Store, news: Vec<NewLink>) -> Vec<Link> {
+    let mut out = Vec::with_capacity(news.len());
+    for chunk in news.chunks(4096) {
+        let rxs: Vec<_> = chunk.iter().map(|n| store.create_queued(n.clone()).expect("queue create")).collect();
+        for rx in rxs {
+            out.push(rx.blocking_recv().expect("writer answered").expect("create succeeded").link);
+        }
+    }
+    out
+}
+
+fn urls(prefix: &str, n: usize, pad: usize) -> Vec<NewLink> {
+    (0..n).map(|i| new_link(format!("https://example.com/{prefix}/{i}/{}", "p".repeat(pad)))).collect()
+}
+
+/// What a lookup shows, comparable and printable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seen {
+    Missing,
+    Deleted,
+    Live(Link),
+}
+
+fn seen(store: &Store, code: &str) -> Seen {
+    match store.lookup(code) {
+        Lookup::Missing => Seen::Missing,
+        Lookup::Deleted => Seen::Deleted,
+        Lookup::Live(l) => Seen::Live(l),
+    }
+}
+
+/// Syncs the store and copies its directory: the disk after a crash now.
+fn crash_copy(store: &Store, from: &Path, to: &Path) {
+    rt().block_on(store.sync()).expect("sync before the crash copy");
+    support::copy_dir(from, to);
+}
+
+fn assert_all_live(store: &Store, links: &[Link], what: &str) {
+    let bad: Vec<String> = links
+        .iter()
+        .filter_map(|l| match seen(store, &l.code) {
+            Seen::Live(got) if got == *l => None,
+            other => Some(format!("{}: {other:?}", l.code)),
+        })
+        .collect();
+    assert!(bad.is_empty(), "{what}: {} of {} links are wrong, e.g. {:?}", bad.len(), links.len(), &bad[..bad.len().min(5)]);
+}
+
+// ---------------------------------------------------------------- torn tail
+
+#[derive(Clone, Copy, Debug)]
+enum Tear {
+    /// The second half of the last record never reached the disk.
+    ZeroHalf,
+    /// None of the last record reached the disk.
+    ZeroAll,
+    /// The last record's second half is garbage.
+    Garbage,
+    /// The file ends in the middle of the last record.
+    Truncate,
+}
+
+/// Builds a crashed directory whose last record is torn; returns it with
+/// every link created and the code of the torn one.
+fn torn(tmp: &Path, tear: Tear) -> (PathBuf, Vec<Link>, String) {
+    let live = tmp.join("live");
+    let crashed = tmp.join("crashed");
+    let store = open(opts(&live));
+    let links = create_all(&store, urls("torn", 400, 60));
+    crash_copy(&store, &live, &crashed);
+    store.close();
+
+    let seg = support::newest_segment(&crashed);
+    let last = *support::records(&seg).last().expect("records in the newest segment");
+    assert_eq!(last.kind, KIND_PUT);
+    let code = support::put_key(&seg, last.off);
+    let (off, half) = (last.off as u64, last.padded as u64 / 2);
+    match tear {
+        Tear::ZeroHalf => support::write_at(&seg, off + half, &vec![0; half as usize]),
+        Tear::ZeroAll => support::write_at(&seg, off, &vec![0; last.padded]),
+        Tear::Garbage => support::write_at(&seg, off + half, &support::garbage(half as usize)),
+        Tear::Truncate => std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(off + half).unwrap(),
+    }
+    (crashed, links, code)
+}
+
+/// The store opens on a torn tail and serves every record before it.
+fn torn_tail_opens(tear: Tear) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, links, torn_code) = torn(tmp.path(), tear);
+    let store = open(opts(&dir));
+    let (kept, lost): (Vec<Link>, Vec<Link>) = links.into_iter().partition(|l| l.code != torn_code);
+    assert_eq!(lost.len(), 1);
+    assert_all_live(&store, &kept, &format!("{tear:?}: after recovery"));
+    assert_eq!(seen(&store, &torn_code), Seen::Missing, "{tear:?}: the torn record must be dropped");
+    store.close();
+    let store = open(opts(&dir));
+    assert_all_live(&store, &kept, &format!("{tear:?}: after a second start"));
+    store.close();
+}
+
+/// Writes made after the store recovered from a torn tail are readable
+/// (at once when `at_once`) and after a restart.
+fn torn_tail_takes_new_writes(tear: Tear, at_once: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, links, torn_code) = torn(tmp.path(), tear);
+    let store = open(opts(&dir));
+    let mut kept: Vec<Link> = links.into_iter().filter(|l| l.code != torn_code).collect();
+    // Enough to fill the rest of the segment and roll to the next one.
+    let fresh = create_all(&store, urls("after-tear", 600, 60));
+    if at_once {
+        assert_all_live(&store, &fresh, &format!("{tear:?}: links created after recovery, before a restart"));
+    }
+    kept.extend(fresh);
+    store.close();
+    drop(store);
+    let store = open(opts(&dir));
+    assert_all_live(&store, &kept, &format!("{tear:?}: every link after a restart"));
+    store.close();
+}
+
+#[test]
+fn torn_tail_zero_filled_is_cut_off() {
+    torn_tail_opens(Tear::ZeroHalf);
+    torn_tail_opens(Tear::ZeroAll);
+    torn_tail_takes_new_writes(Tear::ZeroHalf, true);
+}
+
+#[test]
+fn torn_tail_of_garbage_is_cut_off() {
+    torn_tail_opens(Tear::Garbage);
+    torn_tail_takes_new_writes(Tear::Garbage, true);
+}
+
+#[test]
+fn torn_tail_truncated_file_is_cut_off() {
+    torn_tail_opens(Tear::Truncate);
+    torn_tail_takes_new_writes(Tear::Truncate, false);
+}
+
+#[test]
+#[ignore = "BUG: after start-up on a newest segment shorter than the segment size, new records are written past the end of the segment's memory map (mapped once at the file's old length), so links created then read as missing (404) until a restart"]
+fn torn_tail_truncated_file_takes_new_writes_readable_at_once() {
+    torn_tail_takes_new_writes(Tear::Truncate, true);
+}
+
+/// A crash while the writer rolls to a new segment can leave that segment
+/// empty or zero-filled, without its header (Segment::create writes the
+/// header after creating and preallocating the file).
+fn crash_during_roll(len: u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (live, crashed) = (tmp.path().join("live"), tmp.path().join("crashed"));
+    let store = open(opts(&live));
+    let links = create_all(&store, urls("roll", 300, 60));
+    crash_copy(&store, &live, &crashed);
+    store.close();
+    let segs = support::segments(&crashed);
+    let next = segs.len() as u32 + 1;
+    let path = crashed.join(format!("{next:08}.log"));
+    std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+
+    let store =
+        Store::open(opts(&crashed)).unwrap_or_else(|e| panic!("a crash during a segment roll ({len} zero bytes) stops the start: {e}"));
+    assert_all_live(&store, &links, "after a crash during a roll");
+    let fresh = create_all(&store, urls("after-roll-crash", 300, 60));
+    assert_all_live(&store, &fresh, "links created after a crash during a roll");
+    store.close();
+}
+
+#[test]
+#[ignore = "BUG: a crash between creating the next segment file and writing its header (Segment::create) leaves a header-less newest segment, and every later start fails with 'damaged at byte 0: bad segment header'"]
+fn crash_during_segment_roll_leaves_a_startable_store() {
+    crash_during_roll(0);
+    crash_during_roll(SEGMENT);
+}
+
+/// A record longer than a whole segment (a long URL with a small
+/// `--segment-bytes`; the server accepts `--max-url-bytes` up to 1 MiB and
+/// `--segment-bytes` down to 64 KiB) is read back like any other.
+#[test]
+#[ignore = "BUG: a record larger than --segment-bytes is written past the new segment's preallocated, mapped length; the create succeeds but the link reads as missing (404) until a restart"]
+fn a_link_larger_than_a_segment_is_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let store = open(opts(&dir));
+    let small = create_all(&store, urls("before-big", 10, 10));
+    let big = create_all(&store, vec![new_link(format!("https://example.com/{}", "b".repeat(SEGMENT as usize + 4096)))]);
+    let after = create_all(&store, urls("after-big", 10, 10));
+    assert_all_live(&store, &small, "links before the big one");
+    assert_all_live(&store, &after, "links after the big one");
+    assert_all_live(&store, &big, "the link bigger than a segment");
+    store.close();
+    drop(store);
+    let store = open(opts(&dir));
+    for (links, what) in [(&small, "before"), (&big, "big"), (&after, "after")] {
+        assert_all_live(&store, links, &format!("after a restart: {what}"));
+    }
+    store.close();
+}
+
+// ------------------------------------------------------- mid-log damage
+
+#[test]
+fn flipped_bit_in_an_older_segment_stops_the_start_and_repair_keeps_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (live, crashed) = (tmp.path().join("live"), tmp.path().join("crashed"));
+    let store = open(opts(&live));
+    let links = create_all(&store, urls("flip", 1500, 90));
+    // A crash copy holds no snapshot, so a start replays the whole log.
+    crash_copy(&store, &live, &crashed);
+    store.close();
+    assert!(support::snapshots(&crashed).is_empty());
+    let segs = support::segments(&crashed);
+    assert!(segs.len() >= 3, "want several segments, got {}", segs.len());
+
+    let older = &segs[0];
+    let recs = support::records(older);
+    let victim = recs[recs.len() / 2];
+    let victim_code = support::put_key(older, victim.off);
+    support::flip_bit(older, victim.off as u64 + 36);
+
+    let err = match Store::open(opts(&crashed)) {
+        Ok(s) => {
+            s.close();
+            panic!("a flipped bit in an older segment went unnoticed at start-up");
+        }
+        Err(e) => e,
+    };
+    match &err {
+        OpenError::Damaged { file, offset, .. } => {
+            assert_eq!(file, older, "names the damaged file");
+            assert_eq!(*offset, victim.off as u64, "names the damaged record's offset");
+        }
+        other => panic!("want OpenError::Damaged, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains(&older.display().to_string()) && msg.contains(&victim.off.to_string()), "message names file and offset: {msg}");
+    assert!(msg.contains("repair"), "message says how to go on: {msg}");
+
+    let mut o = opts(&crashed);
+    o.repair = true;
+    let store = open(o);
+    let (kept, lost): (Vec<Link>, Vec<Link>) = links.into_iter().partition(|l| l.code != victim_code);
+    assert_eq!(lost.len(), 1);
+    assert_all_live(&store, &kept, "after --repair");
+    assert_eq!(seen(&store, &victim_code), Seen::Missing);
+    let mut all = kept;
+    all.extend(create_all(&store, urls("after-repair", 50, 10)));
+    store.close();
+
+    // The repaired start wrote a snapshot on close; a plain start now works.
+    let store = open(opts(&crashed));
+    assert_all_live(&store, &all, "a normal start after a repaired one");
+    store.close();
+}
+
+// ------------------------------------------ snapshot + replay == replay
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create {
+        alias: bool,
+        pad: usize,
+        ttl: Option<u16>,
+        max_clicks: u8,
+        redirect: u16,
+        idem: bool,
+    },
+    /// Sends an earlier idempotent create again.
+    Retry {
+        pick: usize,
+    },
+    Patch {
+        pick: usize,
+        pad: Option<usize>,
+        ttl: Option<Option<u16>>,
+        max_clicks: Option<u8>,
+        redirect: Option<u16>,
+        disabled: Option<bool>,
+    },
+    Delete {
+        pick: usize,
+    },
+    Click {
+        pick: usize,
+        n: u8,
+    },
+    Restart {
+        crash: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let redirect = prop::sample::select(vec![301u16, 302, 307, 308]);
+    prop_oneof![
+        4 => (any::<bool>(), 0usize..3000, prop::option::of(1u16..1000), any::<u8>(), redirect.clone(), any::<bool>())
+            .prop_map(|(alias, pad, ttl, max_clicks, redirect, idem)| Op::Create { alias, pad, ttl, max_clicks, redirect, idem }),
+        1 => any::<usize>().prop_map(|pick| Op::Retry { pick }),
+        3 => (any::<usize>(), prop::option::of(0usize..3000), prop::option::of(prop::option::of(1u16..1000)), prop::option::of(any::<u8>()),
+              prop::option::of(redirect), prop::option::of(any::<bool>()))
+            .prop_map(|(pick, pad, ttl, max_clicks, redirect, disabled)| Op::Patch { pick, pad, ttl, max_clicks, redirect, disabled }),
+        2 => any::<usize>().prop_map(|pick| Op::Delete { pick }),
+        3 => (any::<usize>(), 1u8..50).prop_map(|(pick, n)| Op::Click { pick, n }),
+        1 => any::<bool>().prop_map(|crash| Op::Restart { crash }),
+    ]
+}
+
+/// The expected visible state of one link.
+#[derive(Clone, Debug)]
+struct Want {
+    url: String,
+    expires_ms: i64,
+    max_clicks: u64,
+    redirect: u16,
+    disabled: bool,
+    deleted: bool,
+}
+
+#[derive(Default)]
+struct Model {
+    links: BTreeMap<String, Want>,
+    order: Vec<String>,
+    clicks: HashMap<String, u64>,
+    /// Idempotency key, body hash, code.
+    idem: Vec<(String, u64, String)>,
+}
+
+impl Model {
+    fn pick(&self, i: usize) -> Option<String> {
+        (!self.order.is_empty()).then(|| self.order[i % self.order.len()].clone())
+    }
+}
+
+fn expiry(ttl: Option<u16>) -> i64 {
+    ttl.map_or(0, |t| FUTURE_MS + t as i64 * 1000)
+}
+
+/// Checks every code the model knows (and one it does not) against a store.
+fn check_against_model(store: &Store, model: &Model, label: &str) -> Result<BTreeMap<String, (Seen, u64)>, TestCaseError> {
+    let mut state = BTreeMap::new();
+    let mut live = 0u64;
+    for (code, want) in &model.links {
+        let got = seen(store, code);
+        let clicks = store.clicks(code);
+        let want_clicks = model.clicks.get(code).copied().unwrap_or(0);
+        prop_assert_eq!(clicks, want_clicks, "{}: clicks of {}", label, code);
+        if want.deleted {
+            prop_assert_eq!(&got, &Seen::Deleted, "{}: {} was deleted", label, code);
+        } else {
+            live += 1;
+            let Seen::Live(l) = &got else {
+                return Err(TestCaseError::fail(format!("{label}: {code} should be live, is {got:?}")));
+            };
+            prop_assert_eq!(&l.url, &want.url, "{}: url of {}", label, code);
+            prop_assert_eq!(l.expires_ms, want.expires_ms, "{}: expiry of {}", label, code);
+            prop_assert_eq!(l.max_clicks, want.max_clicks, "{}: max_clicks of {}", label, code);
+            prop_assert_eq!(l.redirect, want.redirect, "{}: redirect of {}", label, code);
+            prop_assert_eq!(l.disabled, want.disabled, "{}: disabled of {}", label, code);
+            prop_assert_eq!(l.clicks, want_clicks, "{}: link.clicks of {}", label, code);
+        }
+        state.insert(code.clone(), (got, clicks));
+    }
+    prop_assert_eq!(seen(store, "never-made"), Seen::Missing);
+    prop_assert_eq!(store.stats().links, live, "{}: live link count", label);
+    let (page, next) = store.page(None, 100_000);
+    prop_assert!(next.is_none());
+    let mut paged: Vec<&str> = page.iter().map(|l| l.code.as_str()).collect();
+    paged.sort_unstable();
+    let want_paged: Vec<&str> = model.links.iter().filter(|(_, w)| !w.deleted).map(|(c, _)| c.as_str()).collect();
+    prop_assert_eq!(paged, want_paged, "{}: paging lists exactly the live links", label);
+    Ok(state)
+}
+
+/// Idempotent creates sent again answer with the link they made (or Gone).
+fn check_idempotency(store: &Store, model: &Model, label: &str) -> Result<(), TestCaseError> {
+    let rt = rt();
+    for (key, hash, code) in &model.idem {
+        let mut n = new_link("https://example.com/retry".into());
+        n.idempotency = Some((key.clone(), *hash));
+        let r = rt.block_on(store.create(n));
+        if model.links[code].deleted {
+            prop_assert!(matches!(r, Err(WriteError::Gone)), "{}: retry of {} for deleted {}: {:?}", label, key, code, r.map(|c| c.link));
+        } else {
+            let c = r.map_err(|e| TestCaseError::fail(format!("{label}: retry of {key}: {e}")))?;
+            prop_assert!(c.replayed, "{}: retry of {} made a new link {}", label, key, c.link.code);
+            prop_assert_eq!(c.link.code.as_str(), code.as_str());
+        }
+    }
+    Ok(())
+}
+
+fn proptest_opts(dir: &Path) -> StoreOptions {
+    let mut o = opts(dir);
+    // Durability is covered elsewhere; here fsyncs would only cost time.
+    o.durability = Durability::Never;
+    o.snapshot_records = 5;
+    o
+}
+
+fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut generation = 0;
+    let mut dir = tmp.path().join("d0");
+    let mut store = open(proptest_opts(&dir));
+    let mut m = Model::default();
+    let mut made = 0usize;
+    for op in ops {
+        match op.clone() {
+            Op::Create { alias, pad, ttl, max_clicks, redirect, idem } => {
+                made += 1;
+                let mut n = new_link(format!("https://example.com/{made}/{}", "u".repeat(pad)));
+                n.alias = alias.then(|| format!("alias-{made}"));
+                n.expires_ms = expiry(ttl);
+                n.max_clicks = max_clicks as u64;
+                n.redirect = redirect;
+                let key = format!("idem-{made}");
+                if idem {
+                    n.idempotency = Some((key.clone(), made as u64 * 31));
+                }
+                let c = rt.block_on(store.create(n.clone())).map_err(|e| TestCaseError::fail(format!("create: {e}")))?;
+                prop_assert!(!c.replayed);
+                let code = c.link.code.to_string();
+                if let Some(a) = &n.alias {
+                    prop_assert_eq!(&code, a);
+                }
+                prop_assert!(!m.links.contains_key(&code), "code {} handed out twice", code);
+                let want =
+                    Want { url: n.url, expires_ms: n.expires_ms, max_clicks: n.max_clicks, redirect, disabled: false, deleted: false };
+                m.links.insert(code.clone(), want);
+                m.order.push(code.clone());
+                if idem {
+                    m.idem.push((key, made as u64 * 31, code));
+                }
+            }
+            Op::Retry { pick } => {
+                if m.idem.is_empty() {
+                    continue;
+                }
+                let (key, hash, code) = m.idem[pick % m.idem.len()].clone();
+                let mut n = new_link("https://example.com/ignored".into());
+                n.idempotency = Some((key, hash));
+                match rt.block_on(store.create(n)) {
+                    Ok(c) => {
+                        prop_assert!(c.replayed && c.link.code == code.as_str() && !m.links[&code].deleted);
+                    }
+                    Err(WriteError::Gone) => prop_assert!(m.links[&code].deleted),
+                    Err(e) => return Err(TestCaseError::fail(format!("retry: {e}"))),
+                }
+            }
+            Op::Patch { pick, pad, ttl, max_clicks, redirect, disabled } => {
+                let Some(code) = m.pick(pick) else { continue };
+                made += 1;
+                let p = Patch {
+                    url: pad.map(|pad| format!("https://example.org/{made}/{}", "v".repeat(pad))),
+                    expires_ms: ttl.map(expiry),
+                    max_clicks: max_clicks.map(u64::from),
+                    redirect,
+                    disabled,
+                };
+                let r = rt.block_on(store.update(&code, p.clone()));
+                let want = m.links.get_mut(&code).expect("known code");
+                if want.deleted {
+                    prop_assert!(matches!(r, Err(WriteError::Gone)), "patch of deleted {}: {:?}", code, r);
+                    continue;
+                }
+                let got = r.map_err(|e| TestCaseError::fail(format!("patch {code}: {e}")))?;
+                if let Some(u) = p.url {
+                    want.url = u;
+                }
+                if let Some(e) = p.expires_ms {
+                    want.expires_ms = e;
+                }
+                if let Some(x) = p.max_clicks {
+                    want.max_clicks = x;
+                }
+                if let Some(r) = p.redirect {
+                    want.redirect = r;
+                }
+                if let Some(d) = p.disabled {
+                    want.disabled = d;
+                }
+                prop_assert_eq!(&got.url, &want.url);
+                prop_assert_eq!(got.disabled, want.disabled);
+            }
+            Op::Delete { pick } => {
+                let Some(code) = m.pick(pick) else { continue };
+                rt.block_on(store.delete(&code)).map_err(|e| TestCaseError::fail(format!("delete {code}: {e}")))?;
+                m.links.get_mut(&code).expect("known code").deleted = true;
+            }
+            Op::Click { pick, n } => {
+                let Some(code) = m.pick(pick) else { continue };
+                store.add_clicks(&code, n as u64);
+                store.persist_clicks();
+                *m.clicks.entry(code).or_default() += n as u64;
+            }
+            Op::Restart { crash } => {
+                generation += 1;
+                let next = tmp.path().join(format!("d{generation}"));
+                if crash {
+                    crash_copy(&store, &dir, &next);
+                    store.close();
+                    drop(store);
+                } else {
+                    store.close();
+                    drop(store);
+                    std::fs::rename(&dir, &next).unwrap();
+                }
+                dir = next;
+                store = open(proptest_opts(&dir));
+                check_against_model(&store, &m, "after a restart")?;
+            }
+        }
+    }
+
+    // The final state, as a crash would leave it: with whatever snapshots
+    // were written along the way, and the same without any snapshot.
+    let with = tmp.path().join("with-snapshots");
+    let without = tmp.path().join("without-snapshots");
+    crash_copy(&store, &dir, &with);
+    store.close();
+    drop(store);
+    support::copy_dir(&with, &without);
+    support::remove_snapshots(&without);
+
+    let a = open(proptest_opts(&with));
+    let b = open(proptest_opts(&without));
+    let sa = check_against_model(&a, &m, "snapshot + replay")?;
+    let sb = check_against_model(&b, &m, "replay alone")?;
+    prop_assert_eq!(sa, sb, "snapshot + replay differs from replay alone");
+    check_idempotency(&a, &m, "snapshot + replay")?;
+    check_idempotency(&b, &m, "replay alone")?;
+    a.close();
+    b.close();
+    // A clean close writes an exact snapshot; start from it once more.
+    let a = open(proptest_opts(&with));
+    check_against_model(&a, &m, "after a clean close")?;
+    a.close();
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn snapshot_plus_replay_equals_replay_alone(ops in prop::collection::vec(op(), 1..45)) {
+        run_ops(&ops)?;
+    }
+}
+
+/// One burst of concurrent changes to distinct links: 500 deletes, 1000
+/// patches, 500 creates and some clicks, applied to the model as well.
+fn burst(rt: &tokio::runtime::Runtime, store: &Arc<Store>, m: &mut Model, round: usize) {
+    let base = round * 1500;
+    let (deletes, patches) = (m.order[base..base + 500].to_vec(), m.order[base + 500..base + 1500].to_vec());
+    let mut tasks = tokio::task::JoinSet::new();
+    rt.block_on(async {
+        for code in deletes.clone() {
+            let s = store.clone();
+            tasks.spawn(async move { s.delete(&code).await.map(|_| None) });
+        }
+        for (i, code) in patches.iter().cloned().enumerate() {
+            let s = store.clone();
+            let p = Patch { url: Some(format!("https://example.org/r{round}/{i}")), disabled: Some(i % 3 == 0), ..Patch::default() };
+            tasks.spawn(async move { s.update(&code, p).await.map(Some) });
+        }
+        for i in 0..500 {
+            let s = store.clone();
+            tasks.spawn(async move { s.create(new_link(format!("https://example.net/r{round}/{i}"))).await.map(|c| Some(c.link)) });
+        }
+        while let Some(r) = tasks.join_next().await {
+            if let Some(l) = r.expect("task").expect("write") {
+                let want = Want { url: l.url.clone(), expires_ms: 0, max_clicks: 0, redirect: 302, disabled: l.disabled, deleted: false };
+                if m.links.insert(l.code.to_string(), want).is_none() {
+                    m.order.push(l.code.to_string());
+                }
+            }
+        }
+    });
+    for code in deletes {
+        m.links.get_mut(&code).unwrap().deleted = true;
+    }
+    for code in &patches[..100] {
+        store.add_clicks(code, 3);
+        *m.clicks.entry(code.clone()).or_default() += 3;
+    }
+    store.persist_clicks();
+}
+
+/// Snapshots are written by a background thread while the writer goes on,
+/// so their index image is fuzzy (it holds changes made after the replay
+/// position it records); replay from that position must still end at
+/// exactly the state of a full replay.
+#[test]
+fn snapshots_taken_during_heavy_writes_replay_to_the_right_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("live");
+    let mut o = opts(&dir);
+    o.durability = Durability::Never;
+    o.segment_bytes = 1 << 20;
+    // Each burst writes more than this, so a snapshot starts inside it and
+    // the rest of the burst runs while it is written; no later one starts.
+    o.snapshot_records = 1800;
+    let store = Arc::new(open(o.clone()));
+    let mut m = Model::default();
+    for l in create_all(&store, urls("fuzzy", 40_000, 20)) {
+        let want = Want { url: l.url.clone(), expires_ms: 0, max_clicks: 0, redirect: 302, disabled: false, deleted: false };
+        m.links.insert(l.code.to_string(), want);
+        m.order.push(l.code.to_string());
+    }
+    let rt = rt();
+    let mut fuzzy = 0;
+    for round in 0..10 {
+        burst(&rt, &store, &mut m, round);
+        rt.block_on(store.sync()).unwrap();
+        // Let the snapshot in flight finish, so that the copy holds it.
+        std::thread::sleep(Duration::from_millis(250));
+        fuzzy = fuzzy_entries(&dir);
+        if fuzzy > 0 && round >= 2 {
+            break;
+        }
+    }
+    if fuzzy == 0 {
+        eprintln!("NOTE: no snapshot caught a change after its replay position this run; the fuzzy case went untested");
+    }
+    let (with, without) = (tmp.path().join("with"), tmp.path().join("without"));
+    support::copy_dir(&dir, &with);
+    store.close();
+    assert!(!support::snapshots(&with).is_empty(), "a snapshot was written along the way");
+    support::copy_dir(&with, &without);
+    support::remove_snapshots(&without);
+
+    let a = open(StoreOptions { dir: with, ..o.clone() });
+    let b = open(StoreOptions { dir: without, ..o });
+    let sa = check_against_model(&a, &m, "snapshot + replay").unwrap();
+    let sb = check_against_model(&b, &m, "replay alone").unwrap();
+    assert!(sa == sb);
+    a.close();
+    b.close();
+}
+
+/// Index entries in the snapshots of `dir` that lie after the snapshot's
+/// replay position: changes the snapshot caught while it was written.
+fn fuzzy_entries(dir: &Path) -> usize {
+    use shortd::journal::snapshot::{Entry, Snapshot};
+    let mut n = 0;
+    for path in support::snapshots(dir) {
+        // The writer removes older snapshots as newer ones land.
+        let Ok(snap) = Snapshot::read(&path) else { continue };
+        let replay = (snap.meta.replay_seg, snap.meta.replay_off);
+        snap.for_each(|e| {
+            if let Entry::Loc { seg, off, .. } = e {
+                n += usize::from((seg, off as u64) >= replay);
+            }
+        })
+        .expect("readable entries");
+    }
+    n
+}
+
+// ---------------------------------------------------------------- compaction
+
+#[test]
+fn compaction_keeps_exactly_the_live_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut o = opts(&dir);
+    o.compact_ratio = 0.3;
+    // Durability does not matter here; fsyncs would only cost time.
+    o.durability = Durability::Never;
+    let store = open(o.clone());
+    let links = create_all(&store, urls("compact", 3000, 80));
+    let before = support::segments(&dir).len();
+    assert!(before >= 5, "want several segments, got {before}");
+
+    let mut m = Model::default();
+    for l in &links {
+        let want = Want { url: l.url.clone(), expires_ms: 0, max_clicks: 0, redirect: 302, disabled: false, deleted: false };
+        m.links.insert(l.code.to_string(), want);
+    }
+    let rt = rt();
+    rt.block_on(async {
+        for (i, l) in links.iter().enumerate() {
+            match i % 10 {
+                // Deleted: only a tombstone should be left.
+                0..=4 => {
+                    store.delete(&l.code).await.unwrap();
+                    m.links.get_mut(l.code.as_str()).unwrap().deleted = true;
+                }
+                // Patched: only the newest version should be left.
+                5..=7 => {
+                    let url = format!("https://example.org/patched/{i}");
+                    store.update(&l.code, Patch { url: Some(url.clone()), redirect: Some(308), ..Patch::default() }).await.unwrap();
+                    let w = m.links.get_mut(l.code.as_str()).unwrap();
+                    w.url = url;
+                    w.redirect = 308;
+                }
+                // Untouched, with clicks whose records compaction drops.
+                _ => {
+                    store.add_clicks(&l.code, i as u64);
+                    m.clicks.insert(l.code.to_string(), i as u64);
+                }
+            }
+        }
+    });
+    store.persist_clicks();
+    rt.block_on(store.sync()).unwrap();
+    // Compaction runs in the writer's idle time (it may have started while
+    // the changes went in) and removes a drained segment after the next
+    // snapshot; wait until the count is down and has settled.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = (usize::MAX, Instant::now());
+    loop {
+        let n = support::segments(&dir).len();
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        if n < before && last.1.elapsed() > Duration::from_millis(700) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no segment was compacted away in 20s ({n} segments, {before} before)");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = support::segments(&dir).len();
+    eprintln!("segments: {before} before compaction, {after} after");
+    check_against_model(&store, &m, "while running, after compaction").unwrap();
+    store.close();
+
+    drop(store);
+    let store = open(o.clone());
+    check_against_model(&store, &m, "after compaction and a restart").unwrap();
+    // The survivors still take changes.
+    let survivor = links.iter().find(|l| !m.links[l.code.as_str()].deleted).unwrap();
+    rt.block_on(store.update(&survivor.code, Patch { disabled: Some(true), ..Patch::default() })).unwrap();
+    m.links.get_mut(survivor.code.as_str()).unwrap().disabled = true;
+    store.close();
+    drop(store);
+    let store = open(o);
+    check_against_model(&store, &m, "after one more restart").unwrap();
+    store.close();
+}
+
+// ---------------------------------------------------------------- full disk
+
+/// A 2 MiB tmpfs, unmounted (lazily, should a test thread still hold a
+/// file) when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Result<Tmpfs, String> {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(Tmpfs(at.to_path_buf()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Fills a 2 MiB tmpfs through the store, checks that creates fail cleanly
+/// and nothing acknowledged is lost; returns the files left in the data
+/// directory whose names end in `.tmp`, or None when no tmpfs could be
+/// mounted.
+fn fill_a_small_disk() -> Option<Vec<String>> {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let fs = match Tmpfs::mount(&mnt) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("NOTE: skipping the full-disk test: cannot mount a tmpfs ({e})");
+            return None;
+        }
+    };
+    let dir = mnt.join("data");
+    let o = opts(&dir);
+    let store = open(o.clone());
+    let rt = rt();
+    let mut acked = Vec::new();
+    let mut refusal = None;
+    for i in 0..100_000 {
+        match rt.block_on(store.create(new_link(format!("https://example.com/full/{i}/{}", "f".repeat(200))))) {
+            Ok(c) => acked.push(c.link),
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("2 MiB filled up");
+    eprintln!("{} creates acknowledged, then: {refusal}", acked.len());
+    assert!(matches!(refusal, WriteError::DiskFull(_) | WriteError::Unavailable(_)), "refusal: {refusal:?}");
+    assert!(acked.len() > 1000, "only {} links fit", acked.len());
+    // More creates keep failing cleanly; reads are unaffected.
+    for i in 0..20 {
+        let r = rt.block_on(store.create(new_link(format!("https://example.com/still-full/{i}"))));
+        if let Ok(c) = r {
+            acked.push(c.link);
+        }
+    }
+    assert_all_live(&store, &acked, "on a full disk");
+    store.close();
+    drop(store);
+
+    let store = open(o);
+    assert_all_live(&store, &acked, "after a restart on a full disk");
+    store.close();
+    drop(store);
+    let leftovers = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    drop(fs);
+    Some(leftovers)
+}
+
+#[test]
+fn a_full_disk_fails_creates_and_loses_nothing() {
+    if let Some(leftovers) = fill_a_small_disk() {
+        if !leftovers.is_empty() {
+            eprintln!("NOTE: temporary files left on the full disk: {leftovers:?}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "BUG: a snapshot that fails (e.g. ENOSPC) leaves its snapshot-*.tmp file behind, holding disk space on an already full disk; nothing removes it, not even the next start"]
+fn a_failed_snapshot_leaves_no_temporary_file() {
+    if let Some(leftovers) = fill_a_small_disk() {
+        assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    }
+}
