@@ -84,6 +84,13 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
         .filter_map(|e| e.ok()?.file_name().to_str().and_then(segment::segment_number))
         .collect();
     numbers.sort_unstable();
+    if let (Some(&last), false) = (numbers.last(), opts.read_only) {
+        if unfinished_roll(dir, last) {
+            tracing::warn!(segment = last, "removing an empty newest segment without a header (interrupted roll)");
+            std::fs::remove_file(segment::segment_path(dir, last)).map_err(io_err(&segment::segment_path(dir, last)))?;
+            numbers.pop();
+        }
+    }
     let mut segs = BTreeMap::new();
     for &n in &numbers {
         let mut seg = Segment::open(dir, n).map_err(|e| OpenError::Damaged {
@@ -305,6 +312,18 @@ fn zero_tail(path: &Path, from: u64, to: u64) -> io::Result<()> {
         at += n as u64;
     }
     file.sync_data()
+}
+
+/// A segment file with no valid header and nothing but zeros: a roll that
+/// never finished (segments made before rolls used a temporary name).
+fn unfinished_roll(dir: &Path, n: u32) -> bool {
+    if Segment::open(dir, n).is_ok() {
+        return false;
+    }
+    match std::fs::read(segment::segment_path(dir, n)) {
+        Ok(bytes) => bytes.iter().all(|&b| b == 0),
+        Err(_) => false,
+    }
 }
 
 /// Removes temporary files of a snapshot or segment roll that a crash
