@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Runs one load scenario against a release shortd on loopback and prints a
+# table. The server is pinned to CPU 0 (--workers 1), the load generator to
+# CPU 1.
+#   hot      one viral link
+#   zipf     1 M links, Zipf s=1.1
+#   uniform  10 M links, uniform choice (mostly cache misses)
+#   mixed    90 % redirects, 10 % creates with --durability always
+#   miss     unknown codes
+# usage: loadtest/run.sh SCENARIO [SECONDS]   (LINKS=N overrides the link count)
+source "$(dirname "$0")/lib.sh"
+SCENARIO=${1:?usage: run.sh hot|zipf|uniform|mixed|miss [SECONDS]}
+SECS=${2:-10}
+need wrk wrk
+need_oha
+build_shortd
+WORK=$(mktemp -d)
+trap 'kill $SHORTD_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+PORT=$(free_port)
+DURABILITY=never
+[ "$SCENARIO" = mixed ] && DURABILITY=always
+
+case "$SCENARIO" in
+  zipf) N=${LINKS:-1000000} ;;
+  uniform) N=${LINKS:-10000000} ;;
+  *) N=0 ;;
+esac
+if [ "$N" -gt 0 ]; then
+  echo "seeding $N links ..." >&2
+  python3 "$HERE/gen-links.py" "$N" 60 k > "$WORK/links.jsonl"
+  "$SHORTD" import --data-dir "$WORK/data" "$WORK/links.jsonl" >&2
+  rm "$WORK/links.jsonl"
+fi
+start_shortd "$PORT" "$WORK/data" --workers 1 --durability "$DURABILITY" --cache-entries 1000000
+BASE="http://127.0.0.1:$PORT"
+CODE=$(create_link "$PORT" "https://www.example.com/landing/page")
+
+wrk_args=()
+path="/$CODE"
+case "$SCENARIO" in
+  hot) ;;
+  zipf) wrk_args=(-s "$HERE/keys.lua"); extra=(-- "$N" zipf 1.1 k) ;;
+  uniform) wrk_args=(-s "$HERE/keys.lua"); extra=(-- "$N" uniform 1 k) ;;
+  mixed) wrk_args=(-s "$HERE/mixed.lua"); extra=(-- "$CODE") ;;
+  miss) path="/nosuchcode"; wrk_args=(-s "$HERE/keys.lua"); extra=(-- 100000000 uniform 1 miss) ;;
+  *) echo "unknown scenario $SCENARIO" >&2; exit 2 ;;
+esac
+
+report() {
+  # report LABEL WRK_OUTPUT CPU_TICKS
+  local rps total lat
+  rps=$(wrk_rps "$2"); total=$(wrk_total "$2")
+  lat=$(awk '/Latency/ {print $2 "/" $3}' "$2")
+  printf "%-28s %12s %14s %16s %s\n" "$1" "$rps" "$(awk -v c="$3" -v hz="$CLK_TCK" -v t="$total" 'BEGIN {printf "%.2f", c * 1e6 / hz / t}')" "$lat" "$(wrk_errors "$2")"
+}
+
+printf "%-28s %12s %14s %16s\n" "$SCENARIO" "req/s" "cpu_us/req" "latency avg/sd"
+b=$(cpu_ticks "$SHORTD_PID")
+run_wrk "$WORK/plain" -t1 -c64 -d"${SECS}s" "${wrk_args[@]}" "$BASE$path" "${extra[@]}"
+a=$(cpu_ticks "$SHORTD_PID"); report "wrk keep-alive, 64 conns" "$WORK/plain" $((a - b))
+MAX=$(wrk_rps "$WORK/plain")
+if [ "$SCENARIO" = hot ] || [ "$SCENARIO" = miss ]; then
+  b=$(cpu_ticks "$SHORTD_PID")
+  if [ "$SCENARIO" = hot ]; then
+    run_wrk "$WORK/pipe" -t1 -c64 -d"${SECS}s" -s "$HERE/pipeline.lua" "$BASE$path" -- 16
+  else
+    run_wrk "$WORK/pipe" -t1 -c64 -d"${SECS}s" -s "$HERE/pipeline.lua" "$BASE/nosuchcode" -- 16
+  fi
+  a=$(cpu_ticks "$SHORTD_PID"); report "wrk pipelined x16, 64 conns" "$WORK/pipe" $((a - b))
+fi
+# Latency at half the measured keep-alive rate, fixed-rate (not closed loop).
+HALF=$(awk -v m="$MAX" 'BEGIN {printf "%d", m / 2}')
+if [ "$SCENARIO" != mixed ]; then
+  url="$BASE$path"
+  [ "$SCENARIO" = zipf ] || [ "$SCENARIO" = uniform ] && url="$BASE/k{[0-9]{5}}"
+  oha_args=(-z "${SECS}s" -c 64 -q "$HALF" --latency-correction --no-tui --disable-keepalive=false --redirect 0 -o "$WORK/oha.json" --output-format json)
+  if [[ "$url" == *"{"* ]]; then oha_args+=(--rand-regex-url); fi
+  taskset -c 1 oha "${oha_args[@]}" "$url" >/dev/null 2>&1 || taskset -c 1 oha -z "${SECS}s" -c 64 -q "$HALF" --latency-correction --no-tui --redirect 0 -j "$url" > "$WORK/oha.json" 2>/dev/null
+  python3 - "$WORK/oha.json" "$HALF" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+p = d.get("latencyPercentiles", {})
+ms = lambda k: "%.3f" % (1000 * p.get(k, float("nan")))
+print("%-28s %12s   p50 %s ms, p99 %s ms, p99.9 %s ms" % ("oha at %s req/s" % sys.argv[2], "%.0f" % d["summary"]["requestsPerSec"], ms("p50"), ms("p99"), ms("p99.9")))
+PY
+fi
+echo "server RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$SHORTD_PID/status)"
