@@ -140,6 +140,8 @@ pub enum OpenError {
     Damaged { file: PathBuf, offset: u64, reason: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("data directory {} is on a read-only file system", .0.display())]
+    ReadOnly(PathBuf),
 }
 
 #[derive(Clone, Debug)]
@@ -273,8 +275,19 @@ impl Cursor {
 }
 
 impl Store {
-    pub fn open(opts: StoreOptions) -> Result<Store, OpenError> {
-        let recovered = recovery::recover(&opts)?;
+    /// Opens the store. On a read-only file system it still opens, serving
+    /// reads and refusing writes (503) with the reason.
+    pub fn open(mut opts: StoreOptions) -> Result<Store, OpenError> {
+        let recovered = match recovery::recover(&opts) {
+            Err(OpenError::ReadOnly(dir)) if !opts.read_only => {
+                tracing::warn!(dir = %dir.display(), "data directory is read-only: serving redirects, refusing writes");
+                opts.read_only = true;
+                let r = recovery::recover(&opts)?;
+                *r.shared.poisoned.write() = Some(format!("data directory {} is on a read-only file system", dir.display()));
+                r
+            }
+            other => other?,
+        };
         let shared = recovered.shared.clone();
         if opts.read_only {
             return Ok(Store { shared, tx: None, writer: Mutex::new(None) });
@@ -302,7 +315,7 @@ impl Store {
     }
 
     fn send(&self, cmd: Command) -> Result<(), WriteError> {
-        let tx = self.tx.as_ref().ok_or_else(|| WriteError::Unavailable("opened read-only".into()))?;
+        let tx = self.tx.as_ref().ok_or_else(|| WriteError::Unavailable(self.poisoned().unwrap_or_else(|| "opened read-only".into())))?;
         tx.send(cmd).map_err(|_| WriteError::Unavailable("the writer has stopped".into()))
     }
 

@@ -93,15 +93,11 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
     }
     let mut segs = BTreeMap::new();
     for &n in &numbers {
-        let mut seg = Segment::open(dir, n).map_err(|e| OpenError::Damaged {
+        let seg = Segment::open(dir, n).map_err(|e| OpenError::Damaged {
             file: segment::segment_path(dir, n),
             offset: 0,
             reason: e.to_string(),
         })?;
-        if Some(&n) == numbers.last() && !opts.read_only {
-            // The writer appends here; it must span a whole segment.
-            seg = seg.grow(opts.segment_bytes).map_err(io_err(&segment::segment_path(dir, n)))?;
-        }
         segs.insert(n, Arc::new(seg));
     }
 
@@ -342,7 +338,13 @@ fn remove_leftovers(dir: &Path) {
 
 fn lock_dir(dir: &Path) -> Result<File, OpenError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| {
+        if e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) {
+            OpenError::ReadOnly(dir.to_path_buf())
+        } else {
+            OpenError::Io { path: path.clone(), source: e }
+        }
+    })?;
     rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
         .map_err(|_| OpenError::Invalid(format!("data directory {} is in use by another shortd process", dir.display())))?;
     Ok(file)

@@ -64,18 +64,6 @@ impl Segment {
         Ok((seg, file))
     }
 
-    /// Grows a segment that is shorter than `size` (cut short by a crash or
-    /// by hand, or made under a smaller setting) and maps it again.
-    pub fn grow(self, size: u64) -> io::Result<Segment> {
-        if self.map.len() as u64 >= size {
-            return Ok(self);
-        }
-        let file = OpenOptions::new().read(true).write(true).open(&self.path)?;
-        preallocate(&file, size)?;
-        file.sync_all()?;
-        Segment::map(self.number, self.path.clone(), &file)
-    }
-
     /// Maps an existing segment and checks its header.
     pub fn open(dir: &Path, number: u32) -> io::Result<Segment> {
         let path = segment_path(dir, number);

@@ -398,7 +398,10 @@ impl Writer {
         Ok((Loc { seg: self.active, off: (self.buf_off + start as u64) as u32 }, size))
     }
 
-    /// Bytes the active segment's file and map span.
+    /// Bytes the active segment's file and map span: the writer never
+    /// writes past them, whatever the segment size setting says now (a file
+    /// cut short by a crash, or made under another setting, is rolled over
+    /// when full).
     fn active_len(&self) -> u64 {
         self.shared.segment(self.active).map_or(self.opts.segment_bytes, |s| s.len() as u64)
     }
