@@ -155,7 +155,8 @@ fn parse_import(obj: &Map<String, Value>) -> Result<NewLink, String> {
     };
     let now = crate::clock::now_ms();
     let expires_ms = match (obj.get("ttl_seconds").and_then(Value::as_u64), obj.get("expires_at").and_then(Value::as_str)) {
-        (Some(s), _) => now + s as i64 * 1000,
+        (Some(s), _) if s <= 100 * 365 * 24 * 3600 => now + s as i64 * 1000,
+        (Some(_), _) => return Err("ttl_seconds: must be at most 100 years".into()),
         (None, Some(t)) => {
             let t = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
                 .map_err(|_| "expires_at: must be RFC 3339")?;
@@ -171,7 +172,10 @@ fn parse_import(obj: &Map<String, Value>) -> Result<NewLink, String> {
         url,
         alias,
         expires_ms,
-        max_clicks: obj.get("max_clicks").and_then(Value::as_u64).unwrap_or(0),
+        max_clicks: match obj.get("max_clicks").and_then(Value::as_u64) {
+            Some(n) if n > 1 << 53 => return Err("max_clicks: must be at most 2^53".into()),
+            n => n.unwrap_or(0),
+        },
         redirect,
         disabled: obj.get("disabled").and_then(Value::as_bool).unwrap_or(false),
         idempotency: None,

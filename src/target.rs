@@ -18,6 +18,8 @@ pub enum TargetError {
     Unparsable(String),
     #[error("must use the http or https scheme")]
     Scheme,
+    #[error("must start with http:// or https:// and use forward slashes")]
+    NotAbsolute,
     #[error("must have a host")]
     NoHost,
     #[error("must not contain a user name or password")]
@@ -41,12 +43,20 @@ pub fn validate(raw: &str, max_len: usize, own_host: Option<&str>) -> Result<Str
     if !matches!(url.scheme(), "http" | "https") {
         return Err(TargetError::Scheme);
     }
+    // The parser forgives `http:host` and backslashes; clients reading
+    // Location may not, and the stored form is sent as it was given.
+    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) || raw.contains('\\') {
+        return Err(TargetError::NotAbsolute);
+    }
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or(TargetError::NoHost)?;
-    if !url.username().is_empty() || url.password().is_some() {
+    let authority = raw.split_once("//").map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+    if !url.username().is_empty() || url.password().is_some() || authority.contains('@') {
         return Err(TargetError::Credentials);
     }
     if let Some(own) = own_host {
-        if host.trim_end_matches('.').eq_ignore_ascii_case(own.trim_end_matches('.')) {
+        let bare = |h: &str| h.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+        if bare(host) == bare(own) {
             return Err(TargetError::SelfReference);
         }
     }
@@ -81,11 +91,16 @@ mod tests {
             ("https://user:pw@example.com/", TargetError::Credentials),
             ("https://sho.rt/abc", TargetError::SelfReference),
             ("https://SHO.RT./abc", TargetError::SelfReference),
+            ("http:example.com/", TargetError::NotAbsolute),
+            ("http:\\\\example.com\\a", TargetError::NotAbsolute),
+            ("http://@example.com/", TargetError::Credentials),
         ];
         for (raw, want) in cases {
             assert_eq!(validate(raw, 8192, Some("sho.rt")).as_ref(), Err(want), "{raw:?}");
         }
         assert!(matches!(validate("example.com", 8192, None), Err(TargetError::Unparsable(_))));
+        assert_eq!(validate("https://[::1]/x", 8192, Some("[::1]")), Err(TargetError::SelfReference));
+        assert_eq!(validate("https://[::1]/x", 8192, Some("::1")), Err(TargetError::SelfReference));
         assert!(matches!(validate("http://", 8192, None), Err(TargetError::Unparsable(_) | TargetError::NoHost)));
         assert_eq!(validate(&format!("https://e.com/{}", "a".repeat(9000)), 8192, None), Err(TargetError::TooLong(8192)));
     }

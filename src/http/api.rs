@@ -37,7 +37,14 @@ pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> 
     let path = req.uri().path().to_owned();
     let route = route(&path);
     let name = route.name();
-    let resp = dispatch(&app, peer, route, req).await.unwrap_or_else(Problem::into_response);
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    let mut resp = dispatch(&app, peer, route, req).await.unwrap_or_else(Problem::into_response);
+    if has_body && resp.status().as_u16() >= 400 {
+        // A refusal may come before the body was read; hyper would then drop
+        // the connection silently, so say so.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     metrics::api_request(name, resp.status().as_u16());
     resp
 }
@@ -61,7 +68,7 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
         Route::Redirect(_) | Route::NotFound => Err(Problem::not_found("this path")),
         _ => {
             authorize(app, peer, req.headers())?;
-            if matches!(route, Route::Links | Route::LinksBatch) && req.method() == Method::POST {
+            if route == Route::Links && req.method() == Method::POST {
                 if let Some(limit) = &app.access.create_rate {
                     limit.check(app.access.client_ip(peer, req.headers())).map_err(Problem::too_many_requests)?;
                 }
@@ -69,8 +76,8 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
             match (route, req.method().clone()) {
                 (Route::Links, Method::POST) => create(app, req).await,
                 (Route::Links, _) => list(app, &req),
-                (Route::LinksBatch, _) => batch(app, req).await,
-                (Route::Link(code), Method::GET) => get(app, code),
+                (Route::LinksBatch, _) => batch(app, peer, req).await,
+                (Route::Link(code), Method::GET | Method::HEAD) => get(app, code),
                 (Route::Link(code), Method::PATCH) => {
                     let code = code.to_owned();
                     patch(app, &code, req).await
@@ -115,13 +122,21 @@ fn authorize(app: &App, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Pro
             "no API key is configured, so the API answers loopback clients only",
         ));
     }
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let given = headers.get(header::AUTHORIZATION).map(|v| {
+        let v = v.as_bytes();
+        match v.iter().position(|&b| b == b' ') {
+            Some(i) if v[..i].eq_ignore_ascii_case(b"bearer") => v[i + 1..].trim_ascii(),
+            _ => &[][..],
+        }
+    });
     let ok = given.is_some_and(|g| app.access.key_matches(g));
     if ok {
         return Ok(());
     }
-    Err(Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", "send a valid API key as Authorization: Bearer KEY")
-        .with_field("Authorization", if given.is_some() { "the key is not valid" } else { "is required" }))
+    let mut p = Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", "send a valid API key as Authorization: Bearer KEY")
+        .with_field("Authorization", if given.is_some() { "is not a valid Bearer key" } else { "is required" });
+    p.www_authenticate = true;
+    Err(p)
 }
 
 #[derive(Serialize)]
@@ -321,7 +336,10 @@ async fn create(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Pro
     let obj = parse_object(&body)?;
     let mut new = parse_create(app, &obj, clock::now_ms())?;
     if let Some(key) = idem {
-        let canonical = serde_json::to_vec(&obj).unwrap_or_default();
+        // Canonical form: sorted keys (serde_json's map), no whitespace, and
+        // explicit nulls dropped, since they mean the same as absence.
+        let meaningful: Map<String, Value> = obj.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let canonical = serde_json::to_vec(&meaningful).unwrap_or_default();
         new.idempotency = Some((key, xxhash_rust::xxh3::xxh3_64(&canonical)));
     }
     let created = app.store.create(new).await?;
@@ -395,28 +413,32 @@ fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
     Ok(json(StatusCode::OK, &serde_json::json!({"links": views, "next_cursor": next.map(|c| c.encode())})))
 }
 
-async fn batch(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
+async fn batch(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
+    let client = app.access.client_ip(peer, req.headers());
     let body = read_body(app, req, false).await?;
     let text = std::str::from_utf8(&body).map_err(|_| Problem::invalid("body", "must be UTF-8 JSON lines"))?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l)).collect();
     if lines.len() > MAX_BATCH {
         return Err(Problem::invalid("body", format!("holds more than {MAX_BATCH} links; split it")));
     }
+    if let (Some(limit), Some(n)) = (&app.access.create_rate, std::num::NonZeroU32::new(lines.len() as u32)) {
+        limit.check_n(client, n).map_err(Problem::too_many_requests)?;
+    }
     let now = clock::now_ms();
     let mut pending = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        let parsed = parse_object(line.as_bytes()).and_then(|obj| parse_create(app, &obj, now)).map_err(|mut p| {
-            p.detail = format!("line {}: {}", i + 1, p.detail);
-            p
-        });
-        pending.push(match parsed {
-            Ok(new) => app.store.create_queued(new).map_err(Problem::from),
-            Err(p) => Err(p),
-        });
+    for &(line_no, line) in &lines {
+        let parsed = parse_object(line.as_bytes()).and_then(|obj| parse_create(app, &obj, now));
+        pending.push((
+            line_no,
+            match parsed {
+                Ok(new) => app.store.create_queued(new).map_err(Problem::from),
+                Err(p) => Err(p),
+            },
+        ));
     }
     let mut results = Vec::with_capacity(pending.len());
     let mut created = 0;
-    for p in pending {
+    for (line_no, p) in pending {
         let outcome = match p {
             Ok(rx) => rx.await.unwrap_or_else(|_| Err(WriteError::Unavailable("the writer has stopped".into()))).map_err(Problem::from),
             Err(p) => Err(p),
@@ -427,7 +449,10 @@ async fn batch(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Prob
                 metrics::link_created();
                 serde_json::json!({"status": 201, "link": view(app, &c.link)})
             }
-            Err(p) => serde_json::json!({"status": p.status, "problem": p}),
+            Err(mut p) => {
+                p.detail = format!("line {line_no}: {}", p.detail);
+                serde_json::json!({"status": p.status, "problem": p})
+            }
         });
     }
     Ok(json(StatusCode::OK, &serde_json::json!({"created": created, "results": results})))

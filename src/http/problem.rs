@@ -24,6 +24,7 @@ pub struct Problem {
     pub field: Option<Box<(String, String)>>,
     pub retry_after: Option<u64>,
     pub allow: Option<&'static str>,
+    pub www_authenticate: bool,
 }
 
 impl Serialize for Problem {
@@ -44,7 +45,7 @@ impl Serialize for Problem {
 
 impl Problem {
     pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status: status.as_u16(), slug, title, detail: detail.into(), field: None, retry_after: None, allow: None }
+        Problem { status: status.as_u16(), slug, title, detail: detail.into(), field: None, retry_after: None, allow: None, www_authenticate: false }
     }
 
     /// A 400 about one field of the request.
@@ -100,6 +101,9 @@ impl Problem {
         resp.headers_mut().insert(header::CONTENT_TYPE, PROBLEM_JSON);
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.www_authenticate {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Some(allow) = self.allow {
             resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));

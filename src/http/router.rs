@@ -25,9 +25,9 @@ impl Route<'_> {
     pub fn allow(&self) -> &'static str {
         match self {
             Route::Redirect(_) | Route::Health | Route::Ready | Route::Metrics | Route::HotStats => "GET, HEAD",
-            Route::Links => "GET, POST",
+            Route::Links => "GET, HEAD, POST",
             Route::LinksBatch => "POST",
-            Route::Link(_) => "GET, PATCH, DELETE",
+            Route::Link(_) => "GET, HEAD, PATCH, DELETE",
             Route::NotFound => "",
         }
     }
@@ -37,9 +37,9 @@ impl Route<'_> {
             Route::Redirect(_) | Route::Health | Route::Ready | Route::Metrics | Route::HotStats => {
                 method == Method::GET || method == Method::HEAD
             }
-            Route::Links => method == Method::GET || method == Method::POST,
+            Route::Links => method == Method::GET || method == Method::HEAD || method == Method::POST,
             Route::LinksBatch => method == Method::POST,
-            Route::Link(_) => method == Method::GET || method == Method::PATCH || method == Method::DELETE,
+            Route::Link(_) => method == Method::GET || method == Method::HEAD || method == Method::PATCH || method == Method::DELETE,
             Route::NotFound => true,
         }
     }

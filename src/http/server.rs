@@ -204,7 +204,8 @@ fn worker_main(app: Arc<App>, listener: StdListener, mut stop: watch::Receiver<b
 struct ConnState {
     /// Requests whose head has been parsed.
     requests: Cell<u64>,
-    /// Bytes arrived since the last request head was parsed.
+    /// Bytes arrived since the last request was answered (or its head
+    /// parsed, for redirects, which are answered at once).
     partial: Cell<bool>,
 }
 
@@ -244,21 +245,30 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// Resolves when the connection has overstayed a limit.
+/// Resolves when the connection has overstayed a limit: a request begun
+/// (bytes arrived since the last one was answered) and not complete within
+/// `header_timeout` of its first byte, or nothing at all for `idle_timeout`.
 async fn watchdog(conn: Rc<ConnState>, header_timeout: Duration, idle_timeout: Duration) {
     let period = (header_timeout.min(idle_timeout) / 4).max(Duration::from_millis(50));
     let mut seen = conn.requests.get();
     let mut progress = tokio::time::Instant::now();
+    let mut partial_since = None;
     loop {
         tokio::time::sleep(period).await;
         let now = tokio::time::Instant::now();
         if conn.requests.get() != seen {
             seen = conn.requests.get();
             progress = now;
+        }
+        if !conn.partial.get() {
+            partial_since = None;
+            if now.duration_since(progress) >= idle_timeout {
+                return;
+            }
             continue;
         }
-        let limit = if conn.partial.get() { header_timeout } else { idle_timeout };
-        if now.duration_since(progress) >= limit {
+        let since = *partial_since.get_or_insert(now);
+        if now.duration_since(since) >= header_timeout {
             return;
         }
     }
@@ -330,6 +340,13 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
                 return SvcFuture::Ready(ready(Ok(redirect::serve(&self.app, &self.worker, code, head))));
             }
         }
-        SvcFuture::Api(Box::pin(api::handle(self.app.clone(), self.peer, req)))
+        let conn = self.conn.clone();
+        let handled = api::handle(self.app.clone(), self.peer, req);
+        SvcFuture::Api(Box::pin(async move {
+            let resp = handled.await;
+            // The request body has been read; later bytes start the next request.
+            conn.partial.set(false);
+            resp
+        }))
     }
 }

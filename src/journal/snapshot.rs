@@ -28,7 +28,8 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 use super::segment::sync_dir;
 
 const MAGIC: &[u8; 8] = b"SHORTDSN";
-const VERSION: u32 = 1;
+/// 2: location entries carry a live byte.
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 48;
 const TAG_LOC: u8 = 1;
 const TAG_CLICKS: u8 = 2;

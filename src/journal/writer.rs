@@ -276,7 +276,8 @@ impl Writer {
                 self.next_id += 1;
                 let code = self.shared.key.encode(id).expect("id is inside the code space");
                 let code = CompactString::from_utf8_lossy(&code);
-                if matches!(self.state(&code), Lookup::Missing) {
+                // A code that spells a route (`healthz`, `metrics`) could never redirect.
+                if crate::code::validate_alias(&code).is_ok() && matches!(self.state(&code), Lookup::Missing) {
                     break (code, id);
                 }
             },
@@ -292,6 +293,13 @@ impl Writer {
             disabled: new.disabled,
             clicks: 0,
         };
+        if let Some((ikey, _)) = &new.idempotency {
+            // The link and its idempotency record must land together: make
+            // room for both first, so no roll can fail between them.
+            let both = record::padded(record::HEADER_LEN + 40 + code.len() + link.url.len())
+                + record::padded(record::HEADER_LEN + 10 + ikey.len() + code.len());
+            self.ensure_room(both as u64)?;
+        }
         self.put(&link)?;
         self.effects.push(Effect::LiveLinks(1));
         if let Some((ikey, hash)) = new.idempotency {
@@ -396,6 +404,15 @@ impl Writer {
         }
         self.since_snapshot += 1;
         Ok((Loc { seg: self.active, off: (self.buf_off + start as u64) as u32 }, size))
+    }
+
+    /// Rolls now unless `bytes` more fit in the active segment.
+    fn ensure_room(&mut self, bytes: u64) -> Result<(), WriteError> {
+        if self.buf_off + self.buf.len() as u64 + bytes > self.active_len() {
+            self.flush_buf()?;
+            self.roll()?;
+        }
+        Ok(())
     }
 
     /// Bytes the active segment's file and map span: the writer never
