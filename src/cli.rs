@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{Cli, Command, Config, Durability, LogFormat};
 use crate::journal::record::{self, Body, DecodeError};
+use crate::journal::recovery;
 use crate::journal::segment::{segment_number, Segment, SEGMENT_HEADER_LEN};
 use crate::journal::snapshot::{self, Snapshot};
 use crate::store::{Link, NewLink, Store, StoreOptions, REDIRECT_STATUSES};
@@ -264,14 +265,18 @@ fn check(dir: &Path) -> Result<(), String> {
                 Err(DecodeError::End) if seg.bytes()[at.min(seg.len())..].iter().all(|&b| b == 0) => break,
                 Err(e) => {
                     let newest = i + 1 == numbers.len();
-                    println!(
-                        "segment {n:08}.log: {} at byte {at}: {e}",
-                        if newest { "torn tail (cut off at next start)" } else { "damage" }
-                    );
-                    if !newest {
-                        problems += 1;
+                    let resume = recovery::next_record(seg.bytes(), at);
+                    let mid_log = resume.is_some();
+                    if newest && !mid_log {
+                        println!("segment {n:08}.log: torn tail at byte {at}: {e} (cut off at the next start)");
+                        break;
                     }
-                    break;
+                    println!("segment {n:08}.log: damage at byte {at}: {e}");
+                    problems += 1;
+                    match resume {
+                        Some(r) => at = r,
+                        None => break,
+                    }
                 }
             }
         }

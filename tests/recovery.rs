@@ -892,3 +892,34 @@ fn a_failed_snapshot_leaves_no_temporary_file() {
         assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     }
 }
+
+/// Damage early in the newest segment with intact records after it is not a
+/// torn tail: those records may be acknowledged links, so the start stops,
+/// and `repair` keeps every intact record.
+#[test]
+fn damage_before_intact_records_in_the_newest_segment_stops_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let store = open(opts(&dir));
+    let links = create_all(&store, urls("newest", 20, 10));
+    store.close();
+    for snap in std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".snap")) {
+        std::fs::remove_file(snap.path()).unwrap();
+    }
+    let seg = support::segments(&dir).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[32 + 40] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+    match Store::open(opts(&dir)) {
+        Err(OpenError::Damaged { file, offset, .. }) => {
+            assert_eq!(file, seg);
+            assert_eq!(offset, 32);
+        }
+        other => panic!("damage before intact records was taken for a torn tail: {:?}", other.err()),
+    }
+    let mut o = opts(&dir);
+    o.repair = true;
+    let store = open(o);
+    assert_all_live(&store, &links[1..], "intact links after repair");
+    store.close();
+}

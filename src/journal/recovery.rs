@@ -220,19 +220,22 @@ impl Replay<'_> {
                 },
                 Err(e) => e.to_string(),
             };
-            if newest && !opts.read_only {
+            let resume = next_record(data, at);
+            // Intact records after the damage mean it is not a torn tail:
+            // they may be acknowledged links, so never cut them silently.
+            let mid_log = resume.is_some();
+            if newest && !mid_log && !opts.read_only {
                 let cut = data.len() - at;
                 tracing::warn!(file = %seg.path.display(), offset = at, bytes = cut, reason = %problem, "cutting off a torn or corrupt tail");
                 zero_tail(&seg.path, at as u64, data.len() as u64).map_err(io_err(&seg.path))?;
                 return Ok(at);
             }
-            if newest {
+            if newest && !mid_log {
                 return Ok(at);
             }
             if !opts.repair {
                 return Err(OpenError::Damaged { file: seg.path.clone(), offset: at as u64, reason: problem });
             }
-            let resume = (at + record::ALIGN..data.len()).step_by(record::ALIGN).find(|&o| record::decode(data, o).is_ok());
             let to = resume.unwrap_or(data.len());
             tracing::warn!(file = %seg.path.display(), from = at, to, reason = %problem, "repair: skipping a damaged range");
             match resume {
@@ -288,6 +291,11 @@ impl Replay<'_> {
             _ => {}
         }
     }
+}
+
+/// The offset of the next intact record after damage at `at`.
+pub fn next_record(data: &[u8], at: usize) -> Option<usize> {
+    (at + record::ALIGN..data.len()).step_by(record::ALIGN).find(|&o| record::decode(data, o).is_ok())
 }
 
 /// Padded length and kind of the record at `loc`, read from its header.
