@@ -421,7 +421,10 @@ impl ServeArgs {
             c.compact_ratio = v;
         }
         if c.segment_bytes < 4 * (c.max_url_bytes as u64 + 4096) {
-            return Err(bad("--segment-bytes", format!("must hold at least four of the largest records: at least {}", 4 * (c.max_url_bytes as u64 + 4096))));
+            return Err(bad(
+                "--segment-bytes",
+                format!("must hold at least four of the largest records: at least {}", 4 * (c.max_url_bytes as u64 + 4096)),
+            ));
         }
         c.repair = self.repair;
         if let Some(v) = self.log_format {

@@ -45,7 +45,16 @@ impl Serialize for Problem {
 
 impl Problem {
     pub fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status: status.as_u16(), slug, title, detail: detail.into(), field: None, retry_after: None, allow: None, www_authenticate: false }
+        Problem {
+            status: status.as_u16(),
+            slug,
+            title,
+            detail: detail.into(),
+            field: None,
+            retry_after: None,
+            allow: None,
+            www_authenticate: false,
+        }
     }
 
     /// A 400 about one field of the request.
