@@ -43,7 +43,6 @@ echo "created $created of $LINKS links" >&2
 
 # Scrape from 2 s before the load until 2 s after it.
 taskset -c 1 python3 "$HERE/plot-metrics.py" "$BASE" $((SECS + 4)) -o "$OUT/dashboard.png" \
-  --csv "$WORK/dashboard.csv" \
   --title "shortd, 1 worker, --durability always: wrk ${CONNS} conns, Zipf over $LINKS links, ~5% creates, ~1% unknown codes (${SECS}s load)" \
   > "$WORK/summary.txt" &
 PLOT_PID=$!

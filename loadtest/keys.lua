@@ -26,7 +26,7 @@ local function pick()
   if mode ~= "zipf" then return math.random(0, n - 1) end
   local u, lo, hi = math.random(), 1, n
   while lo < hi do
-    local mid = (lo + hi) // 2
+    local mid = math.floor((lo + hi) / 2)
     if cdf[mid] < u then lo = mid + 1 else hi = mid end
   end
   -- Rank r maps to a scattered link so hot links are not neighbours.

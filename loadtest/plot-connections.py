@@ -6,8 +6,12 @@ usage: plot-connections.py RAW_DIR OUT.csv OUT.png
 
 RAW_DIR holds MODE-CONNS.txt (a `wrk --latency` report) and MODE-CONNS.meta
 (`key=value` pairs: mode, connections, depth, cpu_ticks, clk_tck, seconds).
-With pipelining, wrk records one latency per pipelined batch: the time from
-writing the DEPTH requests to reading the last response.
+With pipelining, wrk records one latency per pipelined batch but corrects for
+coordinated omission as if each response were a batch, so its percentiles
+are not usable there (p90/p99 often print as 0.00us, written here as empty);
+round_trip_mean_ms = connections x depth / (req/s) is the mean time a
+connection waits for its batch (Little's law for a closed loop) and is what
+the plot shows for pipelined runs.
 """
 import csv
 import glob
@@ -49,19 +53,29 @@ def load(raw):
         r = parse(open(meta_path[:-5] + ".txt").read())
         ticks, hz, secs = int(meta["cpu_ticks"]), int(meta["clk_tck"]), float(meta["seconds"])
         cpu_s = ticks / hz
+        conns, depth = int(meta["connections"]), int(meta["depth"])
+
+        def share(key):
+            total = int(meta.get(key + "_total", 0))
+            return round(int(meta[key + "_busy"]) / total, 3) if total else ""
+
+        wrk_p = lambda v: round(v, 4) if v > 0 else ""  # wrk prints 0.00us when its histogram is broken
         rows.append({
             "mode": meta["mode"],
             "connections": int(meta["connections"]),
             "pipeline_depth": int(meta["depth"]),
             "seconds": secs,
             "requests_per_sec": round(r["rps"], 1),
-            "latency_p50_ms": round(r["p50_ms"], 4),
-            "latency_p99_ms": round(r["p99_ms"], 4),
-            "latency_avg_ms": round(r["avg_ms"], 4),
-            "latency_max_ms": round(r["max_ms"], 4),
+            "latency_p50_ms": wrk_p(r["p50_ms"]),
+            "latency_p99_ms": wrk_p(r["p99_ms"]),
+            "latency_avg_ms": wrk_p(r["avg_ms"]),
+            "latency_max_ms": wrk_p(r["max_ms"]),
+            "round_trip_mean_ms": round(conns * depth / r["rps"] * 1e3, 4) if r["rps"] > 0 else "",
             "requests": r["requests"],
             "server_cpu_util": round(cpu_s / secs, 3),
             "server_cpu_us_per_req": round(cpu_s * 1e6 / r["requests"], 3) if r["requests"] else "",
+            "cpu0_busy": share("cpu0"),
+            "cpu1_busy": share("cpu1"),
             "errors": r["errors"],
         })
     rows.sort(key=lambda r: (r["mode"] != "keepalive", r["connections"]))
@@ -104,13 +118,17 @@ def plot(rows, out):
         for r in rs:
             a1.annotate(f"{r['server_cpu_util'] * 100:.0f}%", (r["connections"], r["requests_per_sec"] / 1e3),
                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7, color=color)
-        a2.plot(xs, [r["latency_p50_ms"] for r in rs], marker="o", color=color, label=f"{label} p50")
-        a2.plot(xs, [r["latency_p99_ms"] for r in rs], marker="s", color=color, linestyle="--",
-                label=f"{label} p99" + (" (per batch)" if depth > 1 else ""))
-    a1.set_title("Hot-key throughput (labels: server CPU use)")
+        num = lambda v: v if v != "" else float("nan")
+        if depth == 1:
+            a2.plot(xs, [num(r["latency_p50_ms"]) for r in rs], marker="o", color=color, label=f"{label} p50 (wrk)")
+            a2.plot(xs, [num(r["latency_p99_ms"]) for r in rs], marker="s", color=color, linestyle="--",
+                    label=f"{label} p99 (wrk)")
+        a2.plot(xs, [num(r["round_trip_mean_ms"]) for r in rs], marker="^", color=color, linestyle=":",
+                label=f"{label} mean round trip (conns x depth / rate)")
+    a1.set_title("Hot-key throughput (labels: shortd's share of CPU 0)")
     a1.set_ylabel("thousand requests/s")
     a1.set_ylim(bottom=0)
-    a2.set_title("Latency (wrk --latency)")
+    a2.set_title("Latency (pipelined: wrk's percentiles are not usable, see the script)")
     a2.set_ylabel("ms (log)")
     a2.set_yscale("log")
     for a in (a1, a2):

@@ -70,7 +70,7 @@ impl Outcome {
 }
 
 /// Upper bounds of the redirect latency buckets, in seconds.
-const LATENCY_BOUNDS: [f64; 12] = [1e-6, 2e-6, 5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 5e-3, 25e-3];
+const LATENCY_BOUNDS: [f64; 14] = [2.5e-7, 5e-7, 1e-6, 2e-6, 5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 5e-3, 25e-3];
 
 /// Counters one worker thread writes and a scrape reads.
 /// One redirect in this many is timed for the latency histogram.
@@ -81,7 +81,7 @@ pub const LATENCY_SAMPLE: u64 = 16;
 pub struct WorkerStats {
     outcomes: [AtomicU64; 6],
     sampler: AtomicU64,
-    latency: [AtomicU64; 13],
+    latency: [AtomicU64; 15],
     latency_sum_ns: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,

@@ -45,6 +45,8 @@ pub struct App {
 impl App {
     /// Opens the store and builds everything the handlers share.
     pub fn open(cfg: Config) -> Result<App, server::StartError> {
+        // The recorder first, so that what the store reports while opening counts.
+        let metrics = crate::metrics::install();
         let store = Arc::new(Store::open(StoreOptions {
             dir: cfg.data_dir.clone(),
             durability: cfg.durability,
@@ -73,7 +75,7 @@ impl App {
             own_host: cfg.public_url.host_str().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_string()),
             public_base,
             hot: Arc::new(HotKeys::default()),
-            metrics: crate::metrics::install(),
+            metrics,
             store,
             cfg,
             shutting_down: AtomicBool::new(false),

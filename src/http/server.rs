@@ -91,10 +91,14 @@ impl Server {
         let app = Arc::new(App::open(cfg)?);
         let aggregator = Aggregator::start(app.store.clone(), app.hot.clone());
         let (stop, _) = watch::channel(false);
-        let limit = Arc::new(Semaphore::new(app.cfg.max_connections));
+        // Each worker has its own share of the connection limit: the kernel
+        // queues a connection on one worker's listener, and only that worker
+        // can take it, so a shared pool could leave it waiting behind a
+        // permit that another worker holds.
+        let per_worker = app.cfg.max_connections.div_ceil(app.cfg.workers);
         let mut workers = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
-            let (app, stop, limit, sink) = (app.clone(), stop.subscribe(), limit.clone(), aggregator.sink());
+            let (app, stop, limit, sink) = (app.clone(), stop.subscribe(), Arc::new(Semaphore::new(per_worker)), aggregator.sink());
             let handle = std::thread::Builder::new()
                 .name(format!("shortd-worker-{i}"))
                 .spawn(move || worker_main(app, listener, stop, limit, sink))

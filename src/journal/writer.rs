@@ -150,8 +150,12 @@ impl Writer {
                 .map(|f| w.file = Some(f))
                 .map_err(|e| WriteError::Unavailable(e.to_string()))
         };
-        if let Err(e) = opened {
-            w.poison(format!("cannot open the log for writing: {e}"));
+        m::segments(w.shared.segments.read().len());
+        match opened {
+            // Out of space for a first segment: not poisoned; appends try again.
+            Err(WriteError::DiskFull(e)) => tracing::error!(error = %e, "no space for a log segment; creates fail until there is"),
+            Err(e) => w.poison(format!("cannot open the log for writing: {e}")),
+            Ok(()) => {}
         }
         w
     }
@@ -385,6 +389,9 @@ impl Writer {
     fn append(&mut self, mut rec: Record<'_>) -> Result<(Loc, u64), WriteError> {
         if let Some(e) = self.refusal() {
             return Err(e);
+        }
+        if self.file.is_none() {
+            self.roll()?;
         }
         rec.lsn = self.next_lsn;
         self.next_lsn += 1;

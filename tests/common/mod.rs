@@ -381,14 +381,11 @@ fn spawn(root: &TempDir, port: u16, args: &[String]) -> Child {
             cmd.env_remove(k);
         }
     }
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(root.path().join("data"))
-        .arg("--workers")
-        .arg("2")
-        .args(args)
+    cmd.arg("serve").arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--data-dir").arg(root.path().join("data"));
+    if !args.iter().any(|a| a == "--workers") {
+        cmd.arg("--workers").arg("2");
+    }
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("cloning the log handle"))
         .stderr(log)
