@@ -73,14 +73,14 @@ HALF=$(awk -v m="$MAX" 'BEGIN {printf "%d", m / 2}')
 if [ "$SCENARIO" != mixed ]; then
   url="$BASE$path"
   [ "$SCENARIO" = zipf ] || [ "$SCENARIO" = uniform ] && url="$BASE/k{[0-9]{5}}"
-  oha_args=(-z "${SECS}s" -c 64 -q "$HALF" --latency-correction --no-tui --disable-keepalive=false --redirect 0 -o "$WORK/oha.json" --output-format json)
+  oha_args=(-z "${SECS}s" -c 64 -q "$HALF" --latency-correction --no-tui --redirect 0 --output-format json -o "$WORK/oha.json")
   if [[ "$url" == *"{"* ]]; then oha_args+=(--rand-regex-url); fi
-  taskset -c 1 oha "${oha_args[@]}" "$url" >/dev/null 2>&1 || taskset -c 1 oha -z "${SECS}s" -c 64 -q "$HALF" --latency-correction --no-tui --redirect 0 -j "$url" > "$WORK/oha.json" 2>/dev/null
+  taskset -c 1 oha "${oha_args[@]}" "$url" >/dev/null 2>&1
   python3 - "$WORK/oha.json" "$HALF" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 p = d.get("latencyPercentiles", {})
-ms = lambda k: "%.3f" % (1000 * p.get(k, float("nan")))
+ms = lambda k: "%.3f" % (1000 * (p.get(k) or float("nan")))
 print("%-28s %12s   p50 %s ms, p99 %s ms, p99.9 %s ms" % ("oha at %s req/s" % sys.argv[2], "%.0f" % d["summary"]["requestsPerSec"], ms("p50"), ms("p99"), ms("p99.9")))
 PY
 fi
