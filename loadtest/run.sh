@@ -72,7 +72,8 @@ fi
 HALF=$(awk -v m="$MAX" 'BEGIN {printf "%d", m / 2}')
 if [ "$SCENARIO" != mixed ]; then
   url="$BASE$path"
-  [ "$SCENARIO" = zipf ] || [ "$SCENARIO" = uniform ] && url="$BASE/k{[0-9]{5}}"
+  # oha draws each URL from a regex: uniform over the first 100 000 links.
+  [ "$SCENARIO" = zipf ] || [ "$SCENARIO" = uniform ] && url="http://127\\.0\\.0\\.1:$PORT/k[1-9]?[0-9]{1,4}"
   oha_args=(-z "${SECS}s" -c 64 -q "$HALF" --latency-correction --no-tui --redirect 0 --output-format json -o "$WORK/oha.json")
   if [[ "$url" == *"{"* ]]; then oha_args+=(--rand-regex-url); fi
   taskset -c 1 oha "${oha_args[@]}" "$url" >/dev/null 2>&1
