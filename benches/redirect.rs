@@ -12,16 +12,7 @@ fn bench(c: &mut Criterion) {
     let cfg = Config { data_dir: dir.path().to_path_buf(), durability: Durability::Never, cache_entries: 0, ..Config::default() };
     let uncached = App::open(cfg).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let new = |url: &str| NewLink {
-        url: url.into(),
-        alias: None,
-        expires_ms: 0,
-        max_clicks: 0,
-        redirect: 302,
-        disabled: false,
-        idempotency: None,
-    };
-    let code = rt.block_on(uncached.store.create(new("https://example.com/landing/page"))).unwrap().link.code;
+    let code = rt.block_on(uncached.store.create(NewLink::to("https://example.com/landing/page"))).unwrap().link.code;
     let mut agg = Aggregator::start(uncached.store.clone(), uncached.hot.clone());
     let worker = Worker::new(&uncached, agg.sink());
     c.bench_function("redirect/miss (index + mapped log, no cache)", |b| b.iter(|| black_box(serve(&uncached, &worker, &code, false))));

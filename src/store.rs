@@ -89,6 +89,13 @@ pub struct NewLink {
     pub idempotency: Option<(String, u64)>,
 }
 
+impl NewLink {
+    /// A plain 302 link to `url` with a generated code and no limits.
+    pub fn to(url: impl Into<String>) -> NewLink {
+        NewLink { url: url.into(), alias: None, expires_ms: 0, max_clicks: 0, redirect: 302, disabled: false, idempotency: None }
+    }
+}
+
 /// A change to a link; `None` leaves a field alone.
 #[derive(Clone, Debug, Default)]
 pub struct Patch {

@@ -61,15 +61,7 @@ fn a_cached_redirect_allocates_nothing() {
     let cfg = Config { data_dir: dir.path().to_path_buf(), durability: Durability::Never, ..Config::default() };
     let app = App::open(cfg).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let new = NewLink {
-        url: "https://example.com/landing".into(),
-        alias: None,
-        expires_ms: 0,
-        max_clicks: 0,
-        redirect: 302,
-        disabled: false,
-        idempotency: None,
-    };
+    let new = NewLink::to("https://example.com/landing");
     let code = rt.block_on(app.store.create(new)).unwrap().link.code;
     let mut aggregator = Aggregator::start(app.store.clone(), app.hot.clone());
     let worker = Worker::new(&app, aggregator.sink());

@@ -43,7 +43,7 @@ fn open(o: StoreOptions) -> Store {
 }
 
 fn new_link(url: String) -> NewLink {
-    NewLink { url, alias: None, expires_ms: 0, max_clicks: 0, redirect: 302, disabled: false, idempotency: None }
+    NewLink::to(url)
 }
 
 /// Queues every create (so that group commit batches them) and waits for
