@@ -73,7 +73,7 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Keep-alive idle time before a connection is closed. Default `60s`.
     pub idle_timeout: Duration,
-    /// Open connections across all workers. Default 10000.
+    /// Open connections at most, split evenly across workers. Default 10000.
     pub max_connections: usize,
     /// Cache bound in entries. Default 1,000,000.
     pub cache_entries: usize,

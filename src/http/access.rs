@@ -37,12 +37,13 @@ impl RateLimit {
         self.limiter.check_key(&ip).map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
-    /// Takes `n` at once (a batch of creates); `Err(wait)` if they do not fit now.
+    /// Takes `n` at once (a batch of creates); `Err(wait)` if they do not
+    /// fit now, `Err(Duration::MAX)` if they never will (more than the burst).
     pub fn check_n(&self, ip: IpAddr, n: NonZeroU32) -> Result<(), Duration> {
         match self.limiter.check_key_n(&ip, n) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
-            Err(_) => Err(Duration::from_secs(1)),
+            Err(_) => Err(Duration::MAX),
         }
     }
 

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -422,7 +423,11 @@ async fn batch(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Result<Re
         return Err(Problem::invalid("body", format!("holds more than {MAX_BATCH} links; split it")));
     }
     if let (Some(limit), Some(n)) = (&app.access.create_rate, std::num::NonZeroU32::new(lines.len() as u32)) {
-        limit.check_n(client, n).map_err(Problem::too_many_requests)?;
+        match limit.check_n(client, n) {
+            Ok(()) => {}
+            Err(Duration::MAX) => return Err(Problem::invalid("body", "holds more links than --create-burst allows at once; split it")),
+            Err(wait) => return Err(Problem::too_many_requests(wait)),
+        }
     }
     let now = clock::now_ms();
     let mut pending = Vec::with_capacity(lines.len());

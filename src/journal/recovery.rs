@@ -2,18 +2,19 @@
 //!
 //! Rules (also in docs/storage.md):
 //! - A torn or corrupt tail of the newest segment (a crash mid-write, garbage
-//!   after the last good record, preallocation zeros) is cut off: logged,
-//!   overwritten with zeros, and the store starts with every record before it.
-//! - Damage in any older segment stops the start with the file and offset,
-//!   unless `repair` is set; then every intact record is kept and each
-//!   skipped range is reported.
+//!   after the last good record, preallocation zeros), with no intact record
+//!   after it, is cut off: logged, overwritten with zeros, and the store
+//!   starts with every record before it.
+//! - Any other damage (in an older segment, or followed by intact records)
+//!   stops the start with the file and offset, unless `repair` is set; then
+//!   every intact record is kept and each skipped range is reported.
 //! - A snapshot that fails its checksum is reported and the next older one
 //!   (or a full replay) is used instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -403,7 +404,8 @@ fn load_or_create_key(dir: &Path, read_only: bool) -> Result<CodeKey, OpenError>
             let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..CodeKey::BYTES]);
             bytes[CodeKey::BYTES..].copy_from_slice(&sum.to_le_bytes());
             let tmp = path.with_extension("tmp");
-            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+            // The key makes codes unguessable: readable by this user only.
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io_err(&tmp))?;
             f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
             std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
             segment::sync_dir(dir).map_err(io_err(dir))?;
