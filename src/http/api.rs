@@ -34,16 +34,24 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 const CREATE_FIELDS: &[&str] = &["url", "alias", "ttl_seconds", "expires_at", "max_clicks", "redirect"];
 const PATCH_FIELDS: &[&str] = &["url", "ttl_seconds", "expires_at", "max_clicks", "redirect", "disabled"];
 
-pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// Marks, through the request's extensions, that its body was read.
+#[derive(Clone)]
+struct BodyRead(Arc<std::sync::atomic::AtomicBool>);
+
+pub async fn handle(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let route = route(&path);
     let name = route.name();
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    let read = BodyRead(Arc::default());
+    if has_body {
+        req.extensions_mut().insert(read.clone());
+    }
     let mut resp = dispatch(&app, peer, route, req).await.unwrap_or_else(Problem::into_response);
-    if has_body && resp.status().as_u16() >= 400 {
-        // A refusal may come before the body was read; hyper would then drop
-        // the connection silently, so say so.
+    if has_body && !read.0.load(std::sync::atomic::Ordering::Relaxed) {
+        // Refused before its body was read: hyper will close the connection
+        // rather than read the rest, so say so.
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     metrics::api_request(name, resp.status().as_u16());
@@ -209,8 +217,14 @@ async fn read_body(app: &App, req: Request<Incoming>, json_only: bool) -> Result
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Problem::too_large("body", limit));
     }
+    let read = req.extensions().get::<BodyRead>().cloned();
     match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => {
+            if let Some(r) = read {
+                r.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(collected.to_bytes())
+        }
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Problem::too_large("body", limit)),
         Err(e) => Err(Problem::invalid("body", format!("could not be read: {e}"))),
     }
