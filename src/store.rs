@@ -323,7 +323,11 @@ impl Store {
 
     fn send(&self, cmd: Command) -> Result<(), WriteError> {
         let tx = self.tx.as_ref().ok_or_else(|| WriteError::Unavailable(self.poisoned().unwrap_or_else(|| "opened read-only".into())))?;
-        tx.send(cmd).map_err(|_| WriteError::Unavailable("the writer has stopped".into()))
+        // Never block: the caller is a worker thread that also serves redirects.
+        tx.try_send(cmd).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => WriteError::Unavailable("the writer's queue is full; retry shortly".into()),
+            crossbeam_channel::TrySendError::Disconnected(_) => WriteError::Unavailable("the writer has stopped".into()),
+        })
     }
 
     pub async fn create(&self, new: NewLink) -> Result<Created, WriteError> {
@@ -388,14 +392,19 @@ impl Store {
         if dirty.is_empty() {
             return;
         }
-        let totals = dirty
+        let totals: Vec<(CompactString, u64)> = dirty
             .into_iter()
             .filter_map(|k| {
                 let n = self.shared.clicks.get(k.as_str())?.load(Ordering::Relaxed);
                 Some((k, n))
             })
             .collect();
-        let _ = self.send(Command::Clicks(totals));
+        let keys: Vec<CompactString> = totals.iter().map(|(k, _)| k.clone()).collect();
+        if let Err(e) = self.send(Command::Clicks(totals)) {
+            // Still dirty: the next round logs them.
+            tracing::warn!(error = %e, "click totals not logged this round");
+            self.shared.dirty_clicks.lock().extend(keys);
+        }
     }
 
     /// Waits until everything sent so far is written and synced.
