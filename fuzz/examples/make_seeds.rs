@@ -30,7 +30,10 @@ fn records() {
     };
     let recs = [
         ("put", Record { lsn: 1, time_ms: 1_700_000_000_000, body: Body::Put(put.clone()) }),
-        ("put-disabled", Record { lsn: 2, time_ms: 5, body: Body::Put(Put { flags: 1, expires_ms: 9, max_clicks: 3, redirect: 301, ..put }) }),
+        (
+            "put-disabled",
+            Record { lsn: 2, time_ms: 5, body: Body::Put(Put { flags: 1, expires_ms: 9, max_clicks: 3, redirect: 301, ..put }) },
+        ),
         ("delete", Record { lsn: 3, time_ms: 6, body: Body::Delete { key: b"my-alias" } }),
         ("clicks", Record { lsn: 4, time_ms: 7, body: Body::Clicks(vec![(b"abc1234", 10), (b"x", 1)]) }),
         ("clicks-empty", Record { lsn: 5, time_ms: 8, body: Body::Clicks(vec![]) }),
@@ -79,6 +82,8 @@ fn text() {
         "https://user:pw@example.com/",
         "ftp://example.com/",
         "http://xn--bcher-kva.example:8080/p/../q?x=%41",
+        // Short as given, longer than the 40-byte limit once percent-encoded.
+        "https://e.com/ääääääääääää",
     ]
     .iter()
     .enumerate()
@@ -90,9 +95,21 @@ fn text() {
     }
     write("code_decode", "id", &42u64.to_le_bytes());
     write("code_decode", "key-and-id", &[7u8; 56]);
-    for (i, p) in ["/abc1234", "/my-alias_2", "/healthz", "/readyz", "/metrics", "/api/v1/links", "/api/v1/links:batch", "/api/v1/links/abc", "/api/v1/stats/hot", "/", "/a%20b"]
-        .iter()
-        .enumerate()
+    for (i, p) in [
+        "/abc1234",
+        "/my-alias_2",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/links",
+        "/api/v1/links:batch",
+        "/api/v1/links/abc",
+        "/api/v1/stats/hot",
+        "/",
+        "/a%20b",
+    ]
+    .iter()
+    .enumerate()
     {
         write("router", &i.to_string(), p.as_bytes());
     }

@@ -30,7 +30,7 @@ fn seal(buf: &mut [u8], at: usize) {
 /// Decodes at `at`; a record that decodes must make sense and round-trip.
 fn check(data: &[u8], at: usize) -> Option<usize> {
     let (rec, len) = decode(data, at).ok()?;
-    assert!(len >= HEADER_LEN && len <= MAX_RECORD_LEN, "length {len} out of range");
+    assert!((HEADER_LEN..=MAX_RECORD_LEN).contains(&len), "length {len} out of range");
     assert!(at + len <= data.len(), "record at {at} of {len} bytes runs past {}", data.len());
     let mut out = Vec::new();
     let n = encode(&rec, &mut out);

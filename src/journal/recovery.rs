@@ -244,7 +244,7 @@ impl Replay<'_> {
             // they may be acknowledged links, so never cut them silently.
             let mid_log = resume.is_some();
             if newest && !mid_log && !opts.read_only {
-                let cut = data.len() - at;
+                let cut = data.len().saturating_sub(at);
                 tracing::warn!(file = %seg.path.display(), offset = at, bytes = cut, reason = %problem, "cutting off a torn or corrupt tail");
                 zero_tail(&seg.path, at as u64, data.len() as u64).map_err(io_err(&seg.path))?;
                 return Ok(at);
@@ -266,11 +266,11 @@ impl Replay<'_> {
 
     fn apply(&mut self, rec: &Record<'_>, loc: Loc, len: u64) {
         self.replayed += 1;
-        self.next_lsn = self.next_lsn.max(rec.lsn + 1);
+        self.next_lsn = self.next_lsn.max(rec.lsn.saturating_add(1));
         let key = match &rec.body {
             Body::Put(p) => {
                 if p.id != ALIAS_ID {
-                    self.next_id = self.next_id.max(p.id + 1);
+                    self.next_id = self.next_id.max(p.id.saturating_add(1));
                 }
                 p.key
             }
