@@ -7,6 +7,7 @@ fn bench(c: &mut Criterion) {
     let rec = Record {
         lsn: 42,
         time_ms: 1_764_000_000_000,
+        origin: 0,
         body: Body::Put(Put { key: b"aZ3kP9q", url, id: 9, created_ms: 1, expires_ms: 0, max_clicks: 0, redirect: 302, flags: 0 }),
     };
     let mut buf = Vec::with_capacity(1 << 20);

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use compact_str::CompactString;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
+use crate::cluster::Cluster;
 use crate::hot::HotKeys;
 use crate::store::{Hasher, Store};
 
@@ -84,14 +85,14 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    pub fn start(store: Arc<Store>, hot: Arc<HotKeys>) -> Aggregator {
+    pub fn start(store: Arc<Store>, hot: Arc<HotKeys>, cluster: Option<Arc<Cluster>>) -> Aggregator {
         let (tx, rx) = crossbeam_channel::bounded::<Batch>(QUEUE);
         let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Batch>(QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let handle = std::thread::Builder::new()
             .name("shortd-clicks".into())
-            .spawn(move || aggregate(store, hot, rx, pool_tx, stop2))
+            .spawn(move || aggregate(store, hot, cluster, rx, pool_tx, stop2))
             .expect("spawning the click aggregator at start-up");
         Aggregator { sink: ClickSink { tx, pool: pool_rx }, stop, handle: Some(handle) }
     }
@@ -109,13 +110,27 @@ impl Aggregator {
     }
 }
 
-fn aggregate(store: Arc<Store>, hot: Arc<HotKeys>, rx: Receiver<Batch>, pool: Sender<Batch>, stop: Arc<AtomicBool>) {
+fn aggregate(
+    store: Arc<Store>,
+    hot: Arc<HotKeys>,
+    cluster: Option<Arc<Cluster>>,
+    rx: Receiver<Batch>,
+    pool: Sender<Batch>,
+    stop: Arc<AtomicBool>,
+) {
+    // In a cluster, clicks also go to the code's other holders, and only a
+    // holder counts them in its own store.
+    let count = |code: &str, n: u64| {
+        if cluster.as_ref().is_none_or(|c| c.on_clicks(code, n)) {
+            store.add_clicks(code, n);
+        }
+    };
     let mut last_persist = Instant::now();
     loop {
         match rx.recv_timeout(FLUSH_EVERY) {
             Ok(mut batch) => {
                 for (code, n) in batch.drain() {
-                    store.add_clicks(&code, n);
+                    count(&code, n);
                     hot.record(&code, n);
                 }
                 let _ = pool.try_send(batch);
@@ -126,7 +141,7 @@ fn aggregate(store: Arc<Store>, hot: Arc<HotKeys>, rx: Receiver<Batch>, pool: Se
         if stop.load(Ordering::Acquire) {
             while let Ok(batch) = rx.try_recv() {
                 for (code, n) in batch {
-                    store.add_clicks(&code, n);
+                    count(&code, n);
                 }
             }
             break;

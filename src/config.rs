@@ -95,6 +95,30 @@ pub struct Config {
     pub log_format: LogFormat,
     /// A tracing filter. Default `info`.
     pub log_level: String,
+    /// Cluster membership; `None` runs a single node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How this node joins and works with its peers (`docs/cluster.md`).
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub node_id: String,
+    /// Addresses of nodes already in the cluster.
+    pub seeds: Vec<String>,
+    /// Where peers reach this node (HTTP, and UDP gossip on the same port).
+    pub advertise: SocketAddr,
+    /// Nodes that hold each link. Default 2.
+    pub replication_factor: usize,
+    /// Points per node on the ring. Default 128.
+    pub vnodes: usize,
+    /// Secret every node-to-node request carries.
+    pub cluster_key: Option<String>,
+    /// A node down this long leaves the ring. Default `10m`.
+    pub dead_after: Duration,
+    /// Longest wait for one peer request. Default `500ms`.
+    pub peer_timeout: Duration,
+    /// Gossip round period. Default `200ms`.
+    pub gossip_interval: Duration,
 }
 
 impl Default for Config {
@@ -131,6 +155,7 @@ impl Default for Config {
             repair: false,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            cluster: None,
         }
     }
 }
@@ -275,6 +300,34 @@ pub struct ServeArgs {
     /// tracing filter, e.g. info or shortd=debug [default: info]
     #[arg(long, env = "SHORTD_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// This node's name in a cluster; turns clustering on
+    #[arg(long, env = "SHORTD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// HOST:PORT of a node already in the cluster; repeatable
+    #[arg(long = "seed", env = "SHORTD_SEED", value_delimiter = ',')]
+    #[serde(default)]
+    pub seed: Vec<String>,
+    /// Address peers use to reach this node [default: --listen]
+    #[arg(long, env = "SHORTD_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Nodes that hold each link [default: 2]
+    #[arg(long, env = "SHORTD_REPLICATION_FACTOR")]
+    pub replication_factor: Option<usize>,
+    /// Ring points per node [default: 128]
+    #[arg(long, env = "SHORTD_VNODES")]
+    pub vnodes: Option<usize>,
+    /// Shared secret of node-to-node requests
+    #[arg(long, env = "SHORTD_CLUSTER_KEY")]
+    pub cluster_key: Option<String>,
+    /// A node down this long is removed from the ring [default: 10m]
+    #[arg(long, env = "SHORTD_DEAD_AFTER")]
+    pub dead_after: Option<String>,
+    /// Longest wait for a peer's answer [default: 500ms]
+    #[arg(long, env = "SHORTD_PEER_TIMEOUT")]
+    pub peer_timeout: Option<String>,
+    /// Gossip period [default: 200ms]
+    #[arg(long, env = "SHORTD_GOSSIP_INTERVAL")]
+    pub gossip_interval: Option<String>,
 }
 
 /// A setting that could not be used, with its name.
@@ -305,6 +358,7 @@ impl ServeArgs {
         if let Some(v) = &self.listen {
             c.listen = v.parse().map_err(|_| bad("--listen", format!("{v:?} is not ADDR:PORT")))?;
         }
+        let cluster = self.cluster(c.listen)?;
         c.public_url = match &self.public_url {
             Some(v) => {
                 let u = url::Url::parse(v).map_err(|e| bad("--public-url", format!("{v:?}: {e}")))?;
@@ -434,7 +488,60 @@ impl ServeArgs {
             tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| bad("--log-level", e.to_string()))?;
             c.log_level = v;
         }
+        c.cluster = cluster;
         Ok(c)
+    }
+
+    fn cluster(&self, listen: SocketAddr) -> Result<Option<ClusterConfig>, ConfigError> {
+        let Some(node_id) = self.node_id.clone() else {
+            if !self.seed.is_empty() {
+                return Err(bad("--seed", "needs --node-id"));
+            }
+            return Ok(None);
+        };
+        if node_id.is_empty()
+            || node_id.len() > 64
+            || !node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(bad("--node-id", "must be 1 to 64 characters of A-Z a-z 0-9 . _ -"));
+        }
+        let advertise = match &self.advertise {
+            Some(v) => v.parse().map_err(|_| bad("--advertise", format!("{v:?} is not ADDR:PORT")))?,
+            None => listen,
+        };
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            return Err(bad("--advertise", "peers need a concrete address and port; set --advertise when --listen is 0.0.0.0 or port 0"));
+        }
+        let replication_factor = self.replication_factor.unwrap_or(2);
+        if !(1..=5).contains(&replication_factor) {
+            return Err(bad("--replication-factor", "must be between 1 and 5"));
+        }
+        let vnodes = self.vnodes.unwrap_or(128);
+        if !(1..=4096).contains(&vnodes) {
+            return Err(bad("--vnodes", "must be between 1 and 4096"));
+        }
+        if let Some(k) = &self.cluster_key {
+            if k.len() < 8 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad("--cluster-key", "needs at least 8 printable ASCII characters, no spaces"));
+            }
+        }
+        let duration = |name, v: &Option<String>, default| v.as_deref().map_or(Ok(default), |t| parse_duration(name, t));
+        let peer_timeout = duration("--peer-timeout", &self.peer_timeout, Duration::from_millis(500))?;
+        let gossip_interval = duration("--gossip-interval", &self.gossip_interval, Duration::from_millis(200))?;
+        if peer_timeout.is_zero() || gossip_interval.is_zero() {
+            return Err(bad("--peer-timeout", "and --gossip-interval must be more than zero"));
+        }
+        Ok(Some(ClusterConfig {
+            node_id,
+            seeds: self.seed.clone(),
+            advertise,
+            replication_factor,
+            vnodes,
+            cluster_key: self.cluster_key.clone(),
+            dead_after: duration("--dead-after", &self.dead_after, Duration::from_secs(600))?,
+            peer_timeout,
+            gossip_interval,
+        }))
     }
 
     fn fill_from(&mut self, file: ServeArgs) {
@@ -468,8 +575,19 @@ impl ServeArgs {
             snapshot_interval,
             compact_ratio,
             log_format,
-            log_level
+            log_level,
+            node_id,
+            advertise,
+            replication_factor,
+            vnodes,
+            cluster_key,
+            dead_after,
+            peer_timeout,
+            gossip_interval
         );
+        if self.seed.is_empty() {
+            self.seed = file.seed;
+        }
         if self.api_key.is_empty() {
             self.api_key = file.api_key;
         }

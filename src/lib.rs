@@ -13,11 +13,14 @@
 //!   writer thread (`journal::writer`: group commit, snapshots, compaction).
 //! - `metrics` names every metric and renders `/metrics`; `config` holds
 //!   every setting; `cli` has the offline commands (export, import, check).
+//! - `cluster` spreads links over several nodes: gossip membership, a
+//!   consistent-hash ring, forwarding, replication and rebalancing.
 
 pub mod cache;
 pub mod cli;
 pub mod clicks;
 pub mod clock;
+pub mod cluster;
 pub mod code;
 pub mod config;
 pub mod hot;

@@ -35,6 +35,12 @@ pub const COMPACTION_SECONDS: &str = "shortd_store_compaction_duration_seconds";
 pub const LINKS: &str = "shortd_links";
 pub const CLICKS: &str = "shortd_clicks_total";
 pub const LINKS_CREATED: &str = "shortd_links_created_total";
+pub const PEER_REQUESTS: &str = "shortd_peer_requests_total";
+pub const PEER_FAILURES: &str = "shortd_peer_failures_total";
+pub const PEER_SECONDS: &str = "shortd_peer_request_duration_seconds";
+pub const FORWARDED_READS: &str = "shortd_cluster_forwarded_reads_total";
+pub const HINTS_PENDING: &str = "shortd_cluster_hints_pending";
+pub const KEYS_MOVED: &str = "shortd_cluster_keys_moved_total";
 
 /// Redirect-path outcomes counted per worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +177,12 @@ fn describe() {
     describe_gauge!(LINKS, "Live links in the store");
     describe_counter!(CLICKS, "Clicks counted on redirects");
     describe_counter!(LINKS_CREATED, "Links created");
+    describe_counter!(PEER_REQUESTS, "Requests to peer nodes, by operation");
+    describe_counter!(PEER_FAILURES, "Peer requests that failed to connect, timed out or were skipped by an open circuit breaker");
+    describe_histogram!(PEER_SECONDS, Unit::Seconds, "Time for a peer request, by operation");
+    describe_counter!(FORWARDED_READS, "Reads of links held elsewhere, fetched from a peer");
+    describe_gauge!(HINTS_PENDING, "Writes held here for a peer that could not take them");
+    describe_counter!(KEYS_MOVED, "Records received from peers while rebalancing");
 }
 
 impl Metrics {
@@ -277,4 +289,24 @@ pub fn coalesced_wait() {
 
 pub fn evicted(n: u64) {
     counter!(CACHE_EVICTIONS).increment(n);
+}
+
+pub fn peer_request(op: &'static str, took: Duration, ok: bool) {
+    counter!(PEER_REQUESTS, "op" => op).increment(1);
+    histogram!(PEER_SECONDS, "op" => op).record(took.as_secs_f64());
+    if !ok {
+        counter!(PEER_FAILURES, "op" => op).increment(1);
+    }
+}
+
+pub fn forwarded_read() {
+    counter!(FORWARDED_READS).increment(1);
+}
+
+pub fn hints_pending(n: usize) {
+    gauge!(HINTS_PENDING).set(n as f64);
+}
+
+pub fn keys_moved(n: u64) {
+    counter!(KEYS_MOVED).increment(n);
 }

@@ -70,6 +70,42 @@ impl Link {
 /// Id of links created under a custom alias, which take no counter value.
 pub const ALIAS_ID: u64 = u64::MAX;
 
+/// A change's version: the later time wins, then the higher origin (a hash
+/// of the node id), so every node picks the same winner.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    pub ms: i64,
+    pub origin: u32,
+}
+
+/// A key's newest record: the link, or `None` for a tombstone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub code: CompactString,
+    pub link: Option<Link>,
+    pub version: Version,
+}
+
+impl Stored {
+    pub fn into_lookup(self) -> Lookup {
+        match self.link {
+            Some(l) => Lookup::Live(l),
+            None => Lookup::Deleted,
+        }
+    }
+}
+
+/// A change made on another node, to apply here (`Store::apply`).
+pub type Change = Stored;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Claim a key nobody holds: `Taken` if it exists, deleted or not.
+    Create,
+    /// Last writer wins: written only over an older version.
+    Newer,
+}
+
 pub enum Lookup {
     Missing,
     Deleted,
@@ -161,6 +197,8 @@ pub struct StoreOptions {
     pub snapshot_interval: Duration,
     pub compact_ratio: f64,
     pub repair: bool,
+    /// Written into every change's version; 0 on a single node.
+    pub origin: u32,
     /// Open without a writer thread and without changing any file.
     pub read_only: bool,
 }
@@ -176,6 +214,7 @@ impl StoreOptions {
             snapshot_interval: Duration::from_secs(300),
             compact_ratio: 0.5,
             repair: false,
+            origin: 0,
             read_only: false,
         }
     }
@@ -221,6 +260,31 @@ impl Shared {
                 tracing::error!(seg = loc.seg, off = loc.off, error = %e, "record under the index is unreadable");
                 Lookup::Missing
             }
+        }
+    }
+
+    pub fn version_at(&self, loc: Loc) -> Option<Version> {
+        let seg = self.segment(loc.seg)?;
+        record::decode(seg.bytes(), loc.off as usize).ok().map(|(r, _)| Version { ms: r.time_ms, origin: r.origin })
+    }
+
+    /// The newest record of a key, tombstones included.
+    pub fn stored(&self, code: &str) -> Option<Stored> {
+        let loc = *self.index.get(code)?;
+        let seg = self.segment(loc.seg)?;
+        let (rec, _) = record::decode(seg.bytes(), loc.off as usize).ok()?;
+        self.stored_from(&rec)
+    }
+
+    fn stored_from(&self, rec: &record::Record<'_>) -> Option<Stored> {
+        let version = Version { ms: rec.time_ms, origin: rec.origin };
+        match &rec.body {
+            Body::Put(p) => {
+                let link = self.link_from(p);
+                Some(Stored { code: link.code.clone(), link: Some(link), version })
+            }
+            Body::Delete { key } => Some(Stored { code: CompactString::from_utf8_lossy(key), link: None, version }),
+            _ => None,
         }
     }
 
@@ -354,6 +418,47 @@ impl Store {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(Command::Delete { code: code.into(), reply })?;
         rx.await.map_err(|_| stopped())?
+    }
+
+    /// Applies a change made on another node (see `ApplyMode`); true if it
+    /// was written, false if what is here is as new or newer.
+    pub async fn apply(&self, change: Change, mode: ApplyMode) -> Result<bool, WriteError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Apply { change, mode, reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    pub fn stored(&self, code: &str) -> Option<Stored> {
+        self.shared.stored(code)
+    }
+
+    /// Like `page`, but every key's newest record, tombstones included,
+    /// for which `want` holds: what a peer streams to another.
+    pub fn records(&self, cursor: Option<Cursor>, limit: usize, want: impl Fn(&str) -> bool) -> (Vec<Stored>, Option<Cursor>) {
+        let segments: Vec<Arc<Segment>> = self.shared.segments.read().values().cloned().collect();
+        let start = cursor.map_or(Loc { seg: 0, off: 0 }, |c| c.0);
+        let mut out = Vec::new();
+        for seg in segments.iter().filter(|s| s.number >= start.seg) {
+            let mut at =
+                if seg.number == start.seg { (start.off as usize).max(segment::SEGMENT_HEADER_LEN) } else { segment::SEGMENT_HEADER_LEN };
+            while let Ok((rec, len)) = record::decode(seg.bytes(), at) {
+                let here = Loc { seg: seg.number, off: at as u32 };
+                at += record::padded(len);
+                let key = match &rec.body {
+                    Body::Put(p) => p.key,
+                    Body::Delete { key } => key,
+                    _ => continue,
+                };
+                let key = std::str::from_utf8(key).unwrap_or_default();
+                if want(key) && self.shared.index.get(key).is_some_and(|l| *l == here) {
+                    out.extend(self.shared.stored_from(&rec));
+                    if out.len() == limit {
+                        return (out, Some(Cursor(Loc { seg: seg.number, off: at as u32 })));
+                    }
+                }
+            }
+        }
+        (out, None)
     }
 
     /// Adds clicks counted elsewhere (the click aggregator).

@@ -63,7 +63,7 @@ fn a_cached_redirect_allocates_nothing() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let new = NewLink::to("https://example.com/landing");
     let code = rt.block_on(app.store.create(new)).unwrap().link.code;
-    let mut aggregator = Aggregator::start(app.store.clone(), app.hot.clone());
+    let mut aggregator = Aggregator::start(app.store.clone(), app.hot.clone(), None);
     let worker = Worker::new(&app, aggregator.sink());
 
     // The first request loads the store into the cache and puts the code in

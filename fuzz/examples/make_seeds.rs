@@ -29,15 +29,15 @@ fn records() {
         flags: 0,
     };
     let recs = [
-        ("put", Record { lsn: 1, time_ms: 1_700_000_000_000, body: Body::Put(put.clone()) }),
+        ("put", Record { lsn: 1, time_ms: 1_700_000_000_000, origin: 0, body: Body::Put(put.clone()) }),
         (
             "put-disabled",
-            Record { lsn: 2, time_ms: 5, body: Body::Put(Put { flags: 1, expires_ms: 9, max_clicks: 3, redirect: 301, ..put }) },
+            Record { lsn: 2, time_ms: 5, origin: 0, body: Body::Put(Put { flags: 1, expires_ms: 9, max_clicks: 3, redirect: 301, ..put }) },
         ),
-        ("delete", Record { lsn: 3, time_ms: 6, body: Body::Delete { key: b"my-alias" } }),
-        ("clicks", Record { lsn: 4, time_ms: 7, body: Body::Clicks(vec![(b"abc1234", 10), (b"x", 1)]) }),
-        ("clicks-empty", Record { lsn: 5, time_ms: 8, body: Body::Clicks(vec![]) }),
-        ("idem", Record { lsn: 6, time_ms: 9, body: Body::Idempotency { key: b"req-1", body_hash: 77, code: b"abc1234" } }),
+        ("delete", Record { lsn: 3, time_ms: 6, origin: 0, body: Body::Delete { key: b"my-alias" } }),
+        ("clicks", Record { lsn: 4, time_ms: 7, origin: 0, body: Body::Clicks(vec![(b"abc1234", 10), (b"x", 1)]) }),
+        ("clicks-empty", Record { lsn: 5, time_ms: 8, origin: 0, body: Body::Clicks(vec![]) }),
+        ("idem", Record { lsn: 6, time_ms: 9, origin: 0, body: Body::Idempotency { key: b"req-1", body_hash: 77, code: b"abc1234" } }),
     ];
     let mut segment = Vec::new();
     for (name, rec) in &recs {

@@ -75,6 +75,10 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
             Ok(resp)
         }
         Route::Redirect(_) | Route::NotFound => Err(Problem::not_found("this path")),
+        Route::Internal(rest) => {
+            let rest = rest.to_owned();
+            super::internal::handle(app, &rest, req).await
+        }
         _ => {
             authorize(app, peer, req.headers())?;
             if route == Route::Links && req.method() == Method::POST {
@@ -86,18 +90,28 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
                 (Route::Links, Method::POST) => create(app, req).await,
                 (Route::Links, _) => list(app, &req),
                 (Route::LinksBatch, _) => batch(app, peer, req).await,
-                (Route::Link(code), Method::GET | Method::HEAD) => get(app, code),
+                (Route::Link(code), Method::GET | Method::HEAD) => get(app, code).await,
                 (Route::Link(code), Method::PATCH) => {
                     let code = code.to_owned();
                     patch(app, &code, req).await
                 }
                 (Route::Link(code), _) => {
                     let code = code.to_owned();
-                    app.store.delete(&code).await?;
-                    app.cache.invalidate(&code);
+                    match &app.cluster {
+                        Some(c) => c.delete(&code).await?,
+                        None => {
+                            app.store.delete(&code).await?;
+                            app.cache.invalidate(&code);
+                        }
+                    }
                     Ok(empty(StatusCode::NO_CONTENT))
                 }
                 (Route::HotStats, _) => Ok(hot(app, &req)?),
+                (Route::Cluster, _) => Ok(super::internal::cluster_view(app)),
+                (Route::ClusterMember(id), _) => {
+                    let id = id.to_owned();
+                    super::internal::remove_member(app, &id).await
+                }
                 _ => Err(Problem::not_found("this path")),
             }
         }
@@ -111,6 +125,16 @@ fn ready(app: &App) -> Response<Body> {
     };
     if app.is_shutting_down() {
         let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting-down", "Shutting down", "the server is draining connections");
+        p.retry_after = Some(1);
+        return p.into_response();
+    }
+    if let Some(c) = app.cluster.as_ref().filter(|c| c.state() == crate::cluster::gossip::State::Joining) {
+        let mut p = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "joining",
+            "Joining",
+            format!("node {} is still pulling its share of the links", c.me()),
+        );
         p.retry_after = Some(1);
         return p.into_response();
     }
@@ -182,7 +206,7 @@ pub fn view<'a>(app: &App, link: &'a Link) -> LinkView<'a> {
     }
 }
 
-fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
@@ -190,14 +214,14 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     resp
 }
 
-fn empty(status: StatusCode) -> Response<Body> {
+pub(super) fn empty(status: StatusCode) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = status;
     resp
 }
 
 /// Reads a JSON body within the size limit.
-async fn read_body(app: &App, req: Request<Incoming>, json_only: bool) -> Result<Bytes, Problem> {
+pub(super) async fn read_body(app: &App, req: Request<Incoming>, json_only: bool) -> Result<Bytes, Problem> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         let is_json = ct == "application/json" || ct.ends_with("+json");
@@ -357,7 +381,10 @@ async fn create(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Pro
         let canonical = serde_json::to_vec(&meaningful).unwrap_or_default();
         new.idempotency = Some((key, xxhash_rust::xxh3::xxh3_64(&canonical)));
     }
-    let created = app.store.create(new).await?;
+    let created = match &app.cluster {
+        Some(c) => c.create(new).await?,
+        None => app.store.create(new).await?,
+    };
     if !created.replayed {
         metrics::link_created();
     }
@@ -371,8 +398,12 @@ async fn create(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Pro
     Ok(resp)
 }
 
-fn get(app: &App, code: &str) -> Result<Response<Body>, Problem> {
-    match app.store.lookup(code) {
+async fn get(app: &App, code: &str) -> Result<Response<Body>, Problem> {
+    let found = match &app.cluster {
+        Some(c) => c.read(code).await?.map_or(Lookup::Missing, crate::store::Stored::into_lookup),
+        None => app.store.lookup(code),
+    };
+    match found {
         Lookup::Live(link) => Ok(json(StatusCode::OK, &view(app, &link))),
         Lookup::Deleted => Err(Problem::gone(code)),
         Lookup::Missing => Err(Problem::not_found(&format!("link {code}"))),
@@ -381,7 +412,21 @@ fn get(app: &App, code: &str) -> Result<Response<Body>, Problem> {
 
 async fn patch(app: &App, code: &str, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
     let body = read_body(app, req, true).await?;
-    let obj = parse_object(&body)?;
+    let p = parse_patch(app, &body)?;
+    let link = match &app.cluster {
+        Some(c) => c.update(code, p, body).await?,
+        None => {
+            let link = app.store.update(code, p).await?;
+            app.cache.invalidate(code);
+            link
+        }
+    };
+    Ok(json(StatusCode::OK, &view(app, &link)))
+}
+
+/// A PATCH body as a change; refuses what the API refuses.
+pub fn parse_patch(app: &App, body: &[u8]) -> Result<Patch, Problem> {
+    let obj = parse_object(body)?;
     check_fields(&obj, PATCH_FIELDS)?;
     let mut p = Patch::default();
     if let Some(v) = present(&obj, "url") {
@@ -400,9 +445,7 @@ async fn patch(app: &App, code: &str, req: Request<Incoming>) -> Result<Response
     if let Some(v) = present(&obj, "disabled") {
         p.disabled = Some(v.as_bool().ok_or_else(|| Problem::invalid("disabled", "must be true or false"))?);
     }
-    let link = app.store.update(code, p).await?;
-    app.cache.invalidate(code);
-    Ok(json(StatusCode::OK, &view(app, &link)))
+    Ok(p)
 }
 
 fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
@@ -449,9 +492,15 @@ async fn batch(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Result<Re
         let parsed = parse_object(line.as_bytes()).and_then(|obj| parse_create(app, &obj, now));
         pending.push((
             line_no,
-            match parsed {
-                Ok(new) => app.store.create_queued(new).map_err(Problem::from),
-                Err(p) => Err(p),
+            match (parsed, &app.cluster) {
+                // In a cluster each create goes to its code's holders, one by one.
+                (Ok(new), Some(c)) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let _ = tx.send(c.create(new).await);
+                    Ok(rx)
+                }
+                (Ok(new), None) => app.store.create_queued(new).map_err(Problem::from),
+                (Err(p), _) => Err(p),
             },
         ));
     }

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod api;
+pub mod internal;
 pub mod problem;
 pub mod redirect;
 pub mod router;
@@ -39,6 +40,8 @@ pub struct App {
     pub public_base: String,
     /// The public host, which targets may not point at.
     pub own_host: Option<String>,
+    /// Peers sharing the links; `None` on a single node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     shutting_down: AtomicBool,
 }
 
@@ -56,8 +59,16 @@ impl App {
             snapshot_interval: cfg.snapshot_interval,
             compact_ratio: cfg.compact_ratio,
             repair: cfg.repair,
+            origin: cfg.cluster.as_ref().map_or(0, |c| crate::cluster::origin_of(&c.node_id)),
             read_only: false,
         })?);
+        let cluster = match &cfg.cluster {
+            Some(c) => Some(
+                crate::cluster::Cluster::start(c.clone(), cfg.listen, &cfg.data_dir, store.shared().key)
+                    .map_err(server::StartError::Cluster)?,
+            ),
+            None => None,
+        };
         let mut public_base = cfg.public_url.to_string();
         if !public_base.ends_with('/') {
             public_base.push('/');
@@ -77,6 +88,7 @@ impl App {
             hot: Arc::new(HotKeys::default()),
             metrics,
             store,
+            cluster,
             cfg,
             shutting_down: AtomicBool::new(false),
         })

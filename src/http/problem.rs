@@ -148,6 +148,8 @@ impl From<WriteError> for Problem {
 /// The static body of a redirect-path 404, so a miss allocates nothing.
 pub const NOT_FOUND_BODY: &[u8] =
     br#"{"type":"urn:shortd:problem:not-found","title":"Not found","status":404,"detail":"no link has this code"}"#;
+/// The static body of a redirect-path 503 (cluster: no holder answered).
+pub const UNAVAILABLE_BODY: &[u8] = br#"{"type":"urn:shortd:problem:unavailable","title":"Service unavailable","status":503,"detail":"no node that holds this link answered; retry shortly"}"#;
 /// The static body of a redirect-path 410.
 pub const GONE_BODY: &[u8] =
     br#"{"type":"urn:shortd:problem:gone","title":"Gone","status":410,"detail":"this link was deleted, disabled, has expired or has used up its clicks"}"#;

@@ -4,7 +4,12 @@
 //! the mapped log -> cache -> answer; unknown -> 404. Every branch bumps its
 //! own counter in this worker's stats block. A cache hit takes one shard
 //! read lock, clones two reference counts and allocates nothing of its own.
+//! In a cluster, a miss on a code held by other nodes is the one case that
+//! waits: one fetch from a holder, shared by every request for that code.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +17,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-use super::problem::{Body, GONE_BODY, NOT_FOUND_BODY, PROBLEM_JSON};
+use super::problem::{Body, GONE_BODY, NOT_FOUND_BODY, PROBLEM_JSON, UNAVAILABLE_BODY};
 use super::{App, Worker};
 use crate::cache::{Entry, Hit};
 use crate::metrics::{bump, Outcome};
@@ -24,19 +29,40 @@ const ZERO: HeaderValue = HeaderValue::from_static("0");
 
 /// What a redirect request comes to, before it becomes an HTTP response.
 pub enum Answer {
-    Redirect { status: StatusCode, location: HeaderValue },
+    Redirect {
+        status: StatusCode,
+        location: HeaderValue,
+    },
     NotFound,
     Gone,
+    /// Held by other nodes and not cached here: fetch it.
+    Elsewhere,
+    /// No node that holds the code answered.
+    Unavailable,
 }
 
-pub fn serve(app: &App, worker: &Worker, code: &str, head: bool) -> Response<Body> {
+pub enum Served {
+    Now(Response<Body>),
+    Later(Pin<Box<dyn Future<Output = Response<Body>>>>),
+}
+
+pub fn serve(app: &Arc<App>, worker: &Rc<Worker>, code: &str, head: bool) -> Served {
     // Reading the clock costs more than a cache lookup here, so one request
     // in LATENCY_SAMPLE is timed; the histogram weights it accordingly.
     let timed = worker.stats.sample_latency().then(Instant::now);
     let answer = decide(app, worker, code, head);
+    if let Answer::Elsewhere = answer {
+        let (app, worker, code) = (app.clone(), worker.clone(), compact_str::CompactString::from(code));
+        return Served::Later(Box::pin(async move {
+            let answer = fetch_elsewhere(&app, &worker, &code, head).await;
+            let resp = respond(&app, answer, head);
+            worker.stats.redirect(Outcome::for_status(resp.status().as_u16()), timed.map(|t| t.elapsed()));
+            resp
+        }));
+    }
     let resp = respond(app, answer, head);
     worker.stats.redirect(Outcome::for_status(resp.status().as_u16()), timed.map(|t| t.elapsed()));
-    resp
+    Served::Now(resp)
 }
 
 /// Cache, store, expiry, click limit, click count: everything but HTTP.
@@ -52,18 +78,28 @@ pub fn decide(app: &App, worker: &Worker, code: &str, head: bool) -> Answer {
         }
         Hit::StaleRefresh(e) => {
             bump(&stats.cache_hits);
-            load(app, code, now);
+            match &app.cluster {
+                Some(c) if !c.authoritative(code) => c.refresh(code),
+                _ => drop(load(app, code, now)),
+            }
             e
         }
         Hit::Miss => {
             bump(&stats.cache_misses);
             match load(app, code, now) {
                 Some(e) => e,
+                None if app.cluster.as_ref().is_some_and(|c| !c.authoritative(code)) => return Answer::Elsewhere,
                 None => return Answer::NotFound,
             }
         }
     };
+    answer_for(app, worker, code, head, &entry)
+}
 
+/// Expiry, click limit and click count for a cached entry.
+fn answer_for(app: &App, worker: &Worker, code: &str, head: bool, entry: &Entry) -> Answer {
+    let now = worker.now_ms();
+    let stats = &worker.stats;
     if entry.gone || entry.is_expired(now) {
         return Answer::Gone;
     }
@@ -71,6 +107,9 @@ pub fn decide(app: &App, worker: &Worker, code: &str, head: bool) -> Answer {
         let allowed = if head { app.store.clicks(code) < entry.max_clicks } else { app.store.try_click_limited(code, entry.max_clicks) };
         if !allowed {
             return Answer::Gone;
+        }
+        if let Some(c) = app.cluster.as_ref().filter(|_| !head) {
+            c.on_clicks(code, 1);
         }
     } else if !head {
         worker.clicks.borrow_mut().count(code);
@@ -98,8 +137,45 @@ pub fn respond(app: &App, answer: Answer, head: bool) -> Response<Body> {
             }
             resp
         }
-        Answer::NotFound => problem(StatusCode::NOT_FOUND, NOT_FOUND_BODY),
+        Answer::NotFound | Answer::Elsewhere => problem(StatusCode::NOT_FOUND, NOT_FOUND_BODY),
         Answer::Gone => problem(StatusCode::GONE, GONE_BODY),
+        Answer::Unavailable => {
+            let mut resp = problem(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_BODY);
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+    }
+}
+
+/// The redirect for a code held by other nodes: fetched once (however many
+/// requests wait for it), then cached here like any other.
+async fn fetch_elsewhere(app: &App, worker: &Worker, code: &str, head: bool) -> Answer {
+    let Some(cluster) = &app.cluster else { return Answer::NotFound };
+    let generation = app.cache.generation();
+    match cluster.fetch_shared(code).await {
+        Ok(Some(stored)) => {
+            let entry = app.cache.insert(code, entry_for(stored.into_lookup()), generation, worker.now_ms());
+            answer_for(app, worker, code, head, &entry)
+        }
+        Ok(None) => Answer::NotFound,
+        Err(()) => Answer::Unavailable,
+    }
+}
+
+/// The cache entry for what the store (or a peer) holds.
+pub fn entry_for(found: Lookup) -> Entry {
+    match found {
+        Lookup::Missing | Lookup::Deleted => Entry::new(HeaderValue::from_static(""), StatusCode::GONE, 0, 0, true),
+        Lookup::Live(link) => {
+            let status = StatusCode::from_u16(link.redirect).unwrap_or(StatusCode::FOUND);
+            match HeaderValue::from_maybe_shared(Bytes::from(link.url)) {
+                Ok(location) => Entry::new(location, status, link.expires_ms, link.max_clicks, link.disabled),
+                Err(_) => {
+                    tracing::error!(code = %link.code, "stored URL is not a valid header value");
+                    Entry::new(HeaderValue::from_static(""), StatusCode::GONE, 0, 0, true)
+                }
+            }
+        }
     }
 }
 
@@ -112,21 +188,11 @@ fn load(app: &App, code: &str, now: i64) -> Option<Arc<Entry>> {
         if let Some(e) = app.cache.peek(code).filter(|e| now < e.fresh_until_ms()) {
             return Some(e);
         }
-        let entry = match app.store.lookup(code) {
-            Lookup::Missing => return None,
-            Lookup::Deleted => Entry::new(HeaderValue::from_static(""), StatusCode::GONE, 0, 0, true),
-            Lookup::Live(link) => {
-                let status = StatusCode::from_u16(link.redirect).unwrap_or(StatusCode::FOUND);
-                match HeaderValue::from_maybe_shared(Bytes::from(link.url)) {
-                    Ok(location) => Entry::new(location, status, link.expires_ms, link.max_clicks, link.disabled),
-                    Err(_) => {
-                        tracing::error!(code, "stored URL is not a valid header value");
-                        Entry::new(HeaderValue::from_static(""), StatusCode::GONE, 0, 0, true)
-                    }
-                }
-            }
-        };
-        Some(app.cache.insert(code, entry, generation, now))
+        let found = app.store.lookup(code);
+        if let Lookup::Missing = found {
+            return None;
+        }
+        Some(app.cache.insert(code, entry_for(found), generation, now))
     });
     if role != crate::cache::Role::Leader {
         crate::metrics::coalesced_wait();

@@ -17,6 +17,10 @@ pub enum Route<'a> {
     LinksBatch,
     Link(&'a str),
     HotStats,
+    Cluster,
+    ClusterMember(&'a str),
+    /// Node-to-node requests under `/internal/v1/`.
+    Internal(&'a str),
     NotFound,
 }
 
@@ -28,7 +32,9 @@ impl Route<'_> {
             Route::Links => "GET, HEAD, POST",
             Route::LinksBatch => "POST",
             Route::Link(_) => "GET, HEAD, PATCH, DELETE",
-            Route::NotFound => "",
+            Route::Cluster => "GET, HEAD",
+            Route::ClusterMember(_) => "DELETE",
+            Route::NotFound | Route::Internal(_) => "",
         }
     }
 
@@ -40,7 +46,9 @@ impl Route<'_> {
             Route::Links => method == Method::GET || method == Method::HEAD || method == Method::POST,
             Route::LinksBatch => method == Method::POST,
             Route::Link(_) => method == Method::GET || method == Method::HEAD || method == Method::PATCH || method == Method::DELETE,
-            Route::NotFound => true,
+            Route::Cluster => method == Method::GET || method == Method::HEAD,
+            Route::ClusterMember(_) => method == Method::DELETE,
+            Route::NotFound | Route::Internal(_) => true,
         }
     }
 
@@ -55,6 +63,9 @@ impl Route<'_> {
             Route::LinksBatch => "links_batch",
             Route::Link(_) => "link",
             Route::HotStats => "stats_hot",
+            Route::Cluster => "cluster",
+            Route::ClusterMember(_) => "cluster_member",
+            Route::Internal(_) => "internal",
             Route::NotFound => "not_found",
         }
     }
@@ -72,13 +83,18 @@ pub fn route(path: &str) -> Route<'_> {
         "metrics" => return Route::Metrics,
         _ => {}
     }
+    if let Some(internal) = rest.strip_prefix("internal/v1/") {
+        return Route::Internal(internal);
+    }
     if let Some(api) = rest.strip_prefix("api/v1/") {
         return match api {
             "links" => Route::Links,
             "links:batch" => Route::LinksBatch,
             "stats/hot" => Route::HotStats,
-            _ => match api.strip_prefix("links/") {
-                Some(code) if is_code(code) => Route::Link(code),
+            "cluster" => Route::Cluster,
+            _ => match (api.strip_prefix("links/"), api.strip_prefix("cluster/members/")) {
+                (Some(code), _) if is_code(code) => Route::Link(code),
+                (_, Some(id)) if !id.is_empty() && !id.contains('/') => Route::ClusterMember(id),
                 _ => Route::NotFound,
             },
         };
@@ -103,6 +119,10 @@ mod tests {
         assert_eq!(route("/api/v1/links:batch"), Route::LinksBatch);
         assert_eq!(route("/api/v1/links/abc"), Route::Link("abc"));
         assert_eq!(route("/api/v1/links/a/b"), Route::NotFound);
+        assert_eq!(route("/api/v1/cluster"), Route::Cluster);
+        assert_eq!(route("/api/v1/cluster/members/node-b"), Route::ClusterMember("node-b"));
+        assert_eq!(route("/internal/v1/records/abc"), Route::Internal("records/abc"));
+        assert_eq!(route("/internal"), Route::Redirect("internal"));
         assert_eq!(route("/api"), Route::Redirect("api"));
         assert_eq!(route("/"), Route::NotFound);
         assert_eq!(route("/a%20b"), Route::NotFound);

@@ -57,6 +57,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("{0}")]
     Access(String),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// A running server; dropping it without `shutdown` leaves threads running.
@@ -81,15 +83,17 @@ fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
 
 impl Server {
     /// Opens the store, binds every worker's listener and starts serving.
-    pub fn start(cfg: Config) -> Result<Server, StartError> {
+    pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         let first = bind(cfg.listen).map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
         let addr = first.local_addr().map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
         let mut listeners = vec![first];
         for _ in 1..cfg.workers {
             listeners.push(bind(addr).map_err(|source| StartError::Listen { addr, source })?);
         }
+        // The bound port, for `--listen ...:0` (gossip binds the same port over UDP).
+        cfg.listen = addr;
         let app = Arc::new(App::open(cfg)?);
-        let aggregator = Aggregator::start(app.store.clone(), app.hot.clone());
+        let aggregator = Aggregator::start(app.store.clone(), app.hot.clone(), app.cluster.clone());
         let (stop, _) = watch::channel(false);
         // Each worker has its own share of the connection limit: the kernel
         // queues a connection on one worker's listener, and only that worker
@@ -104,6 +108,9 @@ impl Server {
                 .spawn(move || worker_main(app, listener, stop, limit, sink))
                 .map_err(StartError::Thread)?;
             workers.push(handle);
+        }
+        if let Some(cluster) = &app.cluster {
+            cluster.run(&app);
         }
         tracing::info!(%addr, workers = app.cfg.workers, data_dir = %app.cfg.data_dir.display(), "shortd serving");
         Ok(Server { app, addr, stop, workers, aggregator })
@@ -121,6 +128,9 @@ impl Server {
     /// persists clicks, writes a snapshot and closes the store.
     pub fn shutdown(mut self) {
         self.app.begin_shutdown();
+        if let Some(cluster) = &self.app.cluster {
+            cluster.leave();
+        }
         let _ = self.stop.send(true);
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -341,7 +351,10 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
                 if let Some(refused) = redirect::rate_limited(&self.app, self.peer, req.headers()) {
                     return SvcFuture::Ready(ready(Ok(refused)));
                 }
-                return SvcFuture::Ready(ready(Ok(redirect::serve(&self.app, &self.worker, code, head))));
+                return match redirect::serve(&self.app, &self.worker, code, head) {
+                    redirect::Served::Now(resp) => SvcFuture::Ready(ready(Ok(resp))),
+                    redirect::Served::Later(fetching) => SvcFuture::Api(fetching),
+                };
             }
         }
         let conn = self.conn.clone();

@@ -14,6 +14,7 @@
 //!     16    8 lsn        log sequence number, strictly increasing
 //!     24    8 time_ms    unix milliseconds when written
 //!     32    .. body      per kind, below
+//!   len-4    4 origin     version 2 only: the node that made the change
 //! put:   id u64 | created_ms i64 | expires_ms i64 (0: never) | max_clicks u64
 //!        (0: unlimited) | redirect u16 | flags u8 (1: disabled) | 0 u8 |
 //!        url_len u32 | key | url
@@ -21,6 +22,11 @@
 //! clicks: count u32 | count x (key_len u16 | key | total u64)
 //! idempotency: body_hash u64 | code_len u16 | key (the Idempotency-Key) | code
 //! ```
+//!
+//! A version 1 record has origin 0 and no trailer; a single node writes
+//! only those. In a cluster, `time_ms` and `origin` of a put or delete are
+//! the change's version (last writer wins): the time and node where the
+//! change was made, kept unchanged when it is replicated or compacted.
 //!
 //! Zero bytes follow the last record up to the next 8-byte boundary. A header
 //! of eight zero bytes where a record would start marks the end of a segment's
@@ -32,6 +38,8 @@ pub const HEADER_LEN: usize = 32;
 /// Where the kind byte sits in a record.
 pub const KIND_OFFSET: usize = 12;
 pub const VERSION: u8 = 1;
+/// Records with a non-zero origin carry it in a 4-byte trailer.
+pub const VERSION_ORIGIN: u8 = 2;
 pub const ALIGN: usize = 8;
 const PUT_FIXED: usize = 40;
 /// Largest record accepted when decoding; anything claiming more is damage.
@@ -69,6 +77,8 @@ pub enum Body<'a> {
 pub struct Record<'a> {
     pub lsn: u64,
     pub time_ms: i64,
+    /// Hash of the node id where the change was made; 0 on a single node.
+    pub origin: u32,
     pub body: Body<'a>,
 }
 
@@ -129,11 +139,14 @@ pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) -> usize {
             (KIND_IDEMPOTENCY, key.len())
         }
     };
+    if rec.origin != 0 {
+        out.extend_from_slice(&rec.origin.to_le_bytes());
+    }
     let len = out.len() - start;
     let h = &mut out[start..start + HEADER_LEN];
     h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
     h[12] = kind;
-    h[13] = VERSION;
+    h[13] = if rec.origin != 0 { VERSION_ORIGIN } else { VERSION };
     h[14..16].copy_from_slice(&(key_len as u16).to_le_bytes());
     h[16..24].copy_from_slice(&rec.lsn.to_le_bytes());
     h[24..32].copy_from_slice(&rec.time_ms.to_le_bytes());
@@ -180,13 +193,14 @@ pub fn decode(data: &[u8], at: usize) -> Result<(Record<'_>, usize), DecodeError
     if u64_at(b, 0) != xxh3_64(&b[8..]) {
         return Err(DecodeError::Checksum);
     }
-    if b[13] != VERSION {
-        return Err(DecodeError::Malformed);
-    }
+    let (body, origin) = match b[13] {
+        VERSION => (&b[HEADER_LEN..], 0),
+        VERSION_ORIGIN if len >= HEADER_LEN + 4 => (&b[HEADER_LEN..len - 4], u32_at(b, len - 4)),
+        _ => return Err(DecodeError::Malformed),
+    };
     let key_len = u16_at(b, 14) as usize;
     let lsn = u64_at(b, 16);
     let time_ms = u64_at(b, 24) as i64;
-    let body = &b[HEADER_LEN..];
     let body = match b[12] {
         KIND_PUT => {
             if body.len() < PUT_FIXED {
@@ -241,7 +255,7 @@ pub fn decode(data: &[u8], at: usize) -> Result<(Record<'_>, usize), DecodeError
         }
         _ => return Err(DecodeError::Malformed),
     };
-    Ok((Record { lsn, time_ms, body }, len))
+    Ok((Record { lsn, time_ms, origin, body }, len))
 }
 
 #[cfg(test)]
@@ -269,20 +283,20 @@ mod tests {
 
     proptest! {
         #[test]
-        fn put_round_trips(key in bytes(64), url in bytes(300), id: u64, c: i64, e: i64, m: u64, r: u16, f: u8, lsn: u64, t: i64) {
-            check(Record { lsn, time_ms: t, body: Body::Put(Put { key: &key, url: &url, id, created_ms: c, expires_ms: e, max_clicks: m, redirect: r, flags: f }) });
+        fn put_round_trips(key in bytes(64), url in bytes(300), id: u64, c: i64, e: i64, m: u64, r: u16, f: u8, lsn: u64, t: i64, o: u32) {
+            check(Record { lsn, time_ms: t, origin: o, body: Body::Put(Put { key: &key, url: &url, id, created_ms: c, expires_ms: e, max_clicks: m, redirect: r, flags: f }) });
         }
 
         #[test]
         fn clicks_round_trip(keys in proptest::collection::vec((bytes(64), any::<u64>()), 0..20), lsn: u64) {
             let entries = keys.iter().map(|(k, n)| (k.as_slice(), *n)).collect();
-            check(Record { lsn, time_ms: 1, body: Body::Clicks(entries) });
+            check(Record { lsn, time_ms: 1, origin: 0, body: Body::Clicks(entries) });
         }
 
         #[test]
-        fn delete_and_idempotency_round_trip(key in bytes(64), code in bytes(64), h: u64, lsn: u64) {
-            check(Record { lsn, time_ms: 2, body: Body::Delete { key: &key } });
-            check(Record { lsn, time_ms: 3, body: Body::Idempotency { key: &key, body_hash: h, code: &code } });
+        fn delete_and_idempotency_round_trip(key in bytes(64), code in bytes(64), h: u64, lsn: u64, o: u32) {
+            check(Record { lsn, time_ms: 2, origin: o, body: Body::Delete { key: &key } });
+            check(Record { lsn, time_ms: 3, origin: 0, body: Body::Idempotency { key: &key, body_hash: h, code: &code } });
         }
 
         #[test]

@@ -28,7 +28,10 @@ use super::snapshot::{SnapshotMeta, SnapshotWriter};
 use crate::code::CODE_SPACE;
 use crate::config::Durability;
 use crate::metrics as m;
-use crate::store::{Created, Idem, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS};
+use crate::store::{
+    ApplyMode, Change, Created, Idem, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, Version, WriteError, ALIAS_ID,
+    IDEMPOTENCY_WINDOW_MS,
+};
 
 const MAX_BATCH: usize = 1024;
 const CLICKS_PER_RECORD: usize = 256;
@@ -40,6 +43,7 @@ pub enum Command {
     Create { new: NewLink, reply: oneshot::Sender<Result<Created, WriteError>> },
     Update { code: CompactString, patch: Patch, reply: oneshot::Sender<Result<Link, WriteError>> },
     Delete { code: CompactString, reply: oneshot::Sender<Result<(), WriteError>> },
+    Apply { change: Change, mode: ApplyMode, reply: oneshot::Sender<Result<bool, WriteError>> },
     Clicks(Vec<(CompactString, u64)>),
     Sync { reply: oneshot::Sender<Result<(), WriteError>> },
     Shutdown { reply: oneshot::Sender<()> },
@@ -49,6 +53,7 @@ enum Reply {
     Created(oneshot::Sender<Result<Created, WriteError>>, Result<Created, WriteError>),
     Updated(oneshot::Sender<Result<Link, WriteError>>, Result<Link, WriteError>),
     Deleted(oneshot::Sender<Result<(), WriteError>>, Result<(), WriteError>),
+    Applied(oneshot::Sender<Result<bool, WriteError>>, Result<bool, WriteError>),
 }
 
 impl Reply {
@@ -57,6 +62,7 @@ impl Reply {
             (Reply::Created(tx, r), f) => drop(tx.send(f.map_or(r, |e| Err(e.clone())))),
             (Reply::Updated(tx, r), f) => drop(tx.send(f.map_or(r, |e| Err(e.clone())))),
             (Reply::Deleted(tx, r), f) => drop(tx.send(f.map_or(r, |e| Err(e.clone())))),
+            (Reply::Applied(tx, r), f) => drop(tx.send(f.map_or(r, |e| Err(e.clone())))),
         }
     }
 }
@@ -96,6 +102,7 @@ pub struct Writer {
     last_idem_prune: Instant,
     // Changes earlier in the current batch, seen by later commands in it.
     pending: HashMap<CompactString, Option<Link>>,
+    pending_ver: HashMap<CompactString, Version>,
     pending_idem: HashMap<CompactString, (CompactString, u64)>,
     effects: Vec<Effect>,
     replies: Vec<Reply>,
@@ -129,6 +136,7 @@ impl Writer {
             drained: Vec::new(),
             last_idem_prune: Instant::now(),
             pending: HashMap::new(),
+            pending_ver: HashMap::new(),
             pending_idem: HashMap::new(),
             effects: Vec::new(),
             replies: Vec::new(),
@@ -228,10 +236,14 @@ impl Writer {
                 let r = self.delete(code);
                 self.replies.push(Reply::Deleted(reply, r));
             }
+            Command::Apply { change, mode, reply } => {
+                let r = self.apply_change(change, mode);
+                self.replies.push(Reply::Applied(reply, r));
+            }
             Command::Clicks(totals) => {
                 for chunk in totals.chunks(CLICKS_PER_RECORD) {
                     let entries = chunk.iter().map(|(k, n)| (k.as_bytes(), *n)).collect();
-                    let rec = Record { lsn: 0, time_ms: now_ms(), body: Body::Clicks(entries) };
+                    let rec = Record { lsn: 0, time_ms: now_ms(), origin: 0, body: Body::Clicks(entries) };
                     if let Err(e) = self.append(rec) {
                         tracing::warn!(error = %e, "click totals not logged");
                     }
@@ -304,12 +316,16 @@ impl Writer {
                 + record::padded(record::HEADER_LEN + 10 + ikey.len() + code.len());
             self.ensure_room(both as u64)?;
         }
-        self.put(&link)?;
+        self.put(&link, Version { ms: link.created_ms, origin: self.opts.origin })?;
         self.effects.push(Effect::LiveLinks(1));
         if let Some((ikey, hash)) = new.idempotency {
             let at = now_ms();
-            let rec =
-                Record { lsn: 0, time_ms: at, body: Body::Idempotency { key: ikey.as_bytes(), body_hash: hash, code: code.as_bytes() } };
+            let rec = Record {
+                lsn: 0,
+                time_ms: at,
+                origin: 0,
+                body: Body::Idempotency { key: ikey.as_bytes(), body_hash: hash, code: code.as_bytes() },
+            };
             self.append(rec)?;
             let key = CompactString::from(ikey);
             self.pending_idem.insert(key.clone(), (code.clone(), hash));
@@ -318,7 +334,66 @@ impl Writer {
         Ok(Created { link, replayed: false })
     }
 
-    fn put(&mut self, link: &Link) -> Result<(), WriteError> {
+    /// The version of a key's newest record, this batch included.
+    fn version_of(&self, code: &str) -> Option<Version> {
+        if let Some(v) = self.pending_ver.get(code) {
+            return Some(*v);
+        }
+        let loc = *self.shared.index.get(code)?;
+        self.shared.version_at(loc)
+    }
+
+    /// A version for a local change that orders after the key's current one
+    /// even if the clock stepped back.
+    fn next_version(&self, code: &str) -> Version {
+        let now = now_ms();
+        Version { ms: self.version_of(code).map_or(now, |v| now.max(v.ms.saturating_add(1))), origin: self.opts.origin }
+    }
+
+    /// A change made on another node: `Create` claims a free key, `Newer`
+    /// applies it only over an older version (last writer wins). Click
+    /// totals only grow. Returns whether the record was written.
+    fn apply_change(&mut self, change: Change, mode: ApplyMode) -> Result<bool, WriteError> {
+        if let Some(e) = self.refusal() {
+            return Err(e);
+        }
+        let current = self.version_of(&change.code);
+        match mode {
+            ApplyMode::Create if current.is_some() => return Err(WriteError::Taken),
+            ApplyMode::Newer if current.is_some_and(|v| v >= change.version) => {
+                self.raise_clicks(&change);
+                return Ok(false);
+            }
+            _ => {}
+        }
+        let was_live = matches!(self.state(&change.code), Lookup::Live(_));
+        match &change.link {
+            Some(link) => {
+                self.put(link, change.version)?;
+                if !was_live {
+                    self.effects.push(Effect::LiveLinks(1));
+                }
+            }
+            None => {
+                self.tombstone(&change.code, change.version)?;
+                if was_live {
+                    self.effects.push(Effect::LiveLinks(-1));
+                }
+            }
+        }
+        self.raise_clicks(&change);
+        Ok(true)
+    }
+
+    fn raise_clicks(&self, change: &Change) {
+        let Some(n) = change.link.as_ref().map(|l| l.clicks).filter(|&n| n > 0) else { return };
+        let before = self.shared.clicks.entry(change.code.clone()).or_default().fetch_max(n, Ordering::Relaxed);
+        if before < n {
+            self.shared.dirty_clicks.lock().insert(change.code.clone());
+        }
+    }
+
+    fn put(&mut self, link: &Link, version: Version) -> Result<(), WriteError> {
         let flags = if link.disabled { record::FLAG_DISABLED } else { 0 };
         let body = Body::Put(Put {
             key: link.code.as_bytes(),
@@ -330,8 +405,9 @@ impl Writer {
             redirect: link.redirect,
             flags,
         });
-        let (loc, len) = self.append(Record { lsn: 0, time_ms: now_ms(), body })?;
+        let (loc, len) = self.append(Record { lsn: 0, time_ms: version.ms, origin: version.origin, body })?;
         self.pending.insert(link.code.clone(), Some(link.clone()));
+        self.pending_ver.insert(link.code.clone(), version);
         self.effects.push(Effect::SetLoc { key: link.code.clone(), loc, len });
         Ok(())
     }
@@ -363,7 +439,7 @@ impl Writer {
         if let Some(d) = patch.disabled {
             link.disabled = d;
         }
-        self.put(&link)?;
+        self.put(&link, self.next_version(&code))?;
         link.clicks = self.shared.clicks.get(code.as_str()).map_or(0, |c| c.load(Ordering::Relaxed));
         Ok(link)
     }
@@ -377,10 +453,17 @@ impl Writer {
             Lookup::Deleted => return Ok(()),
             Lookup::Live(_) => {}
         }
-        let (loc, len) = self.append(Record { lsn: 0, time_ms: now_ms(), body: Body::Delete { key: code.as_bytes() } })?;
-        self.pending.insert(code.clone(), None);
-        self.effects.push(Effect::SetLoc { key: code, loc, len });
+        self.tombstone(&code, self.next_version(&code))?;
         self.effects.push(Effect::LiveLinks(-1));
+        Ok(())
+    }
+
+    fn tombstone(&mut self, code: &CompactString, version: Version) -> Result<(), WriteError> {
+        let rec = Record { lsn: 0, time_ms: version.ms, origin: version.origin, body: Body::Delete { key: code.as_bytes() } };
+        let (loc, len) = self.append(rec)?;
+        self.pending.insert(code.clone(), None);
+        self.pending_ver.insert(code.clone(), version);
+        self.effects.push(Effect::SetLoc { key: code.clone(), loc, len });
         Ok(())
     }
 
@@ -519,6 +602,7 @@ impl Writer {
             self.effects.clear();
         }
         self.pending.clear();
+        self.pending_ver.clear();
         self.pending_idem.clear();
         for reply in self.replies.drain(..) {
             reply.send(failure.as_ref());
@@ -665,7 +749,7 @@ impl Writer {
             };
             let key = CompactString::from_utf8_lossy(key);
             if self.shared.index.get(key.as_str()).is_some_and(|l| *l == here) {
-                let copy = Record { lsn: 0, time_ms: rec.time_ms, body: rec.body.clone() };
+                let copy = Record { lsn: 0, time_ms: rec.time_ms, origin: rec.origin, body: rec.body.clone() };
                 match self.append(copy) {
                     Ok((loc, len)) => self.effects.push(Effect::SetLoc { key, loc, len }),
                     Err(e) => {
