@@ -411,9 +411,16 @@ impl Cluster {
         self.coordinate(app, stored, mode).await
     }
 
-    /// A coordinator waits for its own replication round.
+    /// A forwarded write waits one peer timeout: the coordinator's own
+    /// replication round fits inside it (`attempt_timeout`).
     fn write_timeout(&self) -> Duration {
-        self.cfg.peer_timeout * (2 * self.cfg.replication_factor as u32 + 2)
+        self.cfg.peer_timeout
+    }
+
+    /// Per replica attempt: the whole round (every other holder, plus one
+    /// fallback node each at half this) stays within 3/4 of a peer timeout.
+    fn attempt_timeout(&self) -> Duration {
+        self.cfg.peer_timeout / (2 * self.cfg.replication_factor.saturating_sub(1).max(1) as u32)
     }
 
     /// Applies a change here and replicates it to the other holders.
@@ -438,16 +445,15 @@ impl Cluster {
         let i_hold = holders.contains(&self.me());
         let body = Bytes::from(serde_json::to_vec(&WireRecord::from(stored)).unwrap_or_default());
         for &h in holders.iter().filter(|&&h| h != self.me()) {
-            if self.put_to(&view, h, &stored.code, &body, None).await {
+            if self.put_to(&view, h, &stored.code, &body, None, self.attempt_timeout()).await {
                 continue;
             }
+            // The next reachable node past the holders keeps it with a hint.
             let mut handed = false;
             if i_hold {
-                for &s in spare.iter().filter(|&&s| s != self.me()) {
-                    if self.put_to(&view, s, &stored.code, &body, Some(h)).await {
-                        handed = true;
-                        break;
-                    }
+                let next = spare.iter().find(|&&s| s != self.me() && self.peers.available(s) && view.member(s).is_some_and(|m| m.state.reachable()));
+                if let Some(&s) = next {
+                    handed = self.put_to(&view, s, &stored.code, &body, Some(h), self.attempt_timeout() / 2).await;
                 }
             }
             if !handed {
@@ -456,7 +462,7 @@ impl Cluster {
         }
     }
 
-    async fn put_to(&self, view: &View, node: &str, code: &str, body: &Bytes, hint: Option<&str>) -> bool {
+    async fn put_to(&self, view: &View, node: &str, code: &str, body: &Bytes, hint: Option<&str>, timeout: Duration) -> bool {
         let Some(m) = view.member(node).filter(|m| m.state.reachable()) else { return false };
         if !self.peers.available(node) {
             return false;
@@ -465,7 +471,7 @@ impl Cluster {
             Some(h) => format!("/internal/v1/records/{code}?mode=newer&hint={h}"),
             None => format!("/internal/v1/records/{code}?mode=newer"),
         };
-        matches!(self.peers.send("replicate", m, Method::PUT, &path, Some(body.clone()), self.cfg.peer_timeout).await, Ok((s, _)) if s.is_success())
+        matches!(self.peers.send("replicate", m, Method::PUT, &path, Some(body.clone()), timeout).await, Ok((s, _)) if s.is_success())
     }
 
     pub fn add_hint(&self, node: &str, code: &str) {
@@ -647,6 +653,8 @@ impl Cluster {
             }
             *self.view.write() = Arc::new(View { members, ring });
             if changed {
+                // Rebalancing from now until the pull for this ring is done.
+                self.syncing.store(true, Ordering::Relaxed);
                 self.resync.notify_one();
             }
         }
@@ -677,6 +685,7 @@ impl Cluster {
                 continue;
             }
             if synced.as_deref() == Some(view.ring.nodes()) {
+                self.syncing.store(false, Ordering::Relaxed);
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.resync.notified()).await;
                 continue;
             }
@@ -687,7 +696,6 @@ impl Cluster {
             let view = self.view();
             self.syncing.store(true, Ordering::Relaxed);
             let done = self.pull(&view, synced.as_deref()).await;
-            self.syncing.store(false, Ordering::Relaxed);
             if done {
                 synced = Some(view.ring.nodes().to_vec());
                 if self.state() == State::Joining {
@@ -776,7 +784,7 @@ impl Cluster {
                     let delivered = match app.store.stored(&code) {
                         Some(s) => {
                             let body = Bytes::from(serde_json::to_vec(&WireRecord::from(&s)).unwrap_or_default());
-                            self.put_to(&view, &node, &code, &body, None).await
+                            self.put_to(&view, &node, &code, &body, None, self.cfg.peer_timeout).await
                         }
                         None => true,
                     };
