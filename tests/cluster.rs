@@ -30,10 +30,8 @@ impl Node {
     fn start(id: &str, host: u8, seed: Option<&Node>, extra: &[&str]) -> Node {
         let root = tempfile::Builder::new().prefix("shortd-cluster-").tempdir().unwrap();
         let addr = format!("127.0.0.{host}:{}", free_port());
-        let mut args: Vec<String> = ["--node-id", id, "--cluster-key", KEY, "--workers", "1", "--durability", "always"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut args: Vec<String> =
+            ["--node-id", id, "--cluster-key", KEY, "--workers", "1", "--durability", "always"].iter().map(|s| s.to_string()).collect();
         if let Some(s) = seed {
             args.extend(["--seed".to_string(), s.addr.clone()]);
         }
@@ -169,7 +167,8 @@ fn links_survive_crashes_restarts_and_a_new_member() {
         assert!([&a, &b, &c][i % 3].redirects(&code, "https://example.com/counted"));
     }
     let summed = poll_until(Duration::from_secs(5), || {
-        let counts: Vec<Value> = [&a, &b, &c].iter().map(|n| n.call("GET", &format!("/api/v1/links/{code}"), None).1["clicks"].clone()).collect();
+        let counts: Vec<Value> =
+            [&a, &b, &c].iter().map(|n| n.call("GET", &format!("/api/v1/links/{code}"), None).1["clicks"].clone()).collect();
         counts.iter().all(|c| c == 30).then_some(())
     });
     assert!(summed.is_some(), "clicks did not reach 30 everywhere");
@@ -212,7 +211,8 @@ fn changes_and_deletes_show_through_every_node() {
     for (i, code) in codes.iter().enumerate() {
         let node = [&a, &b, &c][i % 3];
         if i % 2 == 0 {
-            let (status, body, _) = node.call("PATCH", &format!("/api/v1/links/{code}"), Some(&json!({"url": format!("https://example.com/v2/{i}")})));
+            let (status, body, _) =
+                node.call("PATCH", &format!("/api/v1/links/{code}"), Some(&json!({"url": format!("https://example.com/v2/{i}")})));
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["url"], format!("https://example.com/v2/{i}"));
         } else {
@@ -223,7 +223,8 @@ fn changes_and_deletes_show_through_every_node() {
         for n in [&a, &b, &c] {
             let seen = poll_until(Duration::from_secs(2), || {
                 let (status, _, location) = n.call("GET", &format!("/{code}"), None);
-                let want = if i % 2 == 0 { status == 302 && location == Some(format!("https://example.com/v2/{i}")) } else { status == 410 };
+                let want =
+                    if i % 2 == 0 { status == 302 && location == Some(format!("https://example.com/v2/{i}")) } else { status == 410 };
                 want.then_some(())
             });
             assert!(seen.is_some(), "{code} on {}: {:?}", n.id, n.call("GET", &format!("/{code}"), None));

@@ -451,7 +451,9 @@ impl Cluster {
             // The next reachable node past the holders keeps it with a hint.
             let mut handed = false;
             if i_hold {
-                let next = spare.iter().find(|&&s| s != self.me() && self.peers.available(s) && view.member(s).is_some_and(|m| m.state.reachable()));
+                let next = spare
+                    .iter()
+                    .find(|&&s| s != self.me() && self.peers.available(s) && view.member(s).is_some_and(|m| m.state.reachable()));
                 if let Some(&s) = next {
                     handed = self.put_to(&view, s, &stored.code, &body, Some(h), self.attempt_timeout() / 2).await;
                 }
