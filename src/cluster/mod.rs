@@ -799,7 +799,9 @@ impl Cluster {
                 }
             }
             let mut h = self.hints.lock();
-            h.retain(|_, codes| !codes.is_empty());
+            // Hints for a member that left the ring are moot: its share has
+            // moved to the nodes that hold it now.
+            h.retain(|node, codes| !codes.is_empty() && view.member(node).is_some());
             crate::metrics::hints_pending(h.values().map(HashSet::len).sum());
         }
     }
