@@ -216,9 +216,9 @@ impl Cluster {
     }
 
     /// Whether this node's store answers for `code`: it holds the code
-    /// and has caught up.
+    /// and has caught up (is not joining).
     pub fn authoritative(&self, code: &str) -> bool {
-        self.state() == State::Up && self.view().ring.holds(self.me(), code, self.cfg.replication_factor)
+        self.state() != State::Joining && self.view().ring.holds(self.me(), code, self.cfg.replication_factor)
     }
 
     /// Runs `f` on the cluster runtime, where peer connections live.

@@ -359,7 +359,13 @@ impl Writer {
         }
         let current = self.version_of(&change.code);
         match mode {
-            ApplyMode::Create if current.is_some() => return Err(WriteError::Taken),
+            ApplyMode::Create if current.is_some() => {
+                // A retried create that already landed here (its answer was
+                // lost to a timeout) is the same change, not a conflict.
+                let same = current == Some(change.version)
+                    && matches!((self.state(&change.code), &change.link), (Lookup::Live(l), Some(c)) if l.url == c.url);
+                return if same { Ok(false) } else { Err(WriteError::Taken) };
+            }
             ApplyMode::Newer if current.is_some_and(|v| v >= change.version) => {
                 self.raise_clicks(&change);
                 return Ok(false);
