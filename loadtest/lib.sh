@@ -21,7 +21,7 @@ need_oha() {
 }
 
 build_shortd() {
-  (cd "$ROOT" && cargo build --release --quiet)
+  (cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example fixed_rate)
 }
 
 free_port() {

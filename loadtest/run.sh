@@ -7,7 +7,8 @@
 #   uniform  10 M links, uniform choice (mostly cache misses)
 #   mixed    90 % redirects, 10 % creates with --durability always
 #   miss     unknown codes
-# usage: loadtest/run.sh SCENARIO [SECONDS]   (LINKS=N overrides the link count)
+# usage: loadtest/run.sh SCENARIO [SECONDS]   (LINKS=N overrides the link count,
+#        WARMUP=S the unmeasured warm-up of zipf and uniform, default 20)
 source "$(dirname "$0")/lib.sh"
 SCENARIO=${1:?usage: run.sh hot|zipf|uniform|mixed|miss [SECONDS]}
 SECS=${2:-10}
@@ -56,6 +57,10 @@ report() {
 
 printf "%-28s %12s %14s %16s\n" "$SCENARIO" "req/s" "cpu_us/req" "latency avg/sd"
 if [ "$SCENARIO" = zipf ] || [ "$SCENARIO" = uniform ]; then
+  # Steady state: the first seconds of a Zipf load touch hundreds of
+  # thousands of links for the first time (store reads, cache inserts).
+  echo "warming the cache for ${WARMUP:-20} s ..." >&2
+  run_wrk "$WORK/warm" -t1 -c64 -d"${WARMUP:-20}s" -s "$HERE/keys.lua" "$BASE" "${extra[@]:1}"
   # The same client (wrk running keys.lua) on a single link, as the
   # baseline: the Lua script costs wrk time, so compare like with like.
   b=$(cpu_ticks "$SHORTD_PID")
@@ -102,6 +107,11 @@ sys.stdout.write("".join("%s/k%d\n" % (base, draw()) for _ in range(200000)))
 PY
     url="$WORK/urls.txt"; oha_args+=(--urls-from-file)
   fi
+  # wrk2-style fixed rate from a client light enough not to be the bottleneck
+  # (oha's own ceiling on one core is below shortd's: its tail is the client's).
+  fixed_target="$path"; [[ "$url" == "$WORK/urls.txt" ]] && fixed_target="@$WORK/urls.txt"
+  printf "%-28s " "fixed rate $HALF req/s"
+  taskset -c 1 "$ROOT/target/release/examples/fixed_rate" "127.0.0.1:$PORT" "$fixed_target" "$HALF" "$SECS" 64
   taskset -c 1 oha "${oha_args[@]}" "$url" >/dev/null 2>&1
   python3 - "$WORK/oha.json" "$HALF" <<'PY'
 import json, sys
