@@ -50,6 +50,9 @@ use crate::http::App;
 use crate::store::{ApplyMode, Created, Link, NewLink, Patch, Stored, Version, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS};
 
 const CLICK_PUSH_EVERY: Duration = Duration::from_millis(200);
+/// Codes per click push: at most about 90 bytes of JSON each, so a push
+/// stays under 1 MiB.
+const CLICKS_PER_PUSH: usize = 8_000;
 const HINT_EVERY: Duration = Duration::from_secs(1);
 const SYNC_PAGE: usize = 1000;
 /// How long a seeded node waits to hear from its seeds before it starts alone.
@@ -615,15 +618,19 @@ impl Cluster {
             let view = self.view();
             for (node, counts) in batches {
                 let Some(m) = view.member(&node).filter(|m| m.state.reachable()) else { continue };
-                let push = ClickPush { clicks: counts.iter().map(|(c, n)| (c.to_string(), *n)).collect() };
-                let body = Bytes::from(serde_json::to_vec(&push).unwrap_or_default());
-                let sent = self.peers.send("clicks", m, Method::POST, "/internal/v1/clicks", Some(body), self.cfg.peer_timeout).await;
-                if !matches!(sent, Ok((s, _)) if s.is_success()) {
-                    // Kept for the next round; dropped if the peer is down by then.
-                    let mut pending = self.clicks.lock();
-                    let p = pending.entry(node).or_default();
-                    for (c, n) in counts {
-                        *p.entry(c).or_default() += n;
+                let counts: Vec<(CompactString, u64)> = counts.into_iter().collect();
+                // Chunks stay well inside the peer's request body limit.
+                for chunk in counts.chunks(CLICKS_PER_PUSH) {
+                    let push = ClickPush { clicks: chunk.iter().map(|(c, n)| (c.to_string(), *n)).collect() };
+                    let body = Bytes::from(serde_json::to_vec(&push).unwrap_or_default());
+                    let sent = self.peers.send("clicks", m, Method::POST, "/internal/v1/clicks", Some(body), self.cfg.peer_timeout).await;
+                    if !matches!(sent, Ok((s, _)) if s.is_success()) {
+                        // Kept for the next round; dropped if the peer is down by then.
+                        let mut pending = self.clicks.lock();
+                        let p = pending.entry(node.clone()).or_default();
+                        for (c, n) in chunk {
+                            *p.entry(c.clone()).or_default() += n;
+                        }
                     }
                 }
             }

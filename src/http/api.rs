@@ -222,6 +222,11 @@ pub(super) fn empty(status: StatusCode) -> Response<Body> {
 
 /// Reads a JSON body within the size limit.
 pub(super) async fn read_body(app: &App, req: Request<Incoming>, json_only: bool) -> Result<Bytes, Problem> {
+    read_body_up_to(req, json_only, app.cfg.max_body_bytes).await
+}
+
+/// `read_body` with its own size limit (node-to-node requests).
+pub(super) async fn read_body_up_to(req: Request<Incoming>, json_only: bool, limit: usize) -> Result<Bytes, Problem> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         let is_json = ct == "application/json" || ct.ends_with("+json");
@@ -236,7 +241,6 @@ pub(super) async fn read_body(app: &App, req: Request<Incoming>, json_only: bool
             .with_field("Content-Type", "must be application/json"));
         }
     }
-    let limit = app.cfg.max_body_bytes;
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Problem::too_large("body", limit));

@@ -4,13 +4,18 @@
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::api::{empty, json, parse_patch, read_body};
+use super::api::{empty, json, parse_patch, read_body_up_to};
 use super::problem::{Body, Problem};
 use super::App;
 use crate::cluster::peer::KEY_HEADER;
 use crate::cluster::wire::{ClickPush, SyncRequest, WireRecord};
 use crate::cluster::{parse_mode, Cluster};
 use crate::store::WriteError;
+
+/// Largest node-to-node request body (a batch of click counts, a record):
+/// peers are trusted once they show the cluster key, and the public
+/// `--max-body-bytes` may be small.
+const INTERNAL_BODY_LIMIT: usize = 64 << 20;
 
 pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
     let Some(cluster) = &app.cluster else { return Err(Problem::not_found("this path")) };
@@ -35,7 +40,7 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
         },
         (Method::PUT, "records") => {
             let mode = param("mode").as_deref().and_then(parse_mode).ok_or_else(|| Problem::invalid("mode", "must be create or newer"))?;
-            let body = read_body(app, req, true).await?;
+            let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
             let stored = serde_json::from_slice::<WireRecord>(&body)
                 .ok()
                 .and_then(WireRecord::into_stored)
@@ -53,7 +58,7 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
             Ok(json(StatusCode::OK, &serde_json::json!({"applied": applied})))
         }
         (Method::PATCH, "links") => {
-            let body = read_body(app, req, true).await?;
+            let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
             let patch = parse_patch(app, &body)?;
             cluster.update_here_on_rt(code, patch).await?;
             record_of(app, code)
@@ -63,7 +68,7 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (Method::POST, "clicks") => {
-            let body = read_body(app, req, true).await?;
+            let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
             let push: ClickPush = serde_json::from_slice(&body).map_err(|e| Problem::invalid("body", e.to_string()))?;
             for (code, n) in push.clicks {
                 app.store.add_clicks(&code, n);
@@ -71,7 +76,7 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (Method::POST, "sync") => {
-            let body = read_body(app, req, true).await?;
+            let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
             let sync: SyncRequest = serde_json::from_slice(&body).map_err(|e| Problem::invalid("body", e.to_string()))?;
             Ok(json(StatusCode::OK, &cluster.sync_page(app, &sync)))
         }
