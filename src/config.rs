@@ -160,7 +160,7 @@ impl Default for Config {
     }
 }
 
-fn default_public_url(listen: SocketAddr) -> url::Url {
+pub(crate) fn default_public_url(listen: SocketAddr) -> url::Url {
     url::Url::parse(&format!("http://{listen}/")).expect("socket address forms a URL")
 }
 

@@ -1110,3 +1110,28 @@ fn a_refusal_before_the_body_is_read_keeps_or_closes_the_connection_cleanly() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn listening_on_port_zero_gives_short_urls_with_the_real_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("shortd.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shortd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1", "--log-format", "json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = poll_until(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let line = text.lines().find(|l| l.contains("shortd serving"))?;
+        serde_json::from_str::<Value>(line).ok()?["fields"]["addr"].as_str().map(String::from)
+    });
+    let created = addr.as_ref().and_then(|addr| {
+        common::agent().post(&format!("http://{addr}/api/v1/links")).send_json(json!({"url": "https://example.com/"})).ok()?.into_json::<Value>().ok()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let (addr, created) = addr.zip(created).unwrap_or_else(|| panic!("no server answered; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+    assert!(!addr.ends_with(":0"), "{addr}");
+    assert_eq!(created["short_url"], format!("http://{addr}/{}", created["code"].as_str().unwrap()));
+}
