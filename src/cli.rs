@@ -61,12 +61,20 @@ fn serve(cfg: Config) -> Result<(), String> {
     let app = server.app().clone();
     std::thread::Builder::new().name("shortd-signals".into()).spawn(move || reload_on_hangup(&app)).map_err(|e| e.to_string())?;
     wait_for_signal();
-    tracing::info!("shutting down: draining connections (send SIGINT again to exit at once)");
     std::thread::spawn(|| {
         wait_for_signal();
         eprintln!("shortd: second signal, exiting now");
         std::process::exit(130);
     });
+    let delay = server.app().cfg.drain_delay;
+    if !delay.is_zero() {
+        // Not ready, still serving: a load balancer polling /readyz moves
+        // traffic away before the listeners close.
+        tracing::info!(?delay, "shutting down: /readyz answers 503 while requests are still served");
+        server.app().begin_shutdown();
+        std::thread::sleep(delay);
+    }
+    tracing::info!("shutting down: draining connections (send SIGINT again to exit at once)");
     server.shutdown();
     Ok(())
 }

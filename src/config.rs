@@ -95,6 +95,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// A tracing filter. Default `info`.
     pub log_level: String,
+    /// After SIGTERM, how long `/readyz` answers 503 while requests are
+    /// still served, so a load balancer stops sending first. Default 0.
+    pub drain_delay: Duration,
     /// Cluster membership; `None` runs a single node.
     pub cluster: Option<ClusterConfig>,
 }
@@ -155,6 +158,7 @@ impl Default for Config {
             repair: false,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            drain_delay: Duration::ZERO,
             cluster: None,
         }
     }
@@ -300,6 +304,9 @@ pub struct ServeArgs {
     /// tracing filter, e.g. info or shortd=debug [default: info]
     #[arg(long, env = "SHORTD_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// After SIGTERM, answer /readyz 503 this long before closing listeners [default: 0s]
+    #[arg(long, env = "SHORTD_DRAIN_DELAY")]
+    pub drain_delay: Option<String>,
     /// This node's name in a cluster; turns clustering on
     #[arg(long, env = "SHORTD_NODE_ID")]
     pub node_id: Option<String>,
@@ -488,6 +495,9 @@ impl ServeArgs {
             tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| bad("--log-level", e.to_string()))?;
             c.log_level = v;
         }
+        if let Some(v) = &self.drain_delay {
+            c.drain_delay = parse_duration("--drain-delay", v)?;
+        }
         c.cluster = cluster;
         Ok(c)
     }
@@ -576,6 +586,7 @@ impl ServeArgs {
             compact_ratio,
             log_format,
             log_level,
+            drain_delay,
             node_id,
             advertise,
             replication_factor,

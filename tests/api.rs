@@ -1127,11 +1127,34 @@ fn listening_on_port_zero_gives_short_urls_with_the_real_port() {
         serde_json::from_str::<Value>(line).ok()?["fields"]["addr"].as_str().map(String::from)
     });
     let created = addr.as_ref().and_then(|addr| {
-        common::agent().post(&format!("http://{addr}/api/v1/links")).send_json(json!({"url": "https://example.com/"})).ok()?.into_json::<Value>().ok()
+        common::agent()
+            .post(&format!("http://{addr}/api/v1/links"))
+            .send_json(json!({"url": "https://example.com/"}))
+            .ok()?
+            .into_json::<Value>()
+            .ok()
     });
     let _ = child.kill();
     let _ = child.wait();
-    let (addr, created) = addr.zip(created).unwrap_or_else(|| panic!("no server answered; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+    let (addr, created) =
+        addr.zip(created).unwrap_or_else(|| panic!("no server answered; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
     assert!(!addr.ends_with(":0"), "{addr}");
     assert_eq!(created["short_url"], format!("http://{addr}/{}", created["code"].as_str().unwrap()));
+}
+
+#[test]
+fn drain_delay_keeps_serving_while_readyz_says_not_ready() {
+    let mut s = Server::start(&["--drain-delay", "2s"]);
+    let code = s.create(json!({"url": "https://example.com/still-served"}))["code"].as_str().unwrap().to_string();
+    assert_eq!(s.get("/readyz").status, 200);
+    let pid = s.pid();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    // Not ready, but still answering, until the delay is over.
+    let unready = poll_until(Duration::from_secs(2), || (s.send_alone("GET", "/readyz", &[], Body::None).status == 503).then_some(()));
+    assert!(unready.is_some(), "/readyz did not turn 503 after SIGTERM");
+    let r = s.send_alone("GET", &format!("/{code}"), &[], Body::None);
+    assert_eq!((r.status, r.header("location")), (302, Some("https://example.com/still-served")));
+    let (status, took) = s.wait_for_exit();
+    assert_eq!(status.code(), Some(0));
+    assert!(took >= Duration::from_millis(500), "exited {took:?} after the check, before the delay was over");
 }

@@ -240,6 +240,17 @@ impl Server {
         }
     }
 
+    /// Waits (bounded) for a process already signalled to exit; returns its
+    /// status and how long that took from now.
+    pub fn wait_for_exit(&mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let child = self.child.as_mut().expect("server is running");
+        match poll_until(STOP_TIMEOUT, || child.try_wait().expect("waiting for shortd")) {
+            Some(s) => (s, started.elapsed()),
+            None => panic!("shortd did not exit within {STOP_TIMEOUT:?}; log:\n{}", self.log()),
+        }
+    }
+
     /// SIGKILL, as in a crash; waits for the process to be gone.
     pub fn kill(&mut self) {
         if let Some(child) = self.child.as_mut() {
