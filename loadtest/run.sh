@@ -72,6 +72,13 @@ b=$(cpu_ticks "$SHORTD_PID")
 run_wrk "$WORK/plain" -t1 -c64 -d"${SECS}s" "${wrk_args[@]}" "$BASE$path" "${extra[@]}"
 a=$(cpu_ticks "$SHORTD_PID"); report "wrk keep-alive, 64 conns" "$WORK/plain" $((a - b))
 MAX=$(wrk_rps "$WORK/plain")
+if [ "$SCENARIO" = mixed ]; then
+  # The same client with no creates: the pure-redirect figure to compare with.
+  b=$(cpu_ticks "$SHORTD_PID")
+  run_wrk "$WORK/base" -t1 -c64 -d"${SECS}s" "${wrk_args[@]}" "$BASE$path" -- "$CODE" 0
+  a=$(cpu_ticks "$SHORTD_PID"); report "same client, no creates" "$WORK/base" $((a - b))
+  printf "%-28s %12s\n" "redirects, mixed/pure" "$(awk -v m="$MAX" -v p="$(wrk_rps "$WORK/base")" 'BEGIN {printf "%.2f", 0.9 * m / p}')"
+fi
 if [ -n "${BASE_RPS:-}" ]; then
   printf "%-28s %12s\n" "ratio to one link" "$(awk -v a="$MAX" -v b="$BASE_RPS" 'BEGIN {printf "%.2f", a / b}')"
 fi
