@@ -8,6 +8,8 @@
 #   MAX_SECONDS   time budget for the whole run (default 240)
 # Extra schemathesis options can be passed in ST_ARGS, e.g.
 #   ST_ARGS='--seed 1 --phases fuzzing' loadtest/schemathesis.sh
+# With CLUSTER=1 it starts three clustered nodes and tests through the first,
+# so most requests are forwarded to, or replicated on, the others.
 #
 # Installs schemathesis into target/schemathesis-venv when it is missing.
 # All traffic goes to 127.0.0.1; redirects are never followed, so the random
@@ -32,8 +34,9 @@ fi
 
 WORK=$(mktemp -d)
 SHORTD_PID=
+PEER_PIDS=()
 cleanup() {
-  if [ -n "$SHORTD_PID" ]; then kill "$SHORTD_PID" 2>/dev/null || true; wait "$SHORTD_PID" 2>/dev/null || true; fi
+  for p in $SHORTD_PID "${PEER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -43,10 +46,26 @@ PORT=$(free_port)
 # such as http://127.0.0.1/ counts as a foreign link, as it would in
 # production.
 KEY="st-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+CLUSTER_ARGS=()
+[ -n "${CLUSTER:-}" ] && CLUSTER_ARGS=(--node-id n1 --cluster-key st-cluster-key)
 "$SHORTD" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --workers 1 \
-  --api-key "$KEY" --public-url http://shortd.test/ --log-level warn 2> "$WORK/shortd.log" &
+  --api-key "$KEY" --public-url http://shortd.test/ --log-level warn "${CLUSTER_ARGS[@]}" 2> "$WORK/shortd.log" &
 SHORTD_PID=$!
 wait_http "http://127.0.0.1:$PORT/healthz"
+if [ -n "${CLUSTER:-}" ]; then
+  for n in 2 3; do
+    p=$(free_port)
+    "$SHORTD" serve --listen "127.0.0.1:$p" --data-dir "$WORK/data$n" --workers 1 --api-key "$KEY" \
+      --public-url http://shortd.test/ --log-level warn --node-id "n$n" --cluster-key st-cluster-key \
+      --seed "127.0.0.1:$PORT" 2> "$WORK/shortd$n.log" &
+    PEER_PIDS+=($!)
+  done
+  for _ in $(seq 300); do
+    curl -fs -H "authorization: Bearer $KEY" "http://127.0.0.1:$PORT/api/v1/cluster" \
+      | python3 -c 'import json,sys; v=json.load(sys.stdin); sys.exit(0 if sum(m["state"]=="up" for m in v["members"])==3 else 1)' && break
+    sleep 0.1
+  done
+fi
 
 # 410 (a deleted, expired or used-up link) and 422 (an Idempotency-Key
 # reused with another body) are documented answers to well-formed requests,

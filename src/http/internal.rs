@@ -117,6 +117,6 @@ pub async fn remove_member(app: &App, id: &str) -> Result<Response<Body>, Proble
     match c.remove_member(id).await {
         Ok(()) => Ok(empty(StatusCode::NO_CONTENT)),
         Err(reason) if reason.starts_with("no member") => Err(Problem::not_found(&format!("member {id}"))),
-        Err(reason) => Err(Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", reason)),
+        Err(reason) => Err(Problem::new(StatusCode::CONFLICT, "member-is-self", "Conflict", reason)),
     }
 }
