@@ -433,17 +433,30 @@ impl Store {
     }
 
     /// Like `page`, but every key's newest record, tombstones included,
-    /// for which `want` holds: what a peer streams to another.
-    pub fn records(&self, cursor: Option<Cursor>, limit: usize, want: impl Fn(&str) -> bool) -> (Vec<Stored>, Option<Cursor>) {
+    /// for which `want` holds: what a peer streams to another. A page ends
+    /// after `limit` matches or `max_scan` records looked at, whichever
+    /// comes first, so one call never walks a whole large log.
+    pub fn records(
+        &self,
+        cursor: Option<Cursor>,
+        limit: usize,
+        max_scan: usize,
+        want: impl Fn(&str) -> bool,
+    ) -> (Vec<Stored>, Option<Cursor>) {
         let segments: Vec<Arc<Segment>> = self.shared.segments.read().values().cloned().collect();
         let start = cursor.map_or(Loc { seg: 0, off: 0 }, |c| c.0);
         let mut out = Vec::new();
+        let mut scanned = 0usize;
         for seg in segments.iter().filter(|s| s.number >= start.seg) {
             let mut at =
                 if seg.number == start.seg { (start.off as usize).max(segment::SEGMENT_HEADER_LEN) } else { segment::SEGMENT_HEADER_LEN };
             while let Ok((rec, len)) = record::decode(seg.bytes(), at) {
                 let here = Loc { seg: seg.number, off: at as u32 };
                 at += record::padded(len);
+                scanned += 1;
+                if scanned > max_scan {
+                    return (out, Some(Cursor(here)));
+                }
                 let key = match &rec.body {
                     Body::Put(p) => p.key,
                     Body::Delete { key } => key,

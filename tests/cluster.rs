@@ -323,3 +323,36 @@ fn a_removed_or_long_dead_member_hands_its_share_to_the_others() {
     b.kill();
     assert_all_redirect(&links, &[&a]);
 }
+
+#[test]
+fn a_node_back_on_an_empty_disk_without_a_seed_pulls_its_share() {
+    let mut a = Node::start("a", 51, None, &[]);
+    let mut b = Node::start("b", 52, Some(&a), &[]);
+    let c = Node::start("c", 53, Some(&a), &[]);
+    wait_settled(&[&a, &b, &c], &["a", "b", "c"]);
+    let links: Vec<(String, String)> = (0..45)
+        .map(|i| {
+            let url = format!("https://example.com/disk/{i}");
+            ([&a, &b, &c][i % 3].create(&url), url)
+        })
+        .collect();
+
+    // a loses its disk and comes back alone (no --seed, and the others
+    // paused, so it starts up on its own): once the others reach it over
+    // gossip it pulls everything it holds.
+    a.kill();
+    std::fs::remove_dir_all(&a.dir).unwrap();
+    b.signal("-STOP");
+    c.signal("-STOP");
+    a.spawn();
+    assert!(poll_until(SETTLE, || a.cluster()["members"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["id"] == "a" && m["state"] == "up"))
+        .then_some(()))
+    .is_some());
+    b.signal("-CONT");
+    c.signal("-CONT");
+    wait_settled(&[&a, &b, &c], &["a", "b", "c"]);
+    b.kill();
+    assert_all_redirect(&links, &[&a, &c]);
+}

@@ -72,6 +72,11 @@ impl Entry {
         self.fresh_until_ms
     }
 
+    /// Lets the next request claim the refresh again (the last one failed).
+    pub fn retry_refresh(&self) {
+        self.refreshing.store(0, Ordering::Release);
+    }
+
     pub fn is_expired(&self, now_ms: i64) -> bool {
         self.expires_ms != 0 && now_ms >= self.expires_ms
     }

@@ -55,6 +55,8 @@ const CLICK_PUSH_EVERY: Duration = Duration::from_millis(200);
 const CLICKS_PER_PUSH: usize = 8_000;
 const HINT_EVERY: Duration = Duration::from_secs(1);
 const SYNC_PAGE: usize = 1000;
+/// Records a sync page looks at before it returns (maybe empty) with a cursor.
+const SYNC_SCAN: usize = 100_000;
 /// How long a seeded node waits to hear from its seeds before it starts alone.
 const SEED_WAIT: Duration = Duration::from_secs(15);
 
@@ -73,6 +75,11 @@ impl View {
 /// A fetch's outcome: the record, `None` if no holder has it, `Err` if no
 /// holder answered.
 type Fetched = Result<Option<Stored>, ()>;
+
+/// A shared fetch's outcome with the cache generation read before it
+/// started: whoever caches the result must insert with that generation, so
+/// that an invalidation during the fetch is not undone by it.
+pub type SharedFetch = (Fetched, u64);
 
 pub struct Cluster {
     pub cfg: ClusterConfig,
@@ -93,7 +100,9 @@ pub struct Cluster {
     /// Peer id -> click deltas to push to it.
     clicks: Mutex<HashMap<String, HashMap<CompactString, u64>>>,
     /// Codes being fetched from a peer, with everyone waiting for them.
-    fetches: Mutex<HashMap<CompactString, Vec<oneshot::Sender<Fetched>>>>,
+    fetches: Mutex<HashMap<CompactString, Vec<oneshot::Sender<SharedFetch>>>>,
+    /// Peers seen down and now reachable again, to pull from once.
+    reconnected: Mutex<HashSet<String>>,
     /// Idempotency-Key -> (code, body hash, time), kept per node in memory.
     idem: Mutex<HashMap<String, (CompactString, u64, i64)>>,
 }
@@ -168,6 +177,7 @@ impl Cluster {
             hints: Mutex::new(HashMap::new()),
             clicks: Mutex::new(HashMap::new()),
             fetches: Mutex::new(HashMap::new()),
+            reconnected: Mutex::new(HashSet::new()),
             idem: Mutex::new(HashMap::new()),
             cfg,
         }))
@@ -197,7 +207,7 @@ impl Cluster {
         self.gossip.shutdown();
     }
 
-    fn app(&self) -> Option<Arc<App>> {
+    pub(crate) fn app(&self) -> Option<Arc<App>> {
         self.app.get()?.upgrade()
     }
 
@@ -242,7 +252,7 @@ impl Cluster {
     async fn fetch(&self, code: &str) -> Fetched {
         let view = self.view();
         let mut answered = false;
-        for h in view.ring.holders(code, self.cfg.replication_factor) {
+        for h in self.in_order(&view, code) {
             if h == self.me() {
                 if let Some(s) = self.app().and_then(|a| a.store.stored(code)) {
                     return Ok(Some(s));
@@ -263,14 +273,30 @@ impl Cluster {
             }
         }
         if answered {
-            Ok(None)
-        } else {
-            Err(())
+            return Ok(None);
+        }
+        // No holder answered: a copy kept here (as a former holder, or with
+        // a hint) is better than nothing.
+        match self.app().and_then(|a| a.store.stored(code)) {
+            Some(s) => Ok(Some(s)),
+            None => Err(()),
         }
     }
 
+    /// A code's holders, those that are `up` first: a joining member may
+    /// not have pulled its share yet, so it is asked (or made coordinator)
+    /// only when no caught-up holder is reachable.
+    fn in_order<'v>(&self, view: &'v View, code: &str) -> Vec<&'v str> {
+        let holders = view.ring.holders(code, self.cfg.replication_factor);
+        let up =
+            |h: &&str| if *h == self.me() { self.state() != State::Joining } else { view.member(h).is_some_and(|m| m.state == State::Up) };
+        let (mut first, rest): (Vec<&str>, Vec<&str>) = holders.into_iter().partition(up);
+        first.extend(rest);
+        first
+    }
+
     /// `fetch` shared by every request for the same code at the same time.
-    pub async fn fetch_shared(self: &Arc<Self>, code: &str) -> Fetched {
+    pub async fn fetch_shared(self: &Arc<Self>, code: &str) -> SharedFetch {
         let (tx, rx) = oneshot::channel();
         let lead = {
             let mut f = self.fetches.lock();
@@ -288,15 +314,16 @@ impl Cluster {
         if lead {
             let me = self.clone();
             let code = CompactString::from(code);
+            let generation = self.app().map_or(0, |a| a.cache.generation());
             self.rt.spawn(async move {
                 crate::metrics::forwarded_read();
                 let got = me.fetch(&code).await;
                 for w in me.fetches.lock().remove(&code).unwrap_or_default() {
-                    let _ = w.send(got.clone());
+                    let _ = w.send((got.clone(), generation));
                 }
             });
         }
-        rx.await.unwrap_or(Err(()))
+        rx.await.unwrap_or((Err(()), 0))
     }
 
     /// Re-fetches a cached code held elsewhere, in the background: a viral
@@ -305,10 +332,17 @@ impl Cluster {
         let (me, code) = (self.clone(), CompactString::from(code));
         self.rt.spawn(async move {
             let Some(app) = me.app() else { return };
-            let generation = app.cache.generation();
-            if let Ok(found) = me.fetch_shared(&code).await {
+            let stale = app.cache.peek(&code);
+            if let (Ok(found), generation) = me.fetch_shared(&code).await {
                 let found = found.map_or(crate::store::Lookup::Missing, Stored::into_lookup);
                 app.cache.insert(&code, crate::http::redirect::entry_for(found), generation, clock::now_ms());
+            }
+            // Not replaced (no holder answered, or an invalidation raced):
+            // the next request tries again rather than trusting it forever.
+            if let Some(stale) = stale {
+                if app.cache.peek(&code).is_some_and(|now| Arc::ptr_eq(&now, &stale)) {
+                    stale.retry_refresh();
+                }
             }
         });
     }
@@ -396,7 +430,7 @@ impl Cluster {
     async fn write(&self, app: &App, stored: Stored, mode: ApplyMode) -> Result<(), WriteError> {
         let view = self.view();
         let body = Bytes::from(serde_json::to_vec(&WireRecord::from(&stored)).unwrap_or_default());
-        for h in view.ring.holders(&stored.code, self.cfg.replication_factor) {
+        for h in self.in_order(&view, &stored.code) {
             if h == self.me() {
                 return self.coordinate(app, stored, mode).await;
             }
@@ -428,6 +462,11 @@ impl Cluster {
 
     /// Applies a change here and replicates it to the other holders.
     pub async fn coordinate(&self, app: &App, stored: Stored, mode: ApplyMode) -> Result<(), WriteError> {
+        if !self.authoritative(&stored.code) {
+            // Not caught up on this code: a claim checked against this
+            // store alone could overwrite a link it has not pulled yet.
+            self.catch_up_on(app, &stored.code).await;
+        }
         app.store.apply(stored.clone(), mode).await?;
         app.cache.invalidate(&stored.code);
         self.replicate(&stored).await;
@@ -518,7 +557,7 @@ impl Cluster {
     /// this node (`None`: do it here).
     async fn forward(&self, code: &str, method: Method, body: Option<Bytes>) -> Option<Result<Bytes, WriteError>> {
         let view = self.view();
-        for h in view.ring.holders(code, self.cfg.replication_factor) {
+        for h in self.in_order(&view, code) {
             if h == self.me() {
                 return None;
             }
@@ -539,11 +578,26 @@ impl Cluster {
     /// Brings a record here first when this node lacks it (it may be
     /// catching up, or standing in for unreachable holders).
     async fn catch_up_on(&self, app: &App, code: &str) {
-        if app.store.stored(code).is_none() {
-            if let Ok(Some(s)) = self.fetch(code).await {
+        if app.store.stored(code).is_none() || !self.authoritative(code) {
+            if let Ok(Some(s)) = self.fetch_from_others(code).await {
                 let _ = app.store.apply(s, ApplyMode::Newer).await;
             }
         }
+    }
+
+    /// `fetch` that skips this node's own copy.
+    async fn fetch_from_others(&self, code: &str) -> Fetched {
+        let view = self.view();
+        for h in self.in_order(&view, code).into_iter().filter(|h| *h != self.me()) {
+            let Some(m) = view.member(h).filter(|m| m.state.reachable()) else { continue };
+            let path = format!("/internal/v1/records/{code}");
+            if let Ok((StatusCode::OK, body)) = self.peers.send("read", m, Method::GET, &path, None, self.cfg.peer_timeout).await {
+                if let Some(s) = serde_json::from_slice::<WireRecord>(&body).ok().and_then(WireRecord::into_stored) {
+                    return Ok(Some(s));
+                }
+            }
+        }
+        Ok(None)
     }
 
     pub async fn update_here(&self, app: &App, code: &str, patch: Patch) -> Result<Link, WriteError> {
@@ -660,10 +714,25 @@ impl Cluster {
             if changed {
                 tracing::info!(members = ?ring.nodes(), "ring changed");
             }
+            // A member back from down (partition, pause) may have taken
+            // writes this node missed, and missed some of this node's.
+            let back: Vec<String> = members
+                .iter()
+                .filter(|m| m.id != self.me() && m.state.reachable() && old.member(&m.id).is_some_and(|o| o.state == State::Down))
+                .map(|m| m.id.clone())
+                .collect();
+            if !back.is_empty() {
+                tracing::info!(members = ?back, "members reachable again");
+                self.reconnected.lock().extend(back);
+                self.resync.notify_one();
+            }
+            if changed {
+                // Rebalancing from before anyone sees the new ring until the
+                // pull for it is done.
+                self.syncing.store(true, Ordering::Relaxed);
+            }
             *self.view.write() = Arc::new(View { members, ring });
             if changed {
-                // Rebalancing from now until the pull for this ring is done.
-                self.syncing.store(true, Ordering::Relaxed);
                 self.resync.notify_one();
             }
         }
@@ -681,6 +750,9 @@ impl Cluster {
         let started = Instant::now();
         // The ring as of the last complete pull; `None` until the first.
         let mut synced: Option<Vec<String>> = None;
+        // Up without having pulled from anyone (no seed answered): the
+        // first pull once peers appear takes everything this node holds.
+        let mut alone = false;
         loop {
             let view = self.view();
             let peers: Vec<&Member> = view.members.iter().filter(|m| m.id != self.me() && m.state.reachable()).collect();
@@ -690,10 +762,21 @@ impl Cluster {
                     continue;
                 }
                 synced = Some(view.ring.nodes().to_vec());
+                alone = true;
                 self.set_state(State::Up).await;
                 continue;
             }
-            if synced.as_deref() == Some(view.ring.nodes()) {
+            if synced.as_deref() == Some(view.ring.nodes()) && (!alone || peers.is_empty()) {
+                let back = std::mem::take(&mut *self.reconnected.lock());
+                if !back.is_empty() {
+                    // Everything this node holds, from those peers only.
+                    let only: HashSet<String> = back.into_iter().collect();
+                    if !self.pull(&view, None, Some(&only)).await {
+                        self.reconnected.lock().extend(only);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
                 self.syncing.store(false, Ordering::Relaxed);
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.resync.notified()).await;
                 continue;
@@ -704,9 +787,11 @@ impl Cluster {
             }
             let view = self.view();
             self.syncing.store(true, Ordering::Relaxed);
-            let done = self.pull(&view, synced.as_deref()).await;
+            let previous = if alone { None } else { synced.as_deref() };
+            let done = self.pull(&view, previous, None).await;
             if done {
                 synced = Some(view.ring.nodes().to_vec());
+                alone = false;
                 if self.state() == State::Joining {
                     self.set_state(State::Up).await;
                 }
@@ -718,11 +803,12 @@ impl Cluster {
 
     /// Pulls from every reachable peer the records this node holds under
     /// `view`'s ring (only those it did not hold under `previous`).
-    async fn pull(&self, view: &View, previous: Option<&[String]>) -> bool {
+    async fn pull(&self, view: &View, previous: Option<&[String]>, only: Option<&HashSet<String>>) -> bool {
         let Some(app) = self.app() else { return false };
         let mut complete = true;
         let mut moved = 0u64;
-        for m in view.members.iter().filter(|m| m.id != self.me() && m.state.reachable()) {
+        let from = |m: &&Member| m.id != self.me() && m.state.reachable() && only.is_none_or(|o| o.contains(&m.id));
+        for m in view.members.iter().filter(from) {
             let mut cursor = None;
             loop {
                 let req = SyncRequest {
@@ -770,7 +856,7 @@ impl Cluster {
         let previous = req.previous.as_ref().map(|p| Ring::new(p, req.vnodes.clamp(1, 4096)));
         let r = req.replicas.clamp(1, 5);
         let cursor = req.cursor.as_deref().and_then(crate::store::Cursor::decode);
-        let (records, next) = app.store.records(cursor, SYNC_PAGE, |code| {
+        let (records, next) = app.store.records(cursor, SYNC_PAGE, SYNC_SCAN, |code| {
             ring.holds(&req.node, code, r) && previous.as_ref().is_none_or(|p| !p.holds(&req.node, code, r))
         });
         SyncPage { records: records.iter().map(WireRecord::from).collect(), next: next.map(|c| c.encode()) }
@@ -790,6 +876,11 @@ impl Cluster {
                     continue;
                 }
                 for code in codes {
+                    // Taken off first: a newer hint for the same code made
+                    // while this one is in flight puts it back.
+                    if let Some(set) = self.hints.lock().get_mut(&node) {
+                        set.remove(&code);
+                    }
                     let delivered = match app.store.stored(&code) {
                         Some(s) => {
                             let body = Bytes::from(serde_json::to_vec(&WireRecord::from(&s)).unwrap_or_default());
@@ -798,10 +889,8 @@ impl Cluster {
                         None => true,
                     };
                     if !delivered {
+                        self.hints.lock().entry(node.clone()).or_default().insert(code);
                         break;
-                    }
-                    if let Some(set) = self.hints.lock().get_mut(&node) {
-                        set.remove(&code);
                     }
                 }
             }

@@ -78,7 +78,14 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
         (Method::POST, "sync") => {
             let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
             let sync: SyncRequest = serde_json::from_slice(&body).map_err(|e| Problem::invalid("body", e.to_string()))?;
-            Ok(json(StatusCode::OK, &cluster.sync_page(app, &sync)))
+            // A scan of up to SYNC_SCAN records: off the worker, which
+            // keeps serving redirects meanwhile.
+            let (cluster, app) =
+                (cluster.clone(), cluster.app().ok_or_else(|| Problem::from(WriteError::Unavailable("shutting down".into())))?);
+            let page = tokio::task::spawn_blocking(move || cluster.sync_page(&app, &sync))
+                .await
+                .map_err(|e| Problem::from(WriteError::Unavailable(format!("sync page failed: {e}"))))?;
+            Ok(json(StatusCode::OK, &page))
         }
         (Method::POST, "invalidate") => {
             app.cache.invalidate(code);

@@ -86,9 +86,13 @@ pub fn decide(app: &App, worker: &Worker, code: &str, head: bool) -> Answer {
         }
         Hit::Miss => {
             bump(&stats.cache_misses);
+            // In a cluster, a node that does not hold the code asks a
+            // holder even if it has a copy (a former holder's may be old).
+            if app.cluster.as_ref().is_some_and(|c| !c.authoritative(code)) {
+                return Answer::Elsewhere;
+            }
             match load(app, code, now) {
                 Some(e) => e,
-                None if app.cluster.as_ref().is_some_and(|c| !c.authoritative(code)) => return Answer::Elsewhere,
                 None => return Answer::NotFound,
             }
         }
@@ -151,8 +155,8 @@ pub fn respond(app: &App, answer: Answer, head: bool) -> Response<Body> {
 /// requests wait for it), then cached here like any other.
 async fn fetch_elsewhere(app: &App, worker: &Worker, code: &str, head: bool) -> Answer {
     let Some(cluster) = &app.cluster else { return Answer::NotFound };
-    let generation = app.cache.generation();
-    match cluster.fetch_shared(code).await {
+    let (fetched, generation) = cluster.fetch_shared(code).await;
+    match fetched {
         Ok(Some(stored)) => {
             let entry = app.cache.insert(code, entry_for(stored.into_lookup()), generation, worker.now_ms());
             answer_for(app, worker, code, head, &entry)
