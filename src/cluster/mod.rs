@@ -723,15 +723,24 @@ impl Cluster {
                 .collect();
             if !back.is_empty() {
                 tracing::info!(members = ?back, "members reachable again");
-                self.reconnected.lock().extend(back);
+                // Rebalancing until the pull from them is done.
+                let mut pending = self.reconnected.lock();
+                self.syncing.store(true, Ordering::Relaxed);
+                pending.extend(back);
+                drop(pending);
                 self.resync.notify_one();
             }
-            if changed {
-                // Rebalancing from before anyone sees the new ring until the
-                // pull for it is done.
-                self.syncing.store(true, Ordering::Relaxed);
+            {
+                // Under this lock, so that keep_in_sync cannot clear the flag
+                // between the two.
+                let _pending = self.reconnected.lock();
+                if changed {
+                    // Rebalancing from before anyone sees the new ring until
+                    // the pull for it is done.
+                    self.syncing.store(true, Ordering::Relaxed);
+                }
+                *self.view.write() = Arc::new(View { members, ring });
             }
-            *self.view.write() = Arc::new(View { members, ring });
             if changed {
                 self.resync.notify_one();
             }
@@ -771,13 +780,20 @@ impl Cluster {
                 if !back.is_empty() {
                     // Everything this node holds, from those peers only.
                     let only: HashSet<String> = back.into_iter().collect();
-                    if !self.pull(&view, None, Some(&only)).await {
+                    if !self.pull(&view, None, Some(&only)).await.0 {
                         self.reconnected.lock().extend(only);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     continue;
                 }
-                self.syncing.store(false, Ordering::Relaxed);
+                {
+                    // Done, unless a ring change or a returning member came
+                    // in meanwhile (they set the flag before they show).
+                    let pending = self.reconnected.lock();
+                    if pending.is_empty() && synced.as_deref() == Some(self.view().ring.nodes()) {
+                        self.syncing.store(false, Ordering::Relaxed);
+                    }
+                }
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.resync.notified()).await;
                 continue;
             }
@@ -788,10 +804,11 @@ impl Cluster {
             let view = self.view();
             self.syncing.store(true, Ordering::Relaxed);
             let previous = if alone { None } else { synced.as_deref() };
-            let done = self.pull(&view, previous, None).await;
+            let (done, contacted) = self.pull(&view, previous, None).await;
             if done {
                 synced = Some(view.ring.nodes().to_vec());
-                alone = false;
+                // Pulling from nobody (every peer down) is not catching up.
+                alone &= contacted == 0;
                 if self.state() == State::Joining {
                     self.set_state(State::Up).await;
                 }
@@ -803,12 +820,14 @@ impl Cluster {
 
     /// Pulls from every reachable peer the records this node holds under
     /// `view`'s ring (only those it did not hold under `previous`).
-    async fn pull(&self, view: &View, previous: Option<&[String]>, only: Option<&HashSet<String>>) -> bool {
-        let Some(app) = self.app() else { return false };
+    /// Returns whether every peer answered, and how many were asked.
+    async fn pull(&self, view: &View, previous: Option<&[String]>, only: Option<&HashSet<String>>) -> (bool, usize) {
+        let Some(app) = self.app() else { return (false, 0) };
         let mut complete = true;
         let mut moved = 0u64;
         let from = |m: &&Member| m.id != self.me() && m.state.reachable() && only.is_none_or(|o| o.contains(&m.id));
-        for m in view.members.iter().filter(from) {
+        let peers: Vec<&Member> = view.members.iter().filter(from).collect();
+        for &m in &peers {
             let mut cursor = None;
             loop {
                 let req = SyncRequest {
@@ -847,7 +866,7 @@ impl Cluster {
         if moved > 0 {
             tracing::info!(records = moved, "pulled records from peers");
         }
-        complete
+        (complete, peers.len())
     }
 
     /// Serves a peer's `pull`: one page of the records it should hold.
