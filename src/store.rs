@@ -443,9 +443,29 @@ impl Store {
         max_scan: usize,
         want: impl Fn(&str) -> bool,
     ) -> (Vec<Stored>, Option<Cursor>) {
+        let mut out = Vec::new();
+        let next = self.walk_newest(cursor, max_scan, |key, rec| {
+            if want(key) {
+                out.extend(self.shared.stored_from(rec));
+            }
+            out.len() == limit
+        });
+        (out, next)
+    }
+
+    /// Walks the log from `cursor` in order and calls `visit` with every
+    /// put or delete that is still its key's newest record, until `visit`
+    /// says stop (the cursor then points past that record), `max_scan`
+    /// records have been looked at (the cursor points at the next one), or
+    /// the log ends (`None`).
+    fn walk_newest(
+        &self,
+        cursor: Option<Cursor>,
+        max_scan: usize,
+        mut visit: impl FnMut(&str, &record::Record<'_>) -> bool,
+    ) -> Option<Cursor> {
         let segments: Vec<Arc<Segment>> = self.shared.segments.read().values().cloned().collect();
         let start = cursor.map_or(Loc { seg: 0, off: 0 }, |c| c.0);
-        let mut out = Vec::new();
         let mut scanned = 0usize;
         for seg in segments.iter().filter(|s| s.number >= start.seg) {
             let mut at =
@@ -455,7 +475,7 @@ impl Store {
                 at += record::padded(len);
                 scanned += 1;
                 if scanned > max_scan {
-                    return (out, Some(Cursor(here)));
+                    return Some(Cursor(here));
                 }
                 let key = match &rec.body {
                     Body::Put(p) => p.key,
@@ -463,15 +483,12 @@ impl Store {
                     _ => continue,
                 };
                 let key = std::str::from_utf8(key).unwrap_or_default();
-                if want(key) && self.shared.index.get(key).is_some_and(|l| *l == here) {
-                    out.extend(self.shared.stored_from(&rec));
-                    if out.len() == limit {
-                        return (out, Some(Cursor(Loc { seg: seg.number, off: at as u32 })));
-                    }
+                if self.shared.index.get(key).is_some_and(|l| *l == here) && visit(key, &rec) {
+                    return Some(Cursor(Loc { seg: seg.number, off: at as u32 }));
                 }
             }
         }
-        (out, None)
+        None
     }
 
     /// Adds clicks counted elsewhere (the click aggregator).
@@ -536,27 +553,14 @@ impl Store {
     /// cursor of the next page. A link changed while paging may show up
     /// twice (at its new place too); none is skipped.
     pub fn page(&self, cursor: Option<Cursor>, limit: usize) -> (Vec<Link>, Option<Cursor>) {
-        let segments: Vec<Arc<Segment>> = self.shared.segments.read().values().cloned().collect();
-        let start = cursor.map_or(Loc { seg: 0, off: 0 }, |c| c.0);
         let mut out = Vec::new();
-        for seg in segments.iter().filter(|s| s.number >= start.seg) {
-            let mut at =
-                if seg.number == start.seg { (start.off as usize).max(segment::SEGMENT_HEADER_LEN) } else { segment::SEGMENT_HEADER_LEN };
-            while let Ok((rec, len)) = record::decode(seg.bytes(), at) {
-                let here = Loc { seg: seg.number, off: at as u32 };
-                at += record::padded(len);
-                if let Body::Put(p) = rec.body {
-                    let key = std::str::from_utf8(p.key).unwrap_or_default();
-                    if self.shared.index.get(key).is_some_and(|l| *l == here) {
-                        out.push(self.shared.link_from(&p));
-                        if out.len() == limit {
-                            return (out, Some(Cursor(Loc { seg: seg.number, off: at as u32 })));
-                        }
-                    }
-                }
+        let next = self.walk_newest(cursor, usize::MAX, |_, rec| {
+            if let Body::Put(p) = &rec.body {
+                out.push(self.shared.link_from(p));
             }
-        }
-        (out, None)
+            out.len() == limit
+        });
+        (out, next)
     }
 
     pub fn stats(&self) -> StoreStats {

@@ -261,15 +261,10 @@ impl Cluster {
                 continue;
             }
             let Some(m) = view.member(h).filter(|m| m.state.reachable()) else { continue };
-            let path = format!("/internal/v1/records/{code}");
-            match self.peers.send("read", m, Method::GET, &path, None, self.cfg.peer_timeout).await {
-                Ok((StatusCode::OK, body)) => {
-                    if let Some(s) = serde_json::from_slice::<WireRecord>(&body).ok().and_then(WireRecord::into_stored) {
-                        return Ok(Some(s));
-                    }
-                }
-                Ok((StatusCode::NOT_FOUND, _)) => answered = true,
-                _ => {}
+            match self.ask(m, code).await {
+                Some(Some(s)) => return Ok(Some(s)),
+                Some(None) => answered = true,
+                None => {}
             }
         }
         if answered {
@@ -280,6 +275,17 @@ impl Cluster {
         match self.app().and_then(|a| a.store.stored(code)) {
             Some(s) => Ok(Some(s)),
             None => Err(()),
+        }
+    }
+
+    /// One peer's record of a code: `Some(None)` if it has none, `None` if
+    /// it did not answer (or answered something unreadable).
+    async fn ask(&self, m: &Member, code: &str) -> Option<Option<Stored>> {
+        let path = format!("/internal/v1/records/{code}");
+        match self.peers.send("read", m, Method::GET, &path, None, self.cfg.peer_timeout).await {
+            Ok((StatusCode::OK, body)) => serde_json::from_slice::<WireRecord>(&body).ok().and_then(WireRecord::into_stored).map(Some),
+            Ok((StatusCode::NOT_FOUND, _)) => Some(None),
+            _ => None,
         }
     }
 
@@ -365,8 +371,7 @@ impl Cluster {
     pub async fn create(self: &Arc<Self>, new: NewLink) -> Result<Created, WriteError> {
         if let Some((key, hash)) = &new.idempotency {
             let earlier = self.idem.lock().get(key).cloned();
-            if let Some((code, earlier_hash, at)) = earlier.filter(|e| e.2 + IDEMPOTENCY_WINDOW_MS > clock::now_ms()) {
-                let _ = at;
+            if let Some((code, earlier_hash, _)) = earlier.filter(|e| e.2 + IDEMPOTENCY_WINDOW_MS > clock::now_ms()) {
                 if earlier_hash != *hash {
                     return Err(WriteError::IdempotencyMismatch);
                 }
@@ -579,28 +584,25 @@ impl Cluster {
     /// catching up, or standing in for unreachable holders).
     async fn catch_up_on(&self, app: &App, code: &str) {
         if app.store.stored(code).is_none() || !self.authoritative(code) {
-            if let Ok(Some(s)) = self.fetch_from_others(code).await {
+            if let Some(s) = self.fetch_from_others(code).await {
                 let _ = app.store.apply(s, ApplyMode::Newer).await;
             }
         }
     }
 
     /// `fetch` that skips this node's own copy.
-    async fn fetch_from_others(&self, code: &str) -> Fetched {
+    async fn fetch_from_others(&self, code: &str) -> Option<Stored> {
         let view = self.view();
         for h in self.in_order(&view, code).into_iter().filter(|h| *h != self.me()) {
             let Some(m) = view.member(h).filter(|m| m.state.reachable()) else { continue };
-            let path = format!("/internal/v1/records/{code}");
-            if let Ok((StatusCode::OK, body)) = self.peers.send("read", m, Method::GET, &path, None, self.cfg.peer_timeout).await {
-                if let Some(s) = serde_json::from_slice::<WireRecord>(&body).ok().and_then(WireRecord::into_stored) {
-                    return Ok(Some(s));
-                }
+            if let Some(Some(s)) = self.ask(m, code).await {
+                return Some(s);
             }
         }
-        Ok(None)
+        None
     }
 
-    pub async fn update_here(&self, app: &App, code: &str, patch: Patch) -> Result<Link, WriteError> {
+    pub async fn update_here(self: &Arc<Self>, app: &App, code: &str, patch: Patch) -> Result<Link, WriteError> {
         self.catch_up_on(app, code).await;
         let link = app.store.update(code, patch).await?;
         app.cache.invalidate(code);
@@ -611,7 +613,7 @@ impl Cluster {
         Ok(link)
     }
 
-    pub async fn delete_here(&self, app: &App, code: &str) -> Result<(), WriteError> {
+    pub async fn delete_here(self: &Arc<Self>, app: &App, code: &str) -> Result<(), WriteError> {
         self.catch_up_on(app, code).await;
         app.store.delete(code).await?;
         app.cache.invalidate(code);
@@ -634,14 +636,12 @@ impl Cluster {
 
     /// Drops the code from every other node's cache, so a change or delete
     /// shows everywhere at once rather than after the cache TTL.
-    fn invalidate_elsewhere(&self, code: &str) {
+    fn invalidate_elsewhere(self: &Arc<Self>, code: &str) {
         let view = self.view();
         for m in view.members.iter().filter(|m| m.id != self.me() && m.state.reachable()) {
-            let (m, path) = (m.clone(), format!("/internal/v1/invalidate/{code}"));
-            let Some(app) = self.app() else { return };
-            let Some(cluster) = app.cluster.clone() else { return };
+            let (me, m, path) = (self.clone(), m.clone(), format!("/internal/v1/invalidate/{code}"));
             self.rt.spawn(async move {
-                let _ = cluster.peers.send("invalidate", &m, Method::POST, &path, None, cluster.cfg.peer_timeout).await;
+                let _ = me.peers.send("invalidate", &m, Method::POST, &path, None, me.cfg.peer_timeout).await;
             });
         }
     }
