@@ -1,6 +1,6 @@
 //! The commands behind `shortd`: serve, export, import, check.
 
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufRead, BufWriter, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::config::{Cli, Command, Config, Durability, LogFormat};
-use crate::journal::record::{self, Body, DecodeError};
-use crate::journal::recovery;
+use crate::journal::record::{self, Body};
+use crate::journal::scan::{Found, Scan};
 use crate::journal::segment::{segment_number, Segment, SEGMENT_HEADER_LEN};
 use crate::journal::snapshot::{self, Snapshot};
 use crate::store::{Link, NewLink, Store, StoreOptions, REDIRECT_STATUSES};
@@ -48,7 +48,10 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only where a person watches a terminal: in a file, a
+    // journal or a log shipper they are noise (and JSON never has them).
+    let colour = format == LogFormat::Text && std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -258,37 +261,29 @@ fn check(dir: &Path) -> Result<(), String> {
                 continue;
             }
         };
-        let mut at = SEGMENT_HEADER_LEN;
-        loop {
-            match record::decode(seg.bytes(), at) {
-                Ok((rec, len)) => {
+        let newest = i + 1 == numbers.len();
+        let mut end = SEGMENT_HEADER_LEN;
+        for found in Scan::new(seg.bytes(), SEGMENT_HEADER_LEN, seg.len()) {
+            match found {
+                Found::Record { rec, at, len } => {
                     match rec.body {
                         Body::Put(_) => puts += 1,
                         Body::Delete { .. } => deletes += 1,
                         Body::Clicks(_) => clicks += 1,
                         Body::Idempotency { .. } => idem += 1,
                     }
-                    at += record::padded(len);
+                    end = at + record::padded(len);
                 }
-                Err(DecodeError::End) if seg.bytes()[at.min(seg.len())..].iter().all(|&b| b == 0) => break,
-                Err(e) => {
-                    let newest = i + 1 == numbers.len();
-                    let resume = recovery::next_record(seg.bytes(), at);
-                    let mid_log = resume.is_some();
-                    if newest && !mid_log {
-                        println!("segment {n:08}.log: torn tail at byte {at}: {e} (cut off at the next start)");
-                        break;
-                    }
-                    println!("segment {n:08}.log: damage at byte {at}: {e}");
+                Found::Damage { at, resume: None, reason } if newest => {
+                    println!("segment {n:08}.log: torn tail at byte {at}: {reason} (cut off at the next start)");
+                }
+                Found::Damage { at, reason, .. } => {
+                    println!("segment {n:08}.log: damage at byte {at}: {reason}");
                     problems += 1;
-                    match resume {
-                        Some(r) => at = r,
-                        None => break,
-                    }
                 }
             }
         }
-        bytes += at as u64;
+        bytes += end as u64;
     }
     let snaps = snapshot::list(dir).map_err(|e| e.to_string())?;
     for path in &snaps {

@@ -91,6 +91,10 @@ pub struct Config {
     pub compact_ratio: f64,
     /// Keep intact records past mid-log damage instead of refusing to start.
     pub repair: bool,
+    /// Background scrub pace in bytes per second; 0 turns it off. Default 16 MiB/s.
+    pub scrub_rate: u64,
+    /// Pause between scrub passes. Default `24h`.
+    pub scrub_interval: Duration,
     /// Default `text`.
     pub log_format: LogFormat,
     /// A tracing filter. Default `info`.
@@ -114,8 +118,8 @@ pub struct ClusterConfig {
     pub replication_factor: usize,
     /// Points per node on the ring. Default 128.
     pub vnodes: usize,
-    /// Secret every node-to-node request carries.
-    pub cluster_key: Option<String>,
+    /// Secret every node-to-node request carries; required.
+    pub cluster_key: String,
     /// A node down this long leaves the ring. Default `10m`.
     pub dead_after: Duration,
     /// Longest wait for one peer request. Default `500ms`.
@@ -156,6 +160,8 @@ impl Default for Config {
             snapshot_interval: Duration::from_secs(300),
             compact_ratio: 0.5,
             repair: false,
+            scrub_rate: 16 << 20,
+            scrub_interval: Duration::from_secs(24 * 3600),
             log_format: LogFormat::Text,
             log_level: "info".into(),
             drain_delay: Duration::ZERO,
@@ -298,6 +304,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SHORTD_REPAIR")]
     #[serde(default)]
     pub repair: bool,
+    /// Bytes per second the background scrub verifies, 0 = off [default: 16777216]
+    #[arg(long, env = "SHORTD_SCRUB_RATE")]
+    pub scrub_rate: Option<u64>,
+    /// Pause between scrub passes [default: 24h]
+    #[arg(long, env = "SHORTD_SCRUB_INTERVAL")]
+    pub scrub_interval: Option<String>,
     /// text | json [default: text]
     #[arg(long, env = "SHORTD_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -336,6 +348,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SHORTD_GOSSIP_INTERVAL")]
     pub gossip_interval: Option<String>,
 }
+
+/// The shortest `--cluster-key` accepted, in bytes.
+pub const MIN_CLUSTER_KEY_LEN: usize = 16;
 
 /// A setting that could not be used, with its name.
 #[derive(Debug, thiserror::Error)]
@@ -386,17 +401,17 @@ impl ServeArgs {
             c.workers = v;
         }
         for key in &self.api_key {
-            if key.len() < 8 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            if !crate::lists::is_valid_key(key, crate::lists::MIN_KEY_LEN) {
                 return Err(bad("--api-key", "each key needs at least 8 printable ASCII characters, no spaces"));
             }
         }
         c.api_keys = self.api_key;
         if let Some(f) = self.api_key_file {
-            crate::http::access::read_key_file(&f).map_err(|e| bad("--api-key-file", e))?;
+            crate::lists::read_api_keys(&f).map_err(|e| bad("--api-key-file", e))?;
             c.api_key_file = Some(f);
         }
         if let Some(f) = self.blocklist {
-            crate::http::access::Blocklist::load(&f).map_err(|e| bad("--blocklist", e))?;
+            crate::lists::Blocklist::load(&f).map_err(|e| bad("--blocklist", e))?;
             c.blocklist = Some(f);
         }
         c.create_rate = self.create_rate.unwrap_or(0);
@@ -488,6 +503,12 @@ impl ServeArgs {
             ));
         }
         c.repair = self.repair;
+        if let Some(v) = self.scrub_rate {
+            c.scrub_rate = v;
+        }
+        if let Some(v) = &self.scrub_interval {
+            c.scrub_interval = parse_duration("--scrub-interval", v)?;
+        }
         if let Some(v) = self.log_format {
             c.log_format = v;
         }
@@ -505,7 +526,7 @@ impl ServeArgs {
     fn cluster(&self, listen: SocketAddr) -> Result<Option<ClusterConfig>, ConfigError> {
         let Some(node_id) = self.node_id.clone() else {
             if !self.seed.is_empty() {
-                return Err(bad("--seed", "needs --node-id"));
+                return Err(bad("--seed", "needs --node-id (and --cluster-key)"));
             }
             return Ok(None);
         };
@@ -530,9 +551,20 @@ impl ServeArgs {
         if !(1..=4096).contains(&vnodes) {
             return Err(bad("--vnodes", "must be between 1 and 4096"));
         }
-        if let Some(k) = &self.cluster_key {
-            if k.len() < 8 || !k.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(bad("--cluster-key", "needs at least 8 printable ASCII characters, no spaces"));
+        // Node-to-node requests change links without the API's checks: a
+        // cluster never runs without a secret that guards them.
+        match &self.cluster_key {
+            Some(k) if crate::lists::is_valid_key(k, MIN_CLUSTER_KEY_LEN) => {}
+            Some(_) => {
+                return Err(bad("--cluster-key", format!("needs at least {MIN_CLUSTER_KEY_LEN} printable ASCII characters, no spaces")))
+            }
+            None => {
+                return Err(bad(
+                    "--cluster-key",
+                    format!(
+                        "is required in cluster mode (--node-id or --seed): a shared secret of at least {MIN_CLUSTER_KEY_LEN} characters"
+                    ),
+                ))
             }
         }
         let duration = |name, v: &Option<String>, default| v.as_deref().map_or(Ok(default), |t| parse_duration(name, t));
@@ -547,7 +579,7 @@ impl ServeArgs {
             advertise,
             replication_factor,
             vnodes,
-            cluster_key: self.cluster_key.clone(),
+            cluster_key: self.cluster_key.clone().unwrap_or_default(),
             dead_after: duration("--dead-after", &self.dead_after, Duration::from_secs(600))?,
             peer_timeout,
             gossip_interval,
@@ -584,6 +616,8 @@ impl ServeArgs {
             snapshot_records,
             snapshot_interval,
             compact_ratio,
+            scrub_rate,
+            scrub_interval,
             log_format,
             log_level,
             drain_delay,

@@ -26,6 +26,7 @@ pub mod config;
 pub mod hot;
 pub mod http;
 pub mod journal;
+pub mod lists;
 pub mod metrics;
 pub mod store;
 pub mod target;

@@ -32,6 +32,13 @@ pub const FSYNC_SECONDS: &str = "shortd_store_fsync_duration_seconds";
 pub const SEGMENTS: &str = "shortd_store_segments";
 pub const SNAPSHOT_SECONDS: &str = "shortd_store_snapshot_duration_seconds";
 pub const COMPACTION_SECONDS: &str = "shortd_store_compaction_duration_seconds";
+pub const KEY_MISMATCHES: &str = "shortd_store_key_mismatches_total";
+pub const DAMAGED_SEGMENTS: &str = "shortd_store_damaged_segments";
+pub const COMPACTION_REFUSED: &str = "shortd_store_compaction_refused_total";
+pub const SCRUB_BYTES: &str = "shortd_store_scrub_bytes_total";
+pub const SCRUB_PASSES: &str = "shortd_store_scrub_passes_total";
+pub const SCRUB_DAMAGE: &str = "shortd_store_scrub_damage_found_total";
+pub const SCRUB_LAST_PASS: &str = "shortd_store_scrub_last_pass_timestamp_seconds";
 pub const LINKS: &str = "shortd_links";
 pub const CLICKS: &str = "shortd_clicks_total";
 pub const LINKS_CREATED: &str = "shortd_links_created_total";
@@ -174,6 +181,13 @@ fn describe() {
     describe_gauge!(SEGMENTS, "Log segment files");
     describe_histogram!(SNAPSHOT_SECONDS, Unit::Seconds, "Time to write a snapshot");
     describe_histogram!(COMPACTION_SECONDS, Unit::Seconds, "Time per compaction step");
+    describe_counter!(KEY_MISMATCHES, "Lookups whose index entry led to another key's record (answered as a miss)");
+    describe_gauge!(DAMAGED_SEGMENTS, "Log segments with damage found by the scrub or by compaction");
+    describe_counter!(COMPACTION_REFUSED, "Compactions that kept a damaged segment because a link's only record lies in the damage");
+    describe_counter!(SCRUB_BYTES, Unit::Bytes, "Bytes of segments and snapshots verified by the background scrub");
+    describe_counter!(SCRUB_PASSES, "Completed scrub passes over every segment and snapshot");
+    describe_counter!(SCRUB_DAMAGE, "Damaged files found by the scrub, by kind (segment, snapshot)");
+    describe_gauge!(SCRUB_LAST_PASS, Unit::Seconds, "Unix time the last scrub pass finished");
     describe_gauge!(LINKS, "Live links in the store");
     describe_counter!(CLICKS, "Clicks counted on redirects");
     describe_counter!(LINKS_CREATED, "Links created");
@@ -277,6 +291,31 @@ pub fn snapshot_seconds(d: Duration) {
 
 pub fn compaction_seconds(d: Duration) {
     histogram!(COMPACTION_SECONDS).record(d.as_secs_f64());
+}
+
+pub fn key_mismatch() {
+    counter!(KEY_MISMATCHES).increment(1);
+}
+
+pub fn damaged_segments(n: usize) {
+    gauge!(DAMAGED_SEGMENTS).set(n as f64);
+}
+
+pub fn compaction_refused() {
+    counter!(COMPACTION_REFUSED).increment(1);
+}
+
+pub fn scrubbed(bytes: u64) {
+    counter!(SCRUB_BYTES).increment(bytes);
+}
+
+pub fn scrub_damage(kind: &'static str) {
+    counter!(SCRUB_DAMAGE, "kind" => kind).increment(1);
+}
+
+pub fn scrub_pass_done(unix_seconds: f64) {
+    counter!(SCRUB_PASSES).increment(1);
+    gauge!(SCRUB_LAST_PASS).set(unix_seconds);
 }
 
 pub fn link_created() {

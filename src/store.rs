@@ -24,7 +24,7 @@ use crate::config::Durability;
 use crate::journal::record::{self, Body};
 use crate::journal::segment::Segment;
 use crate::journal::writer::{Command, Writer};
-use crate::journal::{recovery, segment};
+use crate::journal::{recovery, scrub, segment, snapshot};
 
 /// Hash state for every in-memory map keyed by codes: foldhash's quality
 /// variant, seeded per process, fast on short keys and not predictable by a
@@ -201,6 +201,10 @@ pub struct StoreOptions {
     pub origin: u32,
     /// Open without a writer thread and without changing any file.
     pub read_only: bool,
+    /// Background verification pace in bytes per second; 0 turns it off.
+    pub scrub_rate: u64,
+    /// Pause between the end of one scrub pass and the start of the next.
+    pub scrub_interval: Duration,
 }
 
 impl StoreOptions {
@@ -216,6 +220,8 @@ impl StoreOptions {
             repair: false,
             origin: 0,
             read_only: false,
+            scrub_rate: 16 << 20,
+            scrub_interval: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -237,43 +243,80 @@ pub struct Shared {
     pub segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
     pub poisoned: RwLock<Option<String>>,
     pub live_links: AtomicU64,
+    /// Damage found while serving (scrub, compaction), by file.
+    pub damage: Mutex<BTreeMap<PathBuf, String>>,
+    /// Where the writer's data ends: active segment << 32 | offset.
+    pub written: AtomicU64,
 }
 
 impl Shared {
+    pub fn set_written(&self, seg: u32, off: u64) {
+        self.written.store((seg as u64) << 32 | off, Ordering::Release);
+    }
+
+    pub fn written(&self) -> Loc {
+        let w = self.written.load(Ordering::Acquire);
+        Loc { seg: (w >> 32) as u32, off: w as u32 }
+    }
+
+    /// Records damage for `/readyz` and the damaged-segments gauge.
+    pub fn report_damage(&self, file: &std::path::Path, what: String) {
+        let mut damage = self.damage.lock();
+        damage.insert(file.to_path_buf(), what);
+        crate::metrics::damaged_segments(damage.keys().filter(|p| p.extension().is_some_and(|e| e == "log")).count());
+    }
+
     pub fn segment(&self, seg: u32) -> Option<Arc<Segment>> {
         self.segments.read().get(&seg).cloned()
     }
 
-    /// Decodes the record a location points at and turns it into a lookup.
-    pub fn read_at(&self, loc: Loc) -> Lookup {
+    /// Calls `f` with the record at `loc` if it is readable and is
+    /// `code`'s. A record of another key there (a location that outlived
+    /// its record, say after a power loss under `never`) is logged, counted
+    /// and treated as absent: never answered as the other link.
+    fn with_record<T>(&self, code: &str, loc: Loc, f: impl FnOnce(&record::Record<'_>) -> T) -> Option<T> {
         let Some(seg) = self.segment(loc.seg) else {
-            tracing::error!(seg = loc.seg, "index points into a missing segment");
-            return Lookup::Missing;
+            tracing::error!(seg = loc.seg, code, "index points into a missing segment");
+            return None;
         };
         match record::decode(seg.bytes(), loc.off as usize) {
-            Ok((rec, _)) => match rec.body {
-                Body::Put(p) => Lookup::Live(self.link_from(&p)),
-                Body::Delete { .. } => Lookup::Deleted,
-                _ => Lookup::Missing,
-            },
+            Ok((rec, _)) => {
+                let key = match &rec.body {
+                    Body::Put(p) => p.key,
+                    Body::Delete { key } => key,
+                    _ => &[][..],
+                };
+                if key == code.as_bytes() {
+                    return Some(f(&rec));
+                }
+                tracing::error!(seg = loc.seg, off = loc.off, code, found = %String::from_utf8_lossy(key), "the record under the index is another key's");
+                crate::metrics::key_mismatch();
+                None
+            }
             Err(e) => {
-                tracing::error!(seg = loc.seg, off = loc.off, error = %e, "record under the index is unreadable");
-                Lookup::Missing
+                tracing::error!(seg = loc.seg, off = loc.off, code, error = %e, "record under the index is unreadable");
+                None
             }
         }
     }
 
-    pub fn version_at(&self, loc: Loc) -> Option<Version> {
-        let seg = self.segment(loc.seg)?;
-        record::decode(seg.bytes(), loc.off as usize).ok().map(|(r, _)| Version { ms: r.time_ms, origin: r.origin })
+    /// What the record at `loc` says of `code`.
+    pub fn read_at(&self, code: &str, loc: Loc) -> Lookup {
+        self.with_record(code, loc, |rec| match &rec.body {
+            Body::Put(p) => Lookup::Live(self.link_from(p)),
+            _ => Lookup::Deleted,
+        })
+        .unwrap_or(Lookup::Missing)
+    }
+
+    pub fn version_at(&self, code: &str, loc: Loc) -> Option<Version> {
+        self.with_record(code, loc, |r| Version { ms: r.time_ms, origin: r.origin })
     }
 
     /// The newest record of a key, tombstones included.
     pub fn stored(&self, code: &str) -> Option<Stored> {
         let loc = *self.index.get(code)?;
-        let seg = self.segment(loc.seg)?;
-        let (rec, _) = record::decode(seg.bytes(), loc.off as usize).ok()?;
-        self.stored_from(&rec)
+        self.with_record(code, loc, |rec| self.stored_from(rec)).flatten()
     }
 
     fn stored_from(&self, rec: &record::Record<'_>) -> Option<Stored> {
@@ -308,7 +351,7 @@ impl Shared {
         let Some(loc) = self.index.get(code).map(|l| *l) else {
             return Lookup::Missing;
         };
-        self.read_at(loc)
+        self.read_at(code, loc)
     }
 }
 
@@ -325,6 +368,8 @@ pub struct Store {
     shared: Arc<Shared>,
     tx: Option<Sender<Command>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Dropped to stop the scrub thread.
+    scrub_stop: Mutex<Option<Sender<()>>>,
 }
 
 /// An opaque position in the log for paging.
@@ -361,15 +406,24 @@ impl Store {
         };
         let shared = recovered.shared.clone();
         if opts.read_only {
-            return Ok(Store { shared, tx: None, writer: Mutex::new(None) });
+            return Ok(Store { shared, tx: None, writer: Mutex::new(None), scrub_stop: Mutex::new(None) });
         }
         let (tx, rx) = crossbeam_channel::bounded(64 * 1024);
+        let (scrub_rate, scrub_interval) = (opts.scrub_rate, opts.scrub_interval);
         let writer = Writer::new(opts, recovered);
+        // After the writer is made: it publishes where the data ends, which
+        // the scrub must not read past.
+        let scrub_stop = (scrub_rate > 0).then(|| {
+            let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+            let (shared, rate, every) = (shared.clone(), scrub_rate, scrub_interval);
+            std::thread::Builder::new().name("shortd-scrub".into()).spawn(move || scrub_loop(&shared, rate, every, &stopped)).map(|_| stop)
+        });
+        let scrub_stop = scrub_stop.transpose().map_err(|e| OpenError::Invalid(format!("cannot start the scrub thread: {e}")))?;
         let handle = std::thread::Builder::new()
             .name("shortd-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| OpenError::Invalid(format!("cannot start the writer thread: {e}")))?;
-        Ok(Store { shared, tx: Some(tx), writer: Mutex::new(Some(handle)) })
+        Ok(Store { shared, tx: Some(tx), writer: Mutex::new(Some(handle)), scrub_stop: Mutex::new(scrub_stop) })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -378,6 +432,11 @@ impl Store {
 
     pub fn lookup(&self, code: &str) -> Lookup {
         self.shared.lookup(code)
+    }
+
+    /// Damage found while serving, by file.
+    pub fn damage(&self) -> BTreeMap<PathBuf, String> {
+        self.shared.damage.lock().clone()
     }
 
     /// Why the store refuses writes, if it does.
@@ -575,6 +634,7 @@ impl Store {
 
     /// Persists click totals, writes a final snapshot and stops the writer.
     pub fn close(&self) {
+        self.scrub_stop.lock().take();
         self.persist_clicks();
         if let Some(tx) = &self.tx {
             let (reply, rx) = tokio::sync::oneshot::channel();
@@ -584,6 +644,46 @@ impl Store {
         }
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
+        }
+    }
+}
+
+/// Verifies every segment and snapshot, pass after pass, until `stop` is
+/// dropped. Damage is logged, counted and kept for `/readyz`, once per file.
+fn scrub_loop(shared: &Shared, rate: u64, every: Duration, stop: &crossbeam_channel::Receiver<()>) {
+    let wait = |d: Duration| !matches!(stop.recv_timeout(d), Err(crossbeam_channel::RecvTimeoutError::Disconnected));
+    loop {
+        let mut pace = scrub::Pace::new(rate);
+        let segments: Vec<Arc<Segment>> = shared.segments.read().values().cloned().collect();
+        let mut found = Vec::new();
+        for seg in segments {
+            let written = shared.written();
+            let end = match seg.number.cmp(&written.seg) {
+                std::cmp::Ordering::Less => seg.len(),
+                std::cmp::Ordering::Equal => written.off as usize,
+                std::cmp::Ordering::Greater => continue,
+            };
+            let (damage, finished) = scrub::verify_segment(&seg, end, &mut pace, wait);
+            crate::metrics::scrubbed(end as u64);
+            found.extend(damage.into_iter().map(|d| (seg.path.clone(), "segment", d)));
+            if !finished {
+                return;
+            }
+        }
+        for path in snapshot::list(&shared.dir).unwrap_or_default() {
+            found.extend(scrub::verify_snapshot(&path, &mut pace).map(|d| (path, "snapshot", d)));
+        }
+        for (file, kind, d) in found {
+            if shared.damage.lock().contains_key(&file) {
+                continue;
+            }
+            tracing::error!(file = %file.display(), offset = d.offset, reason = %d.reason, "scrub found damage; run `shortd check` (the link there cannot be read)");
+            crate::metrics::scrub_damage(kind);
+            shared.report_damage(&file, format!("byte {}: {} (found by scrub)", d.offset, d.reason));
+        }
+        crate::metrics::scrub_pass_done(crate::clock::now_ms() as f64 / 1000.0);
+        if !wait(every) {
+            return;
         }
     }
 }

@@ -71,7 +71,7 @@ impl Gossip {
     pub async fn start(cfg: &ClusterConfig, listen: SocketAddr) -> Result<Gossip, String> {
         let generation = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let me = ChitchatId::new(cfg.node_id.as_str(), generation, cfg.advertise);
-        let cluster_id = format!("shortd-{:016x}", xxhash_rust::xxh3::xxh3_64(cfg.cluster_key.as_deref().unwrap_or("").as_bytes()));
+        let cluster_id = format!("shortd-{:016x}", xxhash_rust::xxh3::xxh3_64(cfg.cluster_key.as_bytes()));
         let config = ChitchatConfig {
             chitchat_id: me.clone(),
             cluster_id,

@@ -143,8 +143,8 @@ pub fn parse_mode(s: &str) -> Option<ApplyMode> {
 
 impl Cluster {
     /// Starts gossip on `listen` (the bound HTTP address, UDP on the same
-    /// port). `store_key` permutes codes when there is no cluster key.
-    pub fn start(cfg: ClusterConfig, listen: SocketAddr, data_dir: &std::path::Path, store_key: CodeKey) -> Result<Arc<Cluster>, String> {
+    /// port). Codes are permuted with a key derived from the cluster key.
+    pub fn start(cfg: ClusterConfig, listen: SocketAddr, data_dir: &std::path::Path) -> Result<Arc<Cluster>, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("shortd-cluster")
@@ -156,15 +156,12 @@ impl Cluster {
         let rt = Box::leak(Box::new(runtime)).handle().clone();
         let gossip = rt.block_on(Gossip::start(&cfg, listen)).map_err(|e| format!("cannot start gossip on udp {listen}: {e}"))?;
         let ids = Ids::open(data_dir, &cfg.node_id).map_err(|e| format!("cluster id counter in {}: {e}", data_dir.display()))?;
-        if cfg.cluster_key.is_none() {
-            tracing::warn!("no --cluster-key: node-to-node requests are not authenticated");
-        }
-        let key = cfg.cluster_key.as_deref().map_or(store_key, ids::shared_key);
+        let key = ids::shared_key(&cfg.cluster_key);
         let me = Member { id: cfg.node_id.clone(), addr: cfg.advertise, state: State::Joining, generation: 0 };
         let view = View { ring: Ring::new(&[cfg.node_id.as_str()], cfg.vnodes), members: vec![me] };
         Ok(Arc::new(Cluster {
             origin: origin_of(&cfg.node_id),
-            peers: Peers::new(cfg.cluster_key.as_deref(), cfg.peer_timeout),
+            peers: Peers::new(&cfg.cluster_key, cfg.peer_timeout),
             rt,
             gossip,
             view: RwLock::new(Arc::new(view)),

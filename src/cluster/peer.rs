@@ -40,12 +40,12 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(key: Option<&str>, timeout: Duration) -> Peers {
+    pub fn new(key: &str, timeout: Duration) -> Peers {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeout));
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(http);
-        Peers { client, key: key.and_then(|k| HeaderValue::from_str(k).ok()), timeout, open_until: Mutex::new(HashMap::new()) }
+        Peers { client, key: HeaderValue::from_str(key).ok(), timeout, open_until: Mutex::new(HashMap::new()) }
     }
 
     /// Whether requests to `peer` are let through now (closed breaker).

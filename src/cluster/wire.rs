@@ -72,7 +72,7 @@ impl WireRecord {
     /// come from a shortd node (bad code, status or URL).
     pub fn into_stored(self) -> Option<Stored> {
         let code = CompactString::from(self.code.as_str());
-        if crate::code::validate_alias(&code).is_err() && code.len() != crate::code::CODE_LEN {
+        if crate::code::validate_alias(&code).is_err() {
             return None;
         }
         let version = Version { ms: self.version_ms, origin: self.origin };

@@ -4,7 +4,6 @@
 //! Keys and the blocklist can be reloaded (SIGHUP) while serving, so they
 //! sit behind a read-write lock that readers hold only for a lookup.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -15,6 +14,8 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use http::HeaderMap;
 use ipnet::IpNet;
 use parking_lot::RwLock;
+
+use crate::lists::{self, Blocklist};
 
 /// A per-client-IP limit; `None` settings mean unlimited.
 pub struct RateLimit {
@@ -54,69 +55,12 @@ impl RateLimit {
     }
 }
 
-/// Domains that links may not point at; a domain blocks its subdomains.
-#[derive(Default)]
-pub struct Blocklist {
-    domains: HashSet<String>,
-}
-
-/// Lower case, no trailing dot, IDN in its ASCII (punycode) form.
-pub fn normalise_domain(text: &str) -> Option<String> {
-    let t = text.trim().trim_end_matches('.');
-    if t.is_empty() {
-        return None;
-    }
-    let url = url::Url::parse(&format!("http://{t}/")).ok()?;
-    url.host_str().map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-}
-
-impl Blocklist {
-    pub fn load(path: &Path) -> Result<Blocklist, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut domains = HashSet::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
-            let d = normalise_domain(line).ok_or_else(|| format!("{} line {}: {line:?} is not a domain", path.display(), i + 1))?;
-            domains.insert(d);
-        }
-        Ok(Blocklist { domains })
-    }
-
-    pub fn len(&self) -> usize {
-        self.domains.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.domains.is_empty()
-    }
-
-    /// True when `host` or any domain above it is listed.
-    pub fn blocks(&self, host: &str) -> bool {
-        if self.domains.is_empty() {
-            return false;
-        }
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let mut rest = host.as_str();
-        loop {
-            if self.domains.contains(rest) {
-                return true;
-            }
-            match rest.split_once('.') {
-                Some((_, parent)) => rest = parent,
-                None => return false,
-            }
-        }
-    }
-}
-
 /// Everything the access checks need, reloadable where it says so.
 pub struct Access {
     keys: RwLock<Vec<String>>,
     key_file: Option<PathBuf>,
     fixed_keys: Vec<String>,
+    loopback_open: bool,
     blocklist: RwLock<Blocklist>,
     blocklist_file: Option<PathBuf>,
     trusted_proxies: Vec<IpNet>,
@@ -124,49 +68,53 @@ pub struct Access {
     pub redirect_rate: Option<RateLimit>,
 }
 
-pub fn read_key_file(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let keys: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
-    if let Some(bad) = keys.iter().find(|k| k.len() < 8 || !k.bytes().all(|b| b.is_ascii_graphic())) {
-        return Err(format!(
-            "{}: key {:?}… needs at least 8 printable ASCII characters, no spaces",
-            path.display(),
-            &bad[..bad.len().min(3)]
-        ));
-    }
-    Ok(keys)
-}
-
 impl Access {
     pub fn new(cfg: &crate::config::Config) -> Result<Access, String> {
-        let mut keys = cfg.api_keys.clone();
-        if let Some(f) = &cfg.api_key_file {
-            keys.extend(read_key_file(f)?);
-        }
-        let blocklist = match &cfg.blocklist {
-            Some(f) => Blocklist::load(f)?,
-            None => Blocklist::default(),
-        };
-        Ok(Access {
-            keys: RwLock::new(keys),
+        let a = Access {
+            keys: RwLock::new(cfg.api_keys.clone()),
             key_file: cfg.api_key_file.clone(),
             fixed_keys: cfg.api_keys.clone(),
-            blocklist: RwLock::new(blocklist),
+            loopback_open: cfg.api_keys.is_empty() && cfg.api_key_file.is_none(),
+            blocklist: RwLock::new(Blocklist::default()),
             blocklist_file: cfg.blocklist.clone(),
             trusted_proxies: cfg.trusted_proxies.clone(),
             create_rate: RateLimit::new(cfg.create_rate, cfg.create_burst),
             redirect_rate: RateLimit::new(cfg.redirect_rate, cfg.redirect_rate.saturating_mul(2)),
-        })
+        };
+        if let Some(f) = &a.key_file {
+            *a.keys.write() = a.with_fixed(lists::read_api_keys(f)?, f);
+        }
+        if let Some(f) = &a.blocklist_file {
+            *a.blocklist.write() = Blocklist::load(f)?;
+        }
+        Ok(a)
     }
 
-    /// Re-reads the key file and the blocklist; keeps the old ones on error.
+    /// The file's keys plus the ones given as flags; an empty result keeps
+    /// the API closed, and says so.
+    fn with_fixed(&self, mut keys: Vec<String>, file: &Path) -> Vec<String> {
+        keys.extend(self.fixed_keys.iter().cloned());
+        if keys.is_empty() {
+            tracing::error!(file = %file.display(), "the API key file holds no key: every API request is refused (401) until it does");
+        }
+        keys
+    }
+
+    /// Re-reads the key file and the blocklist. A key file that holds a
+    /// bad key keeps the keys in force (a typo locks nobody out and lets
+    /// nobody in); one that is gone, empty or all comments leaves only the
+    /// `--api-key` keys, if any: the API stays closed, never loopback-open.
+    /// A blocklist that cannot be read keeps the old one.
     pub fn reload(&self) {
         if let Some(f) = &self.key_file {
-            match read_key_file(f) {
-                Ok(mut keys) => {
-                    keys.extend(self.fixed_keys.iter().cloned());
+            match lists::read_api_keys(f) {
+                Ok(keys) => {
                     tracing::info!(keys = keys.len(), file = %f.display(), "API keys reloaded");
-                    *self.keys.write() = keys;
+                    *self.keys.write() = self.with_fixed(keys, f);
+                }
+                Err(e) if !f.exists() => {
+                    tracing::error!(error = %e, "API key file is gone: its keys are dropped");
+                    *self.keys.write() = self.with_fixed(Vec::new(), f);
                 }
                 Err(e) => tracing::error!(error = %e, "API keys not reloaded; keeping the old ones"),
             }
@@ -182,8 +130,11 @@ impl Access {
         }
     }
 
-    pub fn has_keys(&self) -> bool {
-        !self.keys.read().is_empty()
+    /// True only for a server started with no key settings at all: its API
+    /// answers loopback clients without a key. A server given keys never
+    /// falls back to this, whatever its key file later holds.
+    pub fn loopback_open(&self) -> bool {
+        self.loopback_open
     }
 
     /// Compares against every key without an early exit.
@@ -238,20 +189,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn blocklist_blocks_domains_and_their_subdomains_in_any_form() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("block.txt");
-        std::fs::write(&f, "# phishing\nEvil.Example.\nbücher.example\n").unwrap();
-        let b = Blocklist::load(&f).unwrap();
-        assert!(b.blocks("evil.example"));
-        assert!(b.blocks("login.EVIL.example."));
-        assert!(b.blocks("xn--bcher-kva.example"));
-        assert!(b.blocks("shop.xn--bcher-kva.example"));
-        assert!(!b.blocks("notevil.example"));
-        assert!(!b.blocks("example"));
-    }
 
     #[test]
     fn rate_limit_allows_the_burst_then_refuses_with_a_wait() {

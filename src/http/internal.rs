@@ -19,16 +19,14 @@ const INTERNAL_BODY_LIMIT: usize = 64 << 20;
 
 pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
     let Some(cluster) = &app.cluster else { return Err(Problem::not_found("this path")) };
-    if let Some(key) = &cluster.cfg.cluster_key {
-        let given = req.headers().get(KEY_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
-        if !super::access::constant_time_eq(given, key.as_bytes()) {
-            return Err(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Unauthorized",
-                format!("node-to-node requests need the cluster key in {KEY_HEADER}"),
-            ));
-        }
+    let given = req.headers().get(KEY_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+    if !super::access::constant_time_eq(given, cluster.cfg.cluster_key.as_bytes()) {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            format!("node-to-node requests need the cluster key in {KEY_HEADER}"),
+        ));
     }
     let query: Vec<(String, String)> = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
     let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
@@ -46,6 +44,15 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
                 .and_then(WireRecord::into_stored)
                 .filter(|s| s.code == code)
                 .ok_or_else(|| Problem::invalid("body", "is not a record of this code"))?;
+            // A peer is held to the public API's rules: a record it sends
+            // must be one that API could have made here.
+            if let Some(link) = &stored.link {
+                match crate::target::validate(&link.url, app.cfg.max_url_bytes, app.own_host.as_deref()) {
+                    Ok(form) if form == link.url => {}
+                    Ok(_) => return Err(Problem::invalid("url", "is not in the stored (ASCII) form")),
+                    Err(e) => return Err(Problem::invalid("url", e.to_string())),
+                }
+            }
             if param("coordinate").is_some() {
                 cluster.coordinate_on_rt(stored, mode).await?;
                 return Ok(json(StatusCode::OK, &serde_json::json!({"applied": true})));

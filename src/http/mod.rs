@@ -61,12 +61,11 @@ impl App {
             repair: cfg.repair,
             origin: cfg.cluster.as_ref().map_or(0, |c| crate::cluster::origin_of(&c.node_id)),
             read_only: false,
+            scrub_rate: cfg.scrub_rate,
+            scrub_interval: cfg.scrub_interval,
         })?);
         let cluster = match &cfg.cluster {
-            Some(c) => Some(
-                crate::cluster::Cluster::start(c.clone(), cfg.listen, &cfg.data_dir, store.shared().key)
-                    .map_err(server::StartError::Cluster)?,
-            ),
+            Some(c) => Some(crate::cluster::Cluster::start(c.clone(), cfg.listen, &cfg.data_dir).map_err(server::StartError::Cluster)?),
             None => None,
         };
         let mut public_base = cfg.public_url.to_string();

@@ -70,6 +70,26 @@ pub struct Server {
     aggregator: Aggregator,
 }
 
+/// Fails if any socket, of any process, holds `addr`. The workers' own
+/// listeners share the port through `SO_REUSEPORT`, which would just as
+/// gladly let a second server (another shortd, another data directory)
+/// split connections with this one; a bind without it is refused by the
+/// kernel whenever the port is taken, so it is tried first, then dropped.
+fn ensure_free(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(e.kind(), "the address is already in use by another process (shortd or not)")
+        } else {
+            e
+        }
+    })
+}
+
 fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -84,6 +104,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
 impl Server {
     /// Opens the store, binds every worker's listener and starts serving.
     pub fn start(mut cfg: Config) -> Result<Server, StartError> {
+        ensure_free(cfg.listen).map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
         let first = bind(cfg.listen).map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
         let addr = first.local_addr().map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
         let mut listeners = vec![first];

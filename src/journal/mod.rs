@@ -4,6 +4,8 @@
 
 pub mod record;
 pub mod recovery;
+pub mod scan;
+pub mod scrub;
 pub mod segment;
 pub mod snapshot;
 pub mod writer;

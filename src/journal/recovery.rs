@@ -23,6 +23,7 @@ use compact_str::CompactString;
 use parking_lot::{Mutex, RwLock};
 
 use super::record::{self, Body, DecodeError, Record};
+use super::scan::next_record;
 use super::segment::{self, Segment, SEGMENT_HEADER_LEN};
 use super::snapshot::{self, Entry, Snapshot};
 use crate::code::CodeKey;
@@ -81,6 +82,8 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
         segments: RwLock::new(BTreeMap::new()),
         poisoned: RwLock::new(None),
         live_links: AtomicU64::new(0),
+        damage: Mutex::new(BTreeMap::new()),
+        written: AtomicU64::new(0),
     });
 
     let mut numbers: Vec<u32> = std::fs::read_dir(dir)
@@ -173,7 +176,14 @@ impl Replay<'_> {
     fn load_snapshot(&mut self, snap: &Snapshot, segs: &BTreeMap<u32, Arc<Segment>>, repair: bool) -> Result<(), OpenError> {
         let mut missing = HashSet::new();
         let mut locs = Vec::new();
+        // The image is fuzzy: it may hold locations the writer reached while
+        // it was being written. Those lie at or past the replay position, in
+        // records that may not have been synced (`never`, `interval`) and so
+        // may be gone after a power loss, their offsets reused by later
+        // records. Replay finds every one of them that survived.
+        let replay_from = Loc { seg: snap.meta.replay_seg, off: snap.meta.replay_off as u32 };
         snap.for_each(|e| match e {
+            Entry::Loc { seg, off, .. } if (Loc { seg, off }) >= replay_from => {}
             Entry::Loc { key, seg, off, live } => {
                 if !segs.contains_key(&seg) {
                     missing.insert(seg);
@@ -310,11 +320,6 @@ impl Replay<'_> {
             _ => {}
         }
     }
-}
-
-/// The offset of the next intact record after damage at `at`.
-pub fn next_record(data: &[u8], at: usize) -> Option<usize> {
-    (at + record::ALIGN..data.len()).step_by(record::ALIGN).find(|&o| record::decode(data, o).is_ok())
 }
 
 /// A key from the log as a string; keys are written from `&str`, so the

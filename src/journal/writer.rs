@@ -8,7 +8,7 @@
 //! writer: it refuses every later write until restart, because after a
 //! failed fsync the kernel may have dropped the dirty pages (fsyncgate).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use super::record::{self, Body, Put, Record};
 use super::recovery::{self, Recovered};
+use super::scan::{Found, Scan};
 use super::segment::{self, Segment, SEGMENT_HEADER_LEN};
 use super::snapshot::{SnapshotMeta, SnapshotWriter};
 use crate::code::CODE_SPACE;
@@ -74,6 +75,14 @@ enum Effect {
     LiveLinks(i64),
 }
 
+/// A segment being copied out, a chunk per writer round.
+struct Compaction {
+    seg: Arc<Segment>,
+    at: usize,
+    /// The first damage met, if any.
+    damage: Option<String>,
+}
+
 struct SnapshotJob {
     meta: SnapshotMeta,
     started: Instant,
@@ -97,7 +106,9 @@ pub struct Writer {
     since_snapshot: u64,
     last_snapshot: Instant,
     snapshot: Option<SnapshotJob>,
-    compacting: Option<(Arc<Segment>, usize)>,
+    compacting: Option<Compaction>,
+    /// Damaged segments that compaction could not empty; kept until restart.
+    held: HashSet<u32>,
     drained: Vec<(u32, u64)>,
     last_idem_prune: Instant,
     // Changes earlier in the current batch, seen by later commands in it.
@@ -105,6 +116,10 @@ pub struct Writer {
     pending_ver: HashMap<CompactString, Version>,
     pending_idem: HashMap<CompactString, (CompactString, u64)>,
     effects: Vec<Effect>,
+    /// Codes whose click totals this batch logs; pending again if it fails.
+    batch_clicks: Vec<CompactString>,
+    /// The batch's first failed write, roll or sync: it fails the batch.
+    failed: Option<WriteError>,
     replies: Vec<Reply>,
     sync_replies: Vec<oneshot::Sender<Result<(), WriteError>>>,
     _lock: Option<File>,
@@ -133,17 +148,21 @@ impl Writer {
             last_snapshot: Instant::now(),
             snapshot: None,
             compacting: None,
+            held: HashSet::new(),
             drained: Vec::new(),
             last_idem_prune: Instant::now(),
             pending: HashMap::new(),
             pending_ver: HashMap::new(),
             pending_idem: HashMap::new(),
             effects: Vec::new(),
+            batch_clicks: Vec::new(),
+            failed: None,
             replies: Vec::new(),
             sync_replies: Vec::new(),
             _lock: lock,
             opts,
         };
+        w.shared.set_written(w.active, w.buf_off);
         for (&n, seg) in w.shared.segments.read().iter() {
             if n != w.active {
                 w.sealed_len.insert(n, seg.len() as u64);
@@ -171,6 +190,15 @@ impl Writer {
     fn poison(&mut self, reason: String) {
         tracing::error!(%reason, "store refuses writes until restart");
         *self.shared.poisoned.write() = Some(reason);
+    }
+
+    /// A failed write, sync or segment creation: the writer is poisoned
+    /// and the batch under way fails as a whole.
+    fn io_failed(&mut self, reason: String) -> WriteError {
+        self.poison(reason.clone());
+        let e = WriteError::Unavailable(reason);
+        self.failed.get_or_insert_with(|| e.clone());
+        e
     }
 
     fn refusal(&self) -> Option<WriteError> {
@@ -241,12 +269,21 @@ impl Writer {
                 self.replies.push(Reply::Applied(reply, r));
             }
             Command::Clicks(totals) => {
+                let mut appended = true;
                 for chunk in totals.chunks(CLICKS_PER_RECORD) {
                     let entries = chunk.iter().map(|(k, n)| (k.as_bytes(), *n)).collect();
                     let rec = Record { lsn: 0, time_ms: now_ms(), origin: 0, body: Body::Clicks(entries) };
                     if let Err(e) = self.append(rec) {
-                        tracing::warn!(error = %e, "click totals not logged");
+                        tracing::warn!(error = %e, "click totals not logged; they stay pending");
+                        appended = false;
+                        break;
                     }
+                }
+                let keys = totals.into_iter().map(|(k, _)| k);
+                if appended {
+                    self.batch_clicks.extend(keys);
+                } else {
+                    self.shared.dirty_clicks.lock().extend(keys);
                 }
             }
             Command::Sync { reply } => self.sync_replies.push(reply),
@@ -340,7 +377,7 @@ impl Writer {
             return Some(*v);
         }
         let loc = *self.shared.index.get(code)?;
-        self.shared.version_at(loc)
+        self.shared.version_at(code, loc)
     }
 
     /// A version for a local change that orders after the key's current one
@@ -476,7 +513,7 @@ impl Writer {
     /// Encodes a record into the batch buffer, rolling to a new segment when
     /// the active one is full. Returns where it will lie and its padded size.
     fn append(&mut self, mut rec: Record<'_>) -> Result<(Loc, u64), WriteError> {
-        if let Some(e) = self.refusal() {
+        if let Some(e) = self.failed.clone().or_else(|| self.refusal()) {
             return Err(e);
         }
         if self.file.is_none() {
@@ -533,14 +570,14 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.buf_off += n;
+                self.shared.set_written(self.active, self.buf_off);
                 self.dirty = true;
                 m::store_appended(n);
                 Ok(())
             }
             Err(e) => {
                 let reason = format!("write to segment {} failed: {e}", self.active);
-                self.poison(reason.clone());
-                Err(WriteError::Unavailable(reason))
+                Err(self.io_failed(reason))
             }
         }
     }
@@ -561,25 +598,38 @@ impl Writer {
             }
             Err(e) => {
                 let reason = format!("fdatasync of segment {} failed: {e}", self.active);
-                self.poison(reason.clone());
-                Err(WriteError::Unavailable(reason))
+                Err(self.io_failed(reason))
             }
         }
     }
 
+    /// Seals the active segment and starts the next. Any failure fails the
+    /// whole batch (`failed`): commands earlier in it may sit in a segment
+    /// whose sync or successor never came, so none of them is acknowledged.
+    /// Lack of space leaves the writer usable (a later roll may find room);
+    /// any other failure poisons it.
     fn roll(&mut self) -> Result<(), WriteError> {
+        let rolled = self.try_roll();
+        if let Err(e) = &rolled {
+            self.buf.clear();
+            self.failed.get_or_insert_with(|| e.clone());
+        }
+        rolled
+    }
+
+    fn try_roll(&mut self) -> Result<(), WriteError> {
         if self.opts.durability != Durability::Never {
             self.sync()?;
         }
         let next = self.active + 1;
-        let (seg, file) = Segment::create(&self.opts.dir, next, self.opts.segment_bytes).map_err(|e| {
-            self.buf.clear();
-            if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
-                WriteError::DiskFull(format!("cannot create segment {next}: {e}"))
-            } else {
-                WriteError::Unavailable(format!("cannot create segment {next}: {e}"))
+        let made = Segment::create(&self.opts.dir, next, self.opts.segment_bytes);
+        let (seg, file) = match made {
+            Ok(made) => made,
+            Err(e) if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) => {
+                return Err(WriteError::DiskFull(format!("cannot create segment {next}: {e}")));
             }
-        })?;
+            Err(e) => return Err(self.io_failed(format!("cannot create segment {next}: {e}"))),
+        };
         if self.active != 0 {
             self.sealed_len.insert(self.active, self.buf_off);
         }
@@ -587,6 +637,7 @@ impl Writer {
         self.file = Some(file);
         self.active = next;
         self.buf_off = SEGMENT_HEADER_LEN as u64;
+        self.shared.set_written(next, self.buf_off);
         self.dirty = false;
         m::segments(self.shared.segments.read().len());
         Ok(())
@@ -595,17 +646,23 @@ impl Writer {
     /// Writes the batch, syncs it as durability asks, applies it, answers.
     fn commit(&mut self, force_sync: bool) {
         let batch = self.replies.len();
-        let mut failure = self.flush_buf().err();
-        let must_sync = force_sync || !self.sync_replies.is_empty() || (self.opts.durability == Durability::Always && self.dirty);
-        if failure.is_none() && must_sync {
-            failure = self.sync().err();
+        if self.failed.is_none() {
+            let _ = self.flush_buf();
         }
+        let must_sync = force_sync || !self.sync_replies.is_empty() || (self.opts.durability == Durability::Always && self.dirty);
+        if self.failed.is_none() && must_sync {
+            let _ = self.sync();
+        }
+        let failure = self.failed.take();
+        self.buf.clear();
         if failure.is_none() {
             for effect in std::mem::take(&mut self.effects) {
                 self.apply(effect);
             }
+            self.batch_clicks.clear();
         } else {
             self.effects.clear();
+            self.shared.dirty_clicks.lock().extend(self.batch_clicks.drain(..));
         }
         self.pending.clear();
         self.pending_ver.clear();
@@ -728,26 +785,37 @@ impl Writer {
             return;
         }
         if self.compacting.is_none() {
-            let candidate = self.sealed_len.iter().filter(|(s, _)| !self.drained.iter().any(|(d, _)| d == *s)).find(|(s, &total)| {
-                let data = total.saturating_sub(SEGMENT_HEADER_LEN as u64).max(1);
-                let live = self.live.get(s).copied().unwrap_or(0);
-                1.0 - live as f64 / data as f64 >= self.opts.compact_ratio
-            });
+            let candidate =
+                self.sealed_len.iter().filter(|(s, _)| !self.drained.iter().any(|(d, _)| d == *s) && !self.held.contains(s)).find(
+                    |(s, &total)| {
+                        let data = total.saturating_sub(SEGMENT_HEADER_LEN as u64).max(1);
+                        let live = self.live.get(s).copied().unwrap_or(0);
+                        1.0 - live as f64 / data as f64 >= self.opts.compact_ratio
+                    },
+                );
             let Some((&seg, _)) = candidate else { return };
             let Some(seg) = self.shared.segment(seg) else { return };
             tracing::info!(segment = seg.number, "compacting");
-            self.compacting = Some((seg, SEGMENT_HEADER_LEN));
+            self.compacting = Some(Compaction { seg, at: SEGMENT_HEADER_LEN, damage: None });
         }
-        let Some((seg, mut at)) = self.compacting.take() else { return };
+        let Some(mut job) = self.compacting.take() else { return };
+        let seg = job.seg.clone();
         let started = Instant::now();
-        let mut done = false;
+        let end = self.sealed_len.get(&seg.number).map_or(seg.len(), |&l| l as usize);
+        let mut scan = Scan::new(seg.bytes(), job.at, end);
         for _ in 0..COMPACT_CHUNK {
-            let Ok((rec, len)) = record::decode(seg.bytes(), at) else {
-                done = true;
-                break;
+            let (at, rec) = match scan.next() {
+                None => break,
+                Some(Found::Record { at, rec, .. }) => (at, rec),
+                Some(Found::Damage { at, resume, reason }) => {
+                    // Every intact record after the damage is still copied;
+                    // whether the segment may go is settled at its end.
+                    tracing::error!(file = %seg.path.display(), offset = at, ?resume, %reason, "compaction met damage; copying the intact records past it");
+                    job.damage.get_or_insert_with(|| format!("byte {at}: {reason}"));
+                    continue;
+                }
             };
             let here = Loc { seg: seg.number, off: at as u32 };
-            at += record::padded(len);
             let key = match &rec.body {
                 Body::Put(p) => p.key,
                 Body::Delete { key } => key,
@@ -759,22 +827,42 @@ impl Writer {
                 match self.append(copy) {
                     Ok((loc, len)) => self.effects.push(Effect::SetLoc { key, loc, len }),
                     Err(e) => {
-                        tracing::warn!(error = %e, "compaction stopped");
-                        self.effects.clear();
-                        self.buf.clear();
-                        return;
+                        tracing::warn!(error = %e, "compaction stopped; it starts over later");
+                        self.failed.get_or_insert(e);
+                        break;
                     }
                 }
             }
         }
+        let done = scan.next().is_none();
+        job.at = scan.position();
+        let stopped = self.failed.is_some();
         self.commit(true);
         m::compaction_seconds(started.elapsed());
-        if done {
-            tracing::info!(segment = seg.number, "segment drained; removed after the next snapshot");
-            self.drained.push((seg.number, self.next_lsn));
-        } else {
-            self.compacting = Some((seg, at));
+        if stopped {
+            return;
         }
+        if !done {
+            self.compacting = Some(job);
+            return;
+        }
+        if let Some(damage) = job.damage {
+            // A link whose newest record lies in the damage could not be
+            // copied, and its index entry still points here: removing the
+            // segment would turn a damaged link into a lost one and leave
+            // the next start pointing at a missing file.
+            let stranded = self.shared.index.iter().filter(|e| e.value().seg == seg.number).count();
+            if stranded > 0 {
+                tracing::error!(file = %seg.path.display(), stranded, %damage, "compaction keeps a damaged segment: links point into its damage; run `shortd check` and restore or delete them");
+                m::compaction_refused();
+                self.shared.report_damage(&seg.path, format!("{damage}; kept by compaction, {stranded} link(s) point into the damage"));
+                self.held.insert(seg.number);
+                return;
+            }
+            tracing::warn!(file = %seg.path.display(), %damage, "damaged segment drained: no live link pointed into the damage");
+        }
+        tracing::info!(segment = seg.number, "segment drained; removed after the next snapshot");
+        self.drained.push((seg.number, self.next_lsn));
     }
 
     fn shutdown(&mut self) {

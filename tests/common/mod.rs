@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod disk;
+
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
