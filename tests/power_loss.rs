@@ -25,12 +25,14 @@
 //!      same links plus the new ones (a location that points at bytes a later
 //!      record reuses shows up here).
 //!
-//! Knobs: `PL_POINTS` crash points per mode (default 70), `PL_SEED`,
+//! Knobs: `PL_POINTS` crash points per mode (default 120), `PL_SEED`,
 //! `PL_MODES` (comma-separated, default `always,interval,never`),
 //! `PL_KEEP_ALL=1` keeps every state directory. Failing states are kept
 //! under `target/tmp/power-loss/` with the crash point in the name.
 
 mod common;
+#[path = "power_loss/diagnose.rs"]
+mod diagnose;
 #[path = "power_loss/model.rs"]
 mod model;
 
@@ -707,6 +709,25 @@ fn pick_points(h: &History, n: usize, rng: &mut fastrand::Rng) -> Vec<usize> {
     set.into_iter().collect()
 }
 
+/// A refusal's message with the state's path and the numbers blanked.
+fn normalize(msg: &str, root: &Path) -> String {
+    let msg = msg.replace(&root.display().to_string(), "ROOT");
+    let mut out = String::new();
+    let mut last_digit = false;
+    for c in msg.chars() {
+        if c.is_ascii_digit() {
+            if !last_digit {
+                out.push('N');
+            }
+            last_digit = true;
+        } else {
+            out.push(c);
+            last_digit = false;
+        }
+    }
+    out
+}
+
 struct ModeReport {
     mode: Mode,
     ops: usize,
@@ -716,6 +737,8 @@ struct ModeReport {
     refused: usize,
     repair_refused: usize,
     failures: Vec<String>,
+    /// Why starts refused (paths and numbers blanked), with counts.
+    reasons: BTreeMap<String, usize>,
     traced_seconds: f64,
     seconds: f64,
     counts: String,
@@ -751,6 +774,7 @@ fn run_mode(mode: Mode, shim: &Path, root: &Path, seed: u64, points: usize, keep
         refused: 0,
         repair_refused: 0,
         failures: Vec::new(),
+        reasons: BTreeMap::new(),
         traced_seconds: run.seconds,
         seconds: 0.0,
         counts: format!("{counts}, {compacted} compacted segments deleted"),
@@ -773,15 +797,20 @@ fn run_mode(mode: Mode, shim: &Path, root: &Path, seed: u64, points: usize, keep
             if v.repair_refused.is_some() {
                 report.repair_refused += 1;
             }
+            for r in v.refused.iter().chain(v.repair_refused.iter()) {
+                *report.reasons.entry(normalize(r, root)).or_default() += 1;
+            }
             if !v.problems.is_empty() {
+                let why = diagnose::explain(h, k, &state);
                 let (pf, pd) = h.pending(k);
                 report.failures.push(format!(
-                    "{} crash point {k} ({}; {pf} file and {pd} directory ops unsynced), {strategy:?}, state {}: {}{}",
+                    "{} crash point {k} ({}; {pf} file and {pd} directory ops unsynced), {strategy:?}, state {}: {}{}{}",
                     mode.name(),
                     h.describe(k),
                     root.join(format!("state-{}-{n:04}-k{k}", mode.name())).display(),
                     v.refused.as_deref().map_or(String::new(), |r| format!("[refused first: {r}] ")),
-                    v.problems.join("; ")
+                    v.problems.join("; "),
+                    if why.is_empty() { String::new() } else { format!("\n    diagnosis: {}", why.join("; ")) }
                 ));
             }
         }
@@ -793,7 +822,7 @@ fn run_mode(mode: Mode, shim: &Path, root: &Path, seed: u64, points: usize, keep
 #[test]
 fn power_loss_crash_states() {
     let seed = std::env::var("PL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_0001);
-    let points = env_usize("PL_POINTS", 70);
+    let points = env_usize("PL_POINTS", 120);
     let keep_all = std::env::var("PL_KEEP_ALL").is_ok_and(|v| v == "1");
     let modes: Vec<Mode> = std::env::var("PL_MODES")
         .unwrap_or_else(|_| "always,interval,never".into())
@@ -827,6 +856,9 @@ fn power_loss_crash_states() {
             r.failures.len(),
             r.seconds
         );
+        for (why, n) in &r.reasons {
+            eprintln!("power-loss {}: {n} x refused: {why}", r.mode.name());
+        }
         reports.push(r);
     }
     let failures: Vec<&String> = reports.iter().flat_map(|r| r.failures.iter()).collect();

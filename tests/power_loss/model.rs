@@ -446,6 +446,42 @@ impl History {
         }
     }
 
+    /// For diagnosis: the last write before `k` to byte `off` of the file
+    /// named `name` at `k`, and the end of the first sync that covered it.
+    pub fn write_covering(&self, name: &str, off: u64, k: usize) -> Option<(usize, Option<usize>)> {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (p, d) in &self.dir_ops {
+            if *p >= k {
+                break;
+            }
+            match d {
+                DirOp::Create { name, ino } => {
+                    names.insert(name, *ino);
+                }
+                DirOp::Rename { from, to } => {
+                    if let Some(ino) = names.remove(from.as_str()) {
+                        names.insert(to, ino);
+                    }
+                }
+                DirOp::Unlink { name } => {
+                    names.remove(name.as_str());
+                }
+            }
+        }
+        let inode = &self.inodes[*names.get(name)?];
+        let w = inode.ops.iter().rev().find_map(|(p, op)| match (op, &self.ops[*p]) {
+            (FileOp::Write(_), Op::Write { off: o, data, .. }) if *p < k && *o <= off && off < o + data.len() as u64 => Some(*p),
+            _ => None,
+        })?;
+        let synced = inode.syncs.iter().filter(|(_, begin)| *begin > w).map(|(end, _)| *end).min();
+        Some((w, synced))
+    }
+
+    /// For diagnosis: where a file was renamed to `name` (the last time).
+    pub fn renamed_to(&self, name: &str) -> Option<usize> {
+        self.dir_ops.iter().rev().find_map(|(p, d)| matches!(d, DirOp::Rename { to, .. } if to == name).then_some(*p))
+    }
+
     fn apply(&self, v: &mut Vec<u8>, op: &FileOp) {
         match op {
             FileOp::Write(i) => {
