@@ -419,6 +419,8 @@ struct Verdict {
     /// Even `--repair` refused (naming the damage).
     repair_refused: Option<String>,
     problems: Vec<String>,
+    /// Codes whose acknowledged changes are missing (a failure only under `always`).
+    lost: usize,
 }
 
 /// Does a start's output name the damage (a file of the data directory or
@@ -462,7 +464,7 @@ impl Expect<'_> {
 
     /// What `code` may show: under `always`, from the last acknowledged
     /// change to the last one sent; otherwise absent or any change sent.
-    fn allowed(&self, reqs: &[&Req]) -> Vec<Seen> {
+    fn allowed(&self, reqs: &[&Req], strict: bool) -> Vec<Seen> {
         let outcome = |r: &Req| match r.kind {
             Kind::Create | Kind::Patch => Seen::Url(r.url.clone().expect("a url")),
             Kind::Delete => Seen::Gone,
@@ -470,12 +472,12 @@ impl Expect<'_> {
         let last_sent = reqs.iter().rposition(|r| self.sent(r.id));
         let last_acked = reqs.iter().rposition(|r| self.acked(r.id));
         let Some(s) = last_sent else { return vec![Seen::Absent] };
-        let from = match (self.run.mode, last_acked) {
-            (Mode::Always, Some(a)) => a,
+        let from = match (strict, last_acked) {
+            (true, Some(a)) => a,
             _ => 0,
         };
         let mut v: Vec<Seen> = reqs[from..=s].iter().map(|r| outcome(r)).collect();
-        if self.run.mode != Mode::Always || last_acked.is_none() {
+        if !strict || last_acked.is_none() {
             v.push(Seen::Absent);
         }
         v
@@ -483,7 +485,17 @@ impl Expect<'_> {
 }
 
 /// Checks one server on one crash state; returns what each known code shows.
-fn inspect(run: &Run, k: usize, srv: &Server, extra: &HashMap<String, String>, problems: &mut Vec<String>) -> HashMap<String, Seen> {
+/// `lost` counts codes that would break the `always` promise (acknowledged
+/// changes missing), whatever the mode: under `interval` and `never` that
+/// shows the harness can see a loss.
+fn inspect(
+    run: &Run,
+    k: usize,
+    srv: &Server,
+    extra: &HashMap<String, String>,
+    problems: &mut Vec<String>,
+    lost: &mut usize,
+) -> HashMap<String, Seen> {
     let exp = Expect { run, k };
     let by_code = exp.by_code();
     let mut seen = HashMap::new();
@@ -502,7 +514,10 @@ fn inspect(run: &Run, k: usize, srv: &Server, extra: &HashMap<String, String>, p
             seen.insert(code.to_string(), s);
             continue;
         }
-        let allowed = exp.allowed(reqs);
+        let allowed = exp.allowed(reqs, run.mode == Mode::Always);
+        if !exp.allowed(reqs, true).contains(&s) {
+            *lost += 1;
+        }
         if !allowed.contains(&s) {
             let what = if let Seen::Url(u) = &s { owner(run, u, code, &exp, extra) } else { String::new() };
             let hist: Vec<String> = reqs
@@ -638,7 +653,7 @@ fn check_state(ctx: &Ctx<'_>, k: usize, n: usize, state: &model::State) -> Verdi
     };
     if let Some(srv) = srv {
         let mut extra = HashMap::new();
-        let first = inspect(run, k, &srv, &extra, &mut v.problems);
+        let first = inspect(run, k, &srv, &extra, &mut v.problems, &mut v.lost);
         // More writes, kill -9, and a second start.
         for i in 0..AFTER_CREATES {
             let url = url_for(&run.tag, 10_000_000 + (n as u64) * 100 + i);
@@ -656,7 +671,7 @@ fn check_state(ctx: &Ctx<'_>, k: usize, n: usize, state: &model::State) -> Verdi
         drop(srv);
         match start(&data, run.mode, &extra_args, &log) {
             Ok(srv2) => {
-                let second = inspect(run, k, &srv2, &extra, &mut v.problems);
+                let second = inspect(run, k, &srv2, &extra, &mut v.problems, &mut 0);
                 for (code, s) in &first {
                     if extra.contains_key(code) {
                         continue;
@@ -742,10 +757,17 @@ struct ModeReport {
     traced_seconds: f64,
     seconds: f64,
     counts: String,
+    /// Crash points checked before the time budget ran out.
+    checked_points: usize,
+    /// States where an acknowledged change was missing (a failure only under `always`).
+    lost_states: usize,
+    /// Failures explained by snapshot locations past the durable log.
+    known: usize,
 }
 
-fn run_mode(mode: Mode, shim: &Path, root: &Path, seed: u64, points: usize, keep_all: bool) -> ModeReport {
+fn run_mode(mode: Mode, shim: &Path, root: &Path, seed: u64, points: usize, keep_all: bool, budget: Duration) -> ModeReport {
     let started = Instant::now();
+    let deadline = started + budget;
     let run = traced_run(mode, shim, root, seed);
     let h = &run.history;
     let count = |f: &dyn Fn(&Op) -> bool| h.ops.iter().filter(|o| f(o)).count();
@@ -778,8 +800,16 @@ fn run_mode(mode: Mode, shim: &Path, root: &Path, seed: u64, points: usize, keep
         traced_seconds: run.seconds,
         seconds: 0.0,
         counts: format!("{counts}, {compacted} compacted segments deleted"),
+        checked_points: 0,
+        lost_states: 0,
+        known: 0,
     };
     for (i, &k) in ks.iter().enumerate() {
+        if Instant::now() > deadline {
+            eprintln!("power-loss {}: time budget ({budget:?}) spent after {i} of {} crash points", mode.name(), ks.len());
+            break;
+        }
+        report.checked_points += 1;
         // Two states per point: one of the extremes in turn, and a random mix.
         let strategies = [Strategy::ALL[i % 2], Strategy::ALL[2 + i % 3]];
         for strategy in strategies {
@@ -797,14 +827,34 @@ fn run_mode(mode: Mode, shim: &Path, root: &Path, seed: u64, points: usize, keep
             if v.repair_refused.is_some() {
                 report.repair_refused += 1;
             }
+            if v.lost > 0 {
+                report.lost_states += 1;
+            }
             for r in v.refused.iter().chain(v.repair_refused.iter()) {
                 *report.reasons.entry(normalize(r, root)).or_default() += 1;
             }
             if !v.problems.is_empty() {
-                let why = diagnose::explain(h, k, &state);
+                let (why, dangling) = diagnose::explain(h, k, &state);
                 let (pf, pd) = h.pending(k);
+                // The bug the other checks keep finding (see docs/storage.md,
+                // "Power-loss testing"): marked so that a new kind stands out.
+                let label = match dangling {
+                    (0, 0) => "[NEW] ",
+                    (_, 0) => {
+                        report.known += 1;
+                        "[KNOWN BUG: fuzzy snapshot points past the replay position at records lost to the power loss] "
+                    }
+                    (0, _) => {
+                        report.known += 1;
+                        "[BUG: snapshot covers log records that were never synced (never: sealed segments are not synced)] "
+                    }
+                    _ => {
+                        report.known += 1;
+                        "[BOTH BUGS: fuzzy snapshot, and snapshot covering unsynced sealed segments] "
+                    }
+                };
                 report.failures.push(format!(
-                    "{} crash point {k} ({}; {pf} file and {pd} directory ops unsynced), {strategy:?}, state {}: {}{}{}",
+                    "{label}{} crash point {k} ({}; {pf} file and {pd} directory ops unsynced), {strategy:?}, state {}: {}{}{}",
                     mode.name(),
                     h.describe(k),
                     root.join(format!("state-{}-{n:04}-k{k}", mode.name())).display(),
@@ -838,22 +888,26 @@ fn power_loss_crash_states() {
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(&root).expect("creating the power-loss directory");
     let shim = build_shim(&root);
+    let budget = Duration::from_secs(env_usize("PL_BUDGET_SECS", 150) as u64 / modes.len().max(1) as u64);
     let started = Instant::now();
     let mut reports = Vec::new();
-    for mode in modes {
-        let r = run_mode(mode, &shim, &root, seed, points, keep_all);
+    for &mode in &modes {
+        let r = run_mode(mode, &shim, &root, seed, points, keep_all, budget);
         eprintln!(
-            "power-loss {}: traced run {:.1}s, {} server ops ({}); {} crash points, {} states ({} duplicates skipped), {} refused to start (then --repair), {} refused even with --repair, {} failing; {:.1}s",
+            "power-loss {}: traced run {:.1}s, {} server ops ({}); {} of {} crash points checked, {} states ({} duplicates skipped), {} refused to start (then --repair), {} refused even with --repair, {} with acknowledged changes missing, {} failing ({} of them the known bug); {:.1}s",
             r.mode.name(),
             r.traced_seconds,
             r.ops,
             r.counts,
+            r.checked_points,
             r.points,
             r.states,
             r.duplicates,
             r.refused,
             r.repair_refused,
+            r.lost_states,
             r.failures.len(),
+            r.known,
             r.seconds
         );
         for (why, n) in &r.reasons {
@@ -863,8 +917,19 @@ fn power_loss_crash_states() {
     }
     let failures: Vec<&String> = reports.iter().flat_map(|r| r.failures.iter()).collect();
     eprintln!("power-loss: seed {seed:#x}, {:.1}s in all, {} failing states", started.elapsed().as_secs_f64(), failures.len());
+    let mut all = String::new();
     for f in &failures {
         eprintln!("FAIL {f}");
+        all.push_str(&format!("FAIL {f}\n"));
     }
-    assert!(failures.is_empty(), "{} crash states fail; see the FAIL lines above", failures.len());
+    let _ = fs::write(root.join("failures.txt"), all);
+    // The harness must be able to see a loss: under interval, some states
+    // lack changes that were acknowledged before the crash point.
+    for r in &reports {
+        if r.mode == Mode::Interval && r.checked_points >= 30 {
+            assert!(r.lost_states > 0, "under interval no state lacked an acknowledged change: the harness cannot see losses");
+        }
+    }
+    let known: usize = reports.iter().map(|r| r.known).sum();
+    assert!(failures.is_empty(), "{} crash states fail ({known} of them the known bug); see the FAIL lines above", failures.len());
 }

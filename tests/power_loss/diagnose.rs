@@ -81,20 +81,26 @@ fn record_of(seg: &[u8], off: usize, key: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Lines explaining `state` at crash point `k`; empty if nothing stands out.
-pub fn explain(h: &History, k: usize, state: &State) -> Vec<String> {
+/// Lines explaining `state` at crash point `k`, and how many locations of
+/// the snapshot a start loads point at no record of their code: (at or past
+/// its replay position, before it).
+pub fn explain(h: &History, k: usize, state: &State) -> (Vec<String>, (usize, usize)) {
     let mut out = Vec::new();
     let mut snaps: Vec<Snap> = state.iter().filter(|(n, _)| n.ends_with(".snap")).filter_map(|(n, b)| parse_snapshot(n, b)).collect();
     snaps.sort_by(|a, b| b.name.cmp(&a.name));
     // The newest sound snapshot is the one a start loads.
-    let Some(s) = snaps.first() else { return out };
-    let mut bad = Vec::new();
+    let Some(s) = snaps.first() else { return (out, (0, 0)) };
+    // Locations at or past the replay position (the image is fuzzy: the
+    // index changed while it was written) and before it (records the
+    // snapshot claims are in the log).
+    let mut bad_past = Vec::new();
+    let mut bad_before = Vec::new();
     let mut past = 0;
     for l in &s.locs {
-        if (l.seg, u64::from(l.off)) < (s.replay_seg, s.replay_off) {
-            continue;
+        let is_past = (l.seg, u64::from(l.off)) >= (s.replay_seg, s.replay_off);
+        if is_past {
+            past += 1;
         }
-        past += 1;
         let file = format!("{:08}.log", l.seg);
         let why = match state.get(&file) {
             None => Err("a segment that is not there"),
@@ -102,26 +108,42 @@ pub fn explain(h: &History, k: usize, state: &State) -> Vec<String> {
         };
         if let Err(why) = why {
             let when = match h.write_covering(&file, u64::from(l.off), k) {
-                Some((w, Some(sy))) => format!("written at op {w}, first synced by the sync ending at op {sy}"),
+                Some((w, Some(sy))) if sy < k => format!("written at op {w}, synced by op {sy}"),
+                Some((w, Some(sy))) => format!("written at op {w}, first synced by op {sy}, after the crash"),
                 Some((w, None)) => format!("written at op {w}, never synced"),
                 None => "never written".into(),
             };
-            bad.push(format!("{} -> {file}:{} holds {why} ({when})", l.key, l.off));
+            let line = format!("{} -> {file}:{} holds {why} ({when})", l.key, l.off);
+            if is_past {
+                bad_past.push(line);
+            } else {
+                bad_before.push(line);
+            }
         }
     }
-    if past > 0 {
-        let made = h.renamed_to(&s.name).map_or(String::new(), |p| format!(", renamed into place at op {p}"));
-        out.push(format!(
-            "{} (replay from {:08}.log:{}, next_id {}{made}) holds {} locations at or past its replay position; {} of them point at no record of their code in this state{}{}",
-            s.name,
-            s.replay_seg,
-            s.replay_off,
-            s.next_id,
-            past,
-            bad.len(),
-            if bad.is_empty() { "" } else { ": " },
-            bad.join(", ")
-        ));
-    }
-    out
+    let made = h.renamed_to(&s.name).map_or(String::new(), |p| format!(", renamed into place at op {p}"));
+    let show = |v: &[String]| {
+        let mut t = v.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+        if v.len() > 4 {
+            t.push_str(&format!(", and {} more", v.len() - 4));
+        }
+        t
+    };
+    out.push(format!(
+        "{} (replay from {:08}.log:{}, next_id {}{made}): {} of {} locations at or past the replay position point at no record of their code{}{}; {} of {} before it do{}{}",
+        s.name,
+        s.replay_seg,
+        s.replay_off,
+        s.next_id,
+        bad_past.len(),
+        past,
+        if bad_past.is_empty() { "" } else { ": " },
+        show(&bad_past),
+        bad_before.len(),
+        s.locs.len() - past,
+        if bad_before.is_empty() { "" } else { ": " },
+        show(&bad_before),
+    ));
+    let bad = (bad_past.len(), bad_before.len());
+    (out, bad)
 }
