@@ -846,7 +846,7 @@ fn run_mode(mode: Mode, shim: &Path, root: &Path, seed: u64, points: usize, keep
                     }
                     (0, _) => {
                         report.known += 1;
-                        "[BUG: snapshot covers log records that were never synced (never: sealed segments are not synced)] "
+                        "[BUG: snapshot covers log records that were never synced (never: sealed segments are not synced; compaction stops at the hole)] "
                     }
                     _ => {
                         report.known += 1;
