@@ -119,3 +119,63 @@ fn preallocate(file: &File, size: u64) -> io::Result<()> {
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+/// The mapped segments by number, shared by readers and the log's writer.
+/// Readers take an `Arc` out, so a segment removed here stays readable
+/// until its last reader lets go.
+#[derive(Default)]
+pub struct Segments {
+    map: parking_lot::RwLock<std::collections::BTreeMap<u32, std::sync::Arc<Segment>>>,
+}
+
+impl Segments {
+    pub fn get(&self, n: u32) -> Option<std::sync::Arc<Segment>> {
+        self.map.read().get(&n).cloned()
+    }
+
+    /// Every segment, oldest first.
+    pub fn all(&self) -> Vec<std::sync::Arc<Segment>> {
+        self.map.read().values().cloned().collect()
+    }
+
+    pub fn insert(&self, seg: Segment) {
+        self.map.write().insert(seg.number, std::sync::Arc::new(seg));
+    }
+
+    pub fn remove(&self, n: u32) {
+        self.map.write().remove(&n);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.read().is_empty()
+    }
+
+    pub fn contains(&self, n: u32) -> bool {
+        self.map.read().contains_key(&n)
+    }
+
+    /// Bytes the segment files span.
+    pub fn bytes(&self) -> u64 {
+        self.map.read().values().map(|s| s.len() as u64).sum()
+    }
+
+    /// Padded length and kind of the record at `loc`, read from its header.
+    pub fn record_len_at(&self, loc: Loc) -> Option<(u64, u8)> {
+        let segs = self.map.read();
+        let seg = segs.get(&loc.seg)?;
+        let len = super::record::claimed_len(seg.bytes(), loc.off as usize).ok()?;
+        Some((super::record::padded(len) as u64, seg.bytes()[loc.off as usize + super::record::KIND_OFFSET]))
+    }
+}
+
+/// Where a record lies: segment number and byte offset. Ordering follows
+/// the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Loc {
+    pub seg: u32,
+    pub off: u32,
+}

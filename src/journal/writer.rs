@@ -618,9 +618,10 @@ impl Writer {
     }
 
     fn try_roll(&mut self) -> Result<(), WriteError> {
-        if self.opts.durability != Durability::Never {
-            self.sync()?;
-        }
+        // Even under `never`: a snapshot syncs only the active segment, so a
+        // sealed one must be on disk before any snapshot can cover it (one
+        // fdatasync per segment, not per write).
+        self.sync()?;
         let next = self.active + 1;
         let made = Segment::create(&self.opts.dir, next, self.opts.segment_bytes);
         let (seg, file) = match made {
