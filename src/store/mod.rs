@@ -17,14 +17,19 @@ use std::time::Duration;
 use compact_str::CompactString;
 use crossbeam_channel::Sender;
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::code::CodeKey;
 use crate::config::Durability;
 use crate::journal::record::{self, Body};
-use crate::journal::segment::Segment;
-use crate::journal::writer::{Command, Writer};
-use crate::journal::{recovery, scrub, segment, snapshot};
+use crate::journal::segment::{Segment, Segments};
+use crate::journal::{scrub, segment, snapshot, Poison};
+
+mod recovery;
+mod writer;
+
+pub use recovery::KEY_FILE;
+use writer::{Command, Writer};
 
 /// Hash state for every in-memory map keyed by codes: foldhash's quality
 /// variant, seeded per process, fast on short keys and not predictable by a
@@ -35,12 +40,8 @@ pub type Map<V> = DashMap<CompactString, V, Hasher>;
 /// Idempotency keys are remembered this long.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
-/// Where a key's newest record lies. Ordering follows the log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Loc {
-    pub seg: u32,
-    pub off: u32,
-}
+/// Where a key's newest record lies (the journal's record location).
+pub use crate::journal::Loc;
 
 /// Redirect statuses a link may ask for.
 pub const REDIRECT_STATUSES: [u16; 4] = [301, 302, 307, 308];
@@ -168,24 +169,23 @@ pub enum WriteError {
     Unavailable(String),
 }
 
+impl From<crate::journal::LogError> for WriteError {
+    fn from(e: crate::journal::LogError) -> WriteError {
+        match e {
+            crate::journal::LogError::DiskFull(m) => WriteError::DiskFull(m),
+            other => WriteError::Unavailable(other.to_string()),
+        }
+    }
+}
+
 pub struct Created {
     pub link: Link,
     /// True when an earlier request with the same Idempotency-Key made it.
     pub replayed: bool,
 }
 
-/// Why the store could not open.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("data directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{file} is damaged at byte {offset}: {reason}; start with --repair to keep every intact record and drop the rest")]
-    Damaged { file: PathBuf, offset: u64, reason: String },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("data directory {} is on a read-only file system", .0.display())]
-    ReadOnly(PathBuf),
-}
+/// Why the store could not open (the data directory's files).
+pub use crate::journal::OpenError;
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -240,23 +240,19 @@ pub struct Shared {
     pub clicks: Map<AtomicU64>,
     pub dirty_clicks: Mutex<HashSet<CompactString>>,
     pub idem: Map<Idem>,
-    pub segments: RwLock<BTreeMap<u32, Arc<Segment>>>,
-    pub poisoned: RwLock<Option<String>>,
+    pub segments: Arc<Segments>,
+    /// Why the store refuses writes, once it does (set by the log).
+    pub poisoned: Poison,
     pub live_links: AtomicU64,
     /// Damage found while serving (scrub, compaction), by file.
     pub damage: Mutex<BTreeMap<PathBuf, String>>,
-    /// Where the writer's data ends: active segment << 32 | offset.
-    pub written: AtomicU64,
+    /// Where the log's written data ends (see `journal::log::written_loc`).
+    pub written: Arc<AtomicU64>,
 }
 
 impl Shared {
-    pub fn set_written(&self, seg: u32, off: u64) {
-        self.written.store((seg as u64) << 32 | off, Ordering::Release);
-    }
-
     pub fn written(&self) -> Loc {
-        let w = self.written.load(Ordering::Acquire);
-        Loc { seg: (w >> 32) as u32, off: w as u32 }
+        crate::journal::log::written_loc(&self.written)
     }
 
     /// Records damage for `/readyz` and the damaged-segments gauge.
@@ -267,7 +263,7 @@ impl Shared {
     }
 
     pub fn segment(&self, seg: u32) -> Option<Arc<Segment>> {
-        self.segments.read().get(&seg).cloned()
+        self.segments.get(seg)
     }
 
     /// Calls `f` with the record at `loc` if it is readable and is
@@ -523,7 +519,7 @@ impl Store {
         max_scan: usize,
         mut visit: impl FnMut(&str, &record::Record<'_>) -> bool,
     ) -> Option<Cursor> {
-        let segments: Vec<Arc<Segment>> = self.shared.segments.read().values().cloned().collect();
+        let segments = self.shared.segments.all();
         let start = cursor.map_or(Loc { seg: 0, off: 0 }, |c| c.0);
         let mut scanned = 0usize;
         for seg in segments.iter().filter(|s| s.number >= start.seg) {
@@ -623,12 +619,11 @@ impl Store {
     }
 
     pub fn stats(&self) -> StoreStats {
-        let segs = self.shared.segments.read();
         StoreStats {
             links: self.shared.live_links.load(Ordering::Relaxed),
             keys: self.shared.index.len() as u64,
-            segments: segs.len() as u64,
-            segment_bytes: segs.values().map(|s| s.len() as u64).sum(),
+            segments: self.shared.segments.len() as u64,
+            segment_bytes: self.shared.segments.bytes(),
         }
     }
 
@@ -654,7 +649,7 @@ fn scrub_loop(shared: &Shared, rate: u64, every: Duration, stop: &crossbeam_chan
     let wait = |d: Duration| !matches!(stop.recv_timeout(d), Err(crossbeam_channel::RecvTimeoutError::Disconnected));
     loop {
         let mut pace = scrub::Pace::new(rate);
-        let segments: Vec<Arc<Segment>> = shared.segments.read().values().cloned().collect();
+        let segments = shared.segments.all();
         let mut found = Vec::new();
         for seg in segments {
             let written = shared.written();

@@ -1,20 +1,15 @@
-//! Start-up: load the newest valid snapshot, then replay the log after it.
+//! Start-up of the store: the code key, the newest valid snapshot into the
+//! index, then the log after it replayed into the index.
 //!
-//! Rules (also in docs/storage.md):
-//! - A torn or corrupt tail of the newest segment (a crash mid-write, garbage
-//!   after the last good record, preallocation zeros), with no intact record
-//!   after it, is cut off: logged, overwritten with zeros, and the store
-//!   starts with every record before it.
-//! - Any other damage (in an older segment, or followed by intact records)
-//!   stops the start with the file and offset, unless `repair` is set; then
-//!   every intact record is kept and each skipped range is reported.
-//! - A snapshot that fails its checksum is reported and the next older one
-//!   (or a full replay) is used instead.
+//! The log's own rules (the directory lock, torn tails, damage and
+//! `--repair`) are the journal's (`journal::open`); what a record means for
+//! the index is decided here. A snapshot that fails its checksum is
+//! reported and the next older one (or a full replay) is used instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,15 +17,14 @@ use std::sync::Arc;
 use compact_str::CompactString;
 use parking_lot::{Mutex, RwLock};
 
-use super::record::{self, Body, DecodeError, Record};
-use super::scan::next_record;
-use super::segment::{self, Segment, SEGMENT_HEADER_LEN};
-use super::snapshot::{self, Entry, Snapshot};
+use super::{Idem, Loc, OpenError, Shared, StoreOptions, ALIAS_ID};
 use crate::code::CodeKey;
-use crate::store::{Idem, Loc, OpenError, Shared, StoreOptions, ALIAS_ID};
+use crate::journal::open::{self, io_err, ReplayRules};
+use crate::journal::record::{self, Body, Record};
+use crate::journal::segment::{self, Segments, SEGMENT_HEADER_LEN};
+use crate::journal::snapshot::{self, Entry, Snapshot};
 
 pub const KEY_FILE: &str = "code.key";
-const LOCK_FILE: &str = "lock";
 
 /// What the writer needs to carry on where the log ends.
 pub struct Recovered {
@@ -52,22 +46,9 @@ impl Recovered {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
-    move |source| OpenError::Io { path: path.to_path_buf(), source }
-}
-
 pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
     let dir = &opts.dir;
-    if !opts.read_only {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    }
-    if !dir.is_dir() {
-        return Err(OpenError::Invalid(format!("data directory {} does not exist", dir.display())));
-    }
-    let lock = if opts.read_only { None } else { Some(lock_dir(dir)?) };
-    if !opts.read_only {
-        remove_leftovers(dir);
-    }
+    let (lock, segments, numbers) = open::open_segments(dir, opts.read_only)?;
     let key = load_or_create_key(dir, opts.read_only)?;
     // Sizing the index from the newest snapshot (about 18 bytes an entry)
     // spares the rehashing that growing one entry at a time would cost.
@@ -79,40 +60,18 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
         clicks: Default::default(),
         dirty_clicks: Mutex::new(HashSet::new()),
         idem: Default::default(),
-        segments: RwLock::new(BTreeMap::new()),
-        poisoned: RwLock::new(None),
+        segments,
+        poisoned: Arc::new(RwLock::new(None)),
         live_links: AtomicU64::new(0),
         damage: Mutex::new(BTreeMap::new()),
-        written: AtomicU64::new(0),
+        written: Arc::new(AtomicU64::new(0)),
     });
-
-    let mut numbers: Vec<u32> = std::fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(|e| e.ok()?.file_name().to_str().and_then(segment::segment_number))
-        .collect();
-    numbers.sort_unstable();
-    if let (Some(&last), false) = (numbers.last(), opts.read_only) {
-        if unfinished_roll(dir, last) {
-            tracing::warn!(segment = last, "removing an empty newest segment without a header (interrupted roll)");
-            std::fs::remove_file(segment::segment_path(dir, last)).map_err(io_err(&segment::segment_path(dir, last)))?;
-            numbers.pop();
-        }
-    }
-    let mut segs = BTreeMap::new();
-    for &n in &numbers {
-        let seg = Segment::open(dir, n).map_err(|e| OpenError::Damaged {
-            file: segment::segment_path(dir, n),
-            offset: 0,
-            reason: e.to_string(),
-        })?;
-        segs.insert(n, Arc::new(seg));
-    }
 
     let mut state = Replay { shared: &shared, live: HashMap::new(), next_id: 0, next_lsn: 1, replayed: 0, live_links: 0 };
     let mut start = Loc { seg: 0, off: 0 };
     for path in snapshot::list(dir).map_err(io_err(dir))? {
         match Snapshot::read(&path) {
-            Ok(snap) => match state.load_snapshot(&snap, &segs, opts.repair) {
+            Ok(snap) => match state.load_snapshot(&snap, &shared.segments, opts.repair) {
                 Ok(()) => {
                     tracing::info!(file = %path.display(), "loaded snapshot");
                     start = Loc { seg: snap.meta.replay_seg, off: snap.meta.replay_off as u32 };
@@ -139,12 +98,11 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
 
     let newest = numbers.last().copied();
     let mut write_off = SEGMENT_HEADER_LEN as u64;
-    *shared.segments.write() = segs.clone();
-
-    for (&n, seg) in segs.range(start.seg..) {
-        let from = if n == start.seg { (start.off as usize).max(SEGMENT_HEADER_LEN) } else { SEGMENT_HEADER_LEN };
-        let end = state.replay_segment(seg, from, Some(n) == newest, opts)?;
-        if Some(n) == newest {
+    let rules = ReplayRules { repair: opts.repair, read_only: opts.read_only };
+    for seg in shared.segments.all().into_iter().filter(|s| s.number >= start.seg) {
+        let from = if seg.number == start.seg { (start.off as usize).max(SEGMENT_HEADER_LEN) } else { SEGMENT_HEADER_LEN };
+        let end = open::replay_segment(&seg, from, Some(seg.number) == newest, rules, |rec, loc, len| state.apply(rec, loc, len))?;
+        if Some(seg.number) == newest {
             write_off = end as u64;
         }
     }
@@ -173,7 +131,7 @@ impl Replay<'_> {
         self.live_links = 0;
     }
 
-    fn load_snapshot(&mut self, snap: &Snapshot, segs: &BTreeMap<u32, Arc<Segment>>, repair: bool) -> Result<(), OpenError> {
+    fn load_snapshot(&mut self, snap: &Snapshot, segs: &Segments, repair: bool) -> Result<(), OpenError> {
         let mut missing = HashSet::new();
         let mut locs = Vec::new();
         // The image is fuzzy: it may hold locations the writer reached while
@@ -185,7 +143,7 @@ impl Replay<'_> {
         snap.for_each(|e| match e {
             Entry::Loc { seg, off, .. } if (Loc { seg, off }) >= replay_from => {}
             Entry::Loc { key, seg, off, live } => {
-                if !segs.contains_key(&seg) {
+                if !segs.contains(seg) {
                     missing.insert(seg);
                     return;
                 }
@@ -232,48 +190,6 @@ impl Replay<'_> {
         Ok(())
     }
 
-    /// Replays one segment from `from`; returns where its data ends.
-    fn replay_segment(&mut self, seg: &Segment, from: usize, newest: bool, opts: &StoreOptions) -> Result<usize, OpenError> {
-        let data = seg.bytes();
-        let mut at = from;
-        loop {
-            let problem = match record::decode(data, at) {
-                Ok((rec, len)) => {
-                    self.apply(&rec, Loc { seg: seg.number, off: at as u32 }, record::padded(len) as u64);
-                    at += record::padded(len);
-                    continue;
-                }
-                Err(DecodeError::End) => match data[at.min(data.len())..].iter().position(|&b| b != 0) {
-                    None => return Ok(at),
-                    Some(_) => "data after the end of the log".to_string(),
-                },
-                Err(e) => e.to_string(),
-            };
-            let resume = next_record(data, at);
-            // Intact records after the damage mean it is not a torn tail:
-            // they may be acknowledged links, so never cut them silently.
-            let mid_log = resume.is_some();
-            if newest && !mid_log && !opts.read_only {
-                let cut = data.len().saturating_sub(at);
-                tracing::warn!(file = %seg.path.display(), offset = at, bytes = cut, reason = %problem, "cutting off a torn or corrupt tail");
-                zero_tail(&seg.path, at as u64, data.len() as u64).map_err(io_err(&seg.path))?;
-                return Ok(at);
-            }
-            if newest && !mid_log {
-                return Ok(at);
-            }
-            if !opts.repair {
-                return Err(OpenError::Damaged { file: seg.path.clone(), offset: at as u64, reason: problem });
-            }
-            let to = resume.unwrap_or(data.len());
-            tracing::warn!(file = %seg.path.display(), from = at, to, reason = %problem, "repair: skipping a damaged range");
-            match resume {
-                Some(o) => at = o,
-                None => return Ok(at),
-            }
-        }
-    }
-
     fn apply(&mut self, rec: &Record<'_>, loc: Loc, len: u64) {
         self.replayed += 1;
         self.next_lsn = self.next_lsn.max(rec.lsn.saturating_add(1));
@@ -308,7 +224,7 @@ impl Replay<'_> {
         self.shared.index.insert(key, loc);
         *self.live.entry(loc.seg).or_default() += len;
         let old_kind = old.and_then(|old| {
-            let (old_len, kind) = record_len_at(&self.shared.segments, old)?;
+            let (old_len, kind) = self.shared.segments.record_len_at(old)?;
             let l = self.live.entry(old.seg).or_default();
             *l = l.saturating_sub(old_len);
             Some(kind)
@@ -329,66 +245,6 @@ fn key_of(bytes: &[u8]) -> CompactString {
         Ok(s) => CompactString::new(s),
         Err(_) => CompactString::from_utf8_lossy(bytes),
     }
-}
-
-/// Padded length and kind of the record at `loc`, read from its header.
-pub fn record_len_at(segments: &RwLock<BTreeMap<u32, Arc<Segment>>>, loc: Loc) -> Option<(u64, u8)> {
-    let segs = segments.read();
-    let seg = segs.get(&loc.seg)?;
-    let len = record::claimed_len(seg.bytes(), loc.off as usize).ok()?;
-    Some((record::padded(len) as u64, seg.bytes()[loc.off as usize + record::KIND_OFFSET]))
-}
-
-fn zero_tail(path: &Path, from: u64, to: u64) -> io::Result<()> {
-    let file = OpenOptions::new().write(true).open(path)?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
-    }
-    file.sync_data()
-}
-
-/// A segment file with no valid header and nothing but zeros: a roll that
-/// never finished (segments made before rolls used a temporary name).
-fn unfinished_roll(dir: &Path, n: u32) -> bool {
-    if Segment::open(dir, n).is_ok() {
-        return false;
-    }
-    match std::fs::read(segment::segment_path(dir, n)) {
-        Ok(bytes) => bytes.iter().all(|&b| b == 0),
-        Err(_) => false,
-    }
-}
-
-/// Removes temporary files of a snapshot or segment roll that a crash
-/// interrupted; they were never renamed into place, so nothing refers to them.
-fn remove_leftovers(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if (name.starts_with("snapshot-") || name.ends_with(".log.tmp")) && name.ends_with(".tmp") {
-            tracing::warn!(file = %name, "removing a temporary file left by an interrupted write");
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-fn lock_dir(dir: &Path) -> Result<File, OpenError> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| {
-        if e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error()) {
-            OpenError::ReadOnly(dir.to_path_buf())
-        } else {
-            OpenError::Io { path: path.clone(), source: e }
-        }
-    })?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        .map_err(|_| OpenError::Invalid(format!("data directory {} is in use by another shortd process", dir.display())))?;
-    Ok(file)
 }
 
 /// The permutation key: 48 random bytes followed by their xxh3 checksum.

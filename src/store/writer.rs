@@ -1,17 +1,16 @@
-//! The single writer: group commit, segment rolling, snapshots, compaction.
+//! The single writer: the link rules, batches, snapshots, compaction.
 //!
 //! All changes arrive over one channel. The writer takes every command that
 //! is waiting (up to `MAX_BATCH`), checks each against the current state plus
-//! the changes earlier in the same batch, encodes the records into one
-//! buffer, writes it with one `pwrite`, syncs once (`always`), applies the
-//! batch to the index and answers. A failed write or `fdatasync` poisons the
-//! writer: it refuses every later write until restart, because after a
-//! failed fsync the kernel may have dropped the dirty pages (fsyncgate).
+//! the changes earlier in the same batch (alias claims, generated codes,
+//! patch merges, versions, idempotency), hands the records to the journal's
+//! `Log` (one write and at most one sync per batch), applies the batch to
+//! the index only once the log has it, and answers. When the log fails a
+//! batch, every command of it fails and nothing of it reaches the index.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,15 +20,15 @@ use compact_str::CompactString;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
-use super::record::{self, Body, Put, Record};
-use super::recovery::{self, Recovered};
-use super::scan::{Found, Scan};
-use super::segment::{self, Segment, SEGMENT_HEADER_LEN};
-use super::snapshot::{SnapshotMeta, SnapshotWriter};
+use super::recovery::Recovered;
 use crate::code::CODE_SPACE;
-use crate::config::Durability;
+use crate::journal::record::{self, Body, Put, Record};
+use crate::journal::scan::{Found, Scan};
+use crate::journal::segment::{Segment, SEGMENT_HEADER_LEN};
+use crate::journal::snapshot::{SnapshotMeta, SnapshotWriter};
+use crate::journal::{Log, LogHandles, LogOptions};
 use crate::metrics as m;
-use crate::store::{
+use super::{
     ApplyMode, Change, Created, Idem, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, Version, WriteError, ALIAS_ID,
     IDEMPOTENCY_WINDOW_MS,
 };
@@ -92,17 +91,10 @@ struct SnapshotJob {
 pub struct Writer {
     opts: StoreOptions,
     shared: Arc<Shared>,
-    file: Option<File>,
-    active: u32,
-    /// Where `buf` will be written in the active segment.
-    buf_off: u64,
-    buf: Vec<u8>,
+    log: Log,
     next_id: u64,
-    next_lsn: u64,
+    /// Bytes of records that the index points at, per segment.
     live: HashMap<u32, u64>,
-    sealed_len: HashMap<u32, u64>,
-    dirty: bool,
-    last_sync: Instant,
     since_snapshot: u64,
     last_snapshot: Instant,
     snapshot: Option<SnapshotJob>,
@@ -118,8 +110,6 @@ pub struct Writer {
     effects: Vec<Effect>,
     /// Codes whose click totals this batch logs; pending again if it fails.
     batch_clicks: Vec<CompactString>,
-    /// The batch's first failed write, roll or sync: it fails the batch.
-    failed: Option<WriteError>,
     replies: Vec<Reply>,
     sync_replies: Vec<oneshot::Sender<Result<(), WriteError>>>,
     _lock: Option<File>,
@@ -132,18 +122,18 @@ fn now_ms() -> i64 {
 impl Writer {
     pub fn new(opts: StoreOptions, mut rec: Recovered) -> Writer {
         let lock = rec.take_lock();
-        let mut w = Writer {
+        let log = Log::open(
+            LogOptions { dir: opts.dir.clone(), durability: opts.durability, segment_bytes: opts.segment_bytes },
+            LogHandles { segments: rec.shared.segments.clone(), poison: rec.shared.poisoned.clone(), written: rec.shared.written.clone() },
+            rec.active,
+            rec.write_off,
+            rec.next_lsn,
+        );
+        Writer {
             shared: rec.shared.clone(),
-            file: None,
-            active: rec.active,
-            buf_off: rec.write_off,
-            buf: Vec::with_capacity(1 << 20),
+            log,
             next_id: rec.next_id,
-            next_lsn: rec.next_lsn,
-            live: rec.live,
-            sealed_len: HashMap::new(),
-            dirty: false,
-            last_sync: Instant::now(),
+            live: std::mem::take(&mut rec.live),
             since_snapshot: rec.replayed,
             last_snapshot: Instant::now(),
             snapshot: None,
@@ -156,60 +146,22 @@ impl Writer {
             pending_idem: HashMap::new(),
             effects: Vec::new(),
             batch_clicks: Vec::new(),
-            failed: None,
             replies: Vec::new(),
             sync_replies: Vec::new(),
             _lock: lock,
             opts,
-        };
-        w.shared.set_written(w.active, w.buf_off);
-        for (&n, seg) in w.shared.segments.read().iter() {
-            if n != w.active {
-                w.sealed_len.insert(n, seg.len() as u64);
-            }
         }
-        let opened = if w.active == 0 {
-            w.roll()
-        } else {
-            OpenOptions::new()
-                .write(true)
-                .open(segment::segment_path(&w.opts.dir, w.active))
-                .map(|f| w.file = Some(f))
-                .map_err(|e| WriteError::Unavailable(e.to_string()))
-        };
-        m::segments(w.shared.segments.read().len());
-        match opened {
-            // Out of space for a first segment: not poisoned; appends try again.
-            Err(WriteError::DiskFull(e)) => tracing::error!(error = %e, "no space for a log segment; creates fail until there is"),
-            Err(e) => w.poison(format!("cannot open the log for writing: {e}")),
-            Ok(()) => {}
-        }
-        w
-    }
-
-    fn poison(&mut self, reason: String) {
-        tracing::error!(%reason, "store refuses writes until restart");
-        *self.shared.poisoned.write() = Some(reason);
-    }
-
-    /// A failed write, sync or segment creation: the writer is poisoned
-    /// and the batch under way fails as a whole.
-    fn io_failed(&mut self, reason: String) -> WriteError {
-        self.poison(reason.clone());
-        let e = WriteError::Unavailable(reason);
-        self.failed.get_or_insert_with(|| e.clone());
-        e
     }
 
     fn refusal(&self) -> Option<WriteError> {
-        self.shared.poisoned.read().as_ref().map(|r| WriteError::Unavailable(r.clone()))
+        self.log.refusal().map(WriteError::from)
     }
 
     pub fn run(mut self, rx: Receiver<Command>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let busy = self.compacting.is_some();
-            let wait = if self.opts.durability == Durability::Interval && self.dirty { self.opts.fsync_interval.min(TICK) } else { TICK };
+            let wait = self.log.sync_due_in(self.opts.fsync_interval).map_or(TICK, |d| d.min(TICK));
             let first = if busy { rx.try_recv().map_err(|_| RecvTimeoutError::Timeout) } else { rx.recv_timeout(wait) };
             match first {
                 Ok(cmd) => {
@@ -351,7 +303,7 @@ impl Writer {
             // room for both first, so no roll can fail between them.
             let both = record::padded(record::HEADER_LEN + 40 + code.len() + link.url.len())
                 + record::padded(record::HEADER_LEN + 10 + ikey.len() + code.len());
-            self.ensure_room(both as u64)?;
+            self.log.ensure_room(both as u64)?;
         }
         self.put(&link, Version { ms: link.created_ms, origin: self.opts.origin })?;
         self.effects.push(Effect::LiveLinks(1));
@@ -510,152 +462,18 @@ impl Writer {
         Ok(())
     }
 
-    /// Encodes a record into the batch buffer, rolling to a new segment when
-    /// the active one is full. Returns where it will lie and its padded size.
-    fn append(&mut self, mut rec: Record<'_>) -> Result<(Loc, u64), WriteError> {
-        if let Some(e) = self.failed.clone().or_else(|| self.refusal()) {
-            return Err(e);
-        }
-        if self.file.is_none() {
-            self.roll()?;
-        }
-        rec.lsn = self.next_lsn;
-        self.next_lsn += 1;
-        let mut start = self.buf.len();
-        record::encode(&rec, &mut self.buf);
-        let size = (self.buf.len() - start) as u64;
-        if size > self.opts.segment_bytes - SEGMENT_HEADER_LEN as u64 {
-            self.buf.truncate(start);
-            return Err(WriteError::Unavailable(format!("a record of {size} bytes does not fit in a segment; raise --segment-bytes")));
-        }
-        if self.buf_off + self.buf.len() as u64 > self.active_len() {
-            let tail = self.buf.split_off(start);
-            self.flush_buf()?;
-            self.roll()?;
-            self.buf = tail;
-            start = 0;
-        }
+    /// Hands a record to the log; returns where it will lie and its
+    /// padded size.
+    fn append(&mut self, rec: Record<'_>) -> Result<(Loc, u64), WriteError> {
+        let placed = self.log.append(rec)?;
         self.since_snapshot += 1;
-        Ok((Loc { seg: self.active, off: (self.buf_off + start as u64) as u32 }, size))
-    }
-
-    /// Rolls now unless `bytes` more fit in the active segment.
-    fn ensure_room(&mut self, bytes: u64) -> Result<(), WriteError> {
-        if self.buf_off + self.buf.len() as u64 + bytes > self.active_len() {
-            self.flush_buf()?;
-            self.roll()?;
-        }
-        Ok(())
-    }
-
-    /// Bytes the active segment's file and map span: the writer never
-    /// writes past them, whatever the segment size setting says now (a file
-    /// cut short by a crash, or made under another setting, is rolled over
-    /// when full).
-    fn active_len(&self) -> u64 {
-        self.shared.segment(self.active).map_or(self.opts.segment_bytes, |s| s.len() as u64)
-    }
-
-    fn flush_buf(&mut self) -> Result<(), WriteError> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let Some(file) = &self.file else {
-            self.buf.clear();
-            return Err(WriteError::Unavailable("no writable segment".into()));
-        };
-        let written = file.write_all_at(&self.buf, self.buf_off);
-        let n = self.buf.len() as u64;
-        self.buf.clear();
-        match written {
-            Ok(()) => {
-                self.buf_off += n;
-                self.shared.set_written(self.active, self.buf_off);
-                self.dirty = true;
-                m::store_appended(n);
-                Ok(())
-            }
-            Err(e) => {
-                let reason = format!("write to segment {} failed: {e}", self.active);
-                Err(self.io_failed(reason))
-            }
-        }
-    }
-
-    fn sync(&mut self) -> Result<(), WriteError> {
-        let Some(file) = &self.file else { return Ok(()) };
-        if !self.dirty {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let r = file.sync_data();
-        m::fsync_seconds(started.elapsed());
-        self.last_sync = Instant::now();
-        match r {
-            Ok(()) => {
-                self.dirty = false;
-                Ok(())
-            }
-            Err(e) => {
-                let reason = format!("fdatasync of segment {} failed: {e}", self.active);
-                Err(self.io_failed(reason))
-            }
-        }
-    }
-
-    /// Seals the active segment and starts the next. Any failure fails the
-    /// whole batch (`failed`): commands earlier in it may sit in a segment
-    /// whose sync or successor never came, so none of them is acknowledged.
-    /// Lack of space leaves the writer usable (a later roll may find room);
-    /// any other failure poisons it.
-    fn roll(&mut self) -> Result<(), WriteError> {
-        let rolled = self.try_roll();
-        if let Err(e) = &rolled {
-            self.buf.clear();
-            self.failed.get_or_insert_with(|| e.clone());
-        }
-        rolled
-    }
-
-    fn try_roll(&mut self) -> Result<(), WriteError> {
-        // Even under `never`: a snapshot syncs only the active segment, so a
-        // sealed one must be on disk before any snapshot can cover it (one
-        // fdatasync per segment, not per write).
-        self.sync()?;
-        let next = self.active + 1;
-        let made = Segment::create(&self.opts.dir, next, self.opts.segment_bytes);
-        let (seg, file) = match made {
-            Ok(made) => made,
-            Err(e) if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) => {
-                return Err(WriteError::DiskFull(format!("cannot create segment {next}: {e}")));
-            }
-            Err(e) => return Err(self.io_failed(format!("cannot create segment {next}: {e}"))),
-        };
-        if self.active != 0 {
-            self.sealed_len.insert(self.active, self.buf_off);
-        }
-        self.shared.segments.write().insert(next, Arc::new(seg));
-        self.file = Some(file);
-        self.active = next;
-        self.buf_off = SEGMENT_HEADER_LEN as u64;
-        self.shared.set_written(next, self.buf_off);
-        self.dirty = false;
-        m::segments(self.shared.segments.read().len());
-        Ok(())
+        Ok(placed)
     }
 
     /// Writes the batch, syncs it as durability asks, applies it, answers.
     fn commit(&mut self, force_sync: bool) {
         let batch = self.replies.len();
-        if self.failed.is_none() {
-            let _ = self.flush_buf();
-        }
-        let must_sync = force_sync || !self.sync_replies.is_empty() || (self.opts.durability == Durability::Always && self.dirty);
-        if self.failed.is_none() && must_sync {
-            let _ = self.sync();
-        }
-        let failure = self.failed.take();
-        self.buf.clear();
+        let failure = self.log.commit(force_sync || !self.sync_replies.is_empty()).err().map(WriteError::from);
         if failure.is_none() {
             for effect in std::mem::take(&mut self.effects) {
                 self.apply(effect);
@@ -684,7 +502,7 @@ impl Writer {
             Effect::SetLoc { key, loc, len } => {
                 *self.live.entry(loc.seg).or_default() += len;
                 if let Some(old) = self.shared.index.insert(key, loc) {
-                    if let Some((old_len, _)) = recovery::record_len_at(&self.shared.segments, old) {
+                    if let Some((old_len, _)) = self.shared.segments.record_len_at(old) {
                         let l = self.live.entry(old.seg).or_default();
                         *l = l.saturating_sub(old_len);
                     }
@@ -704,8 +522,8 @@ impl Writer {
     }
 
     fn housekeeping(&mut self) {
-        if self.opts.durability == Durability::Interval && self.dirty && self.last_sync.elapsed() >= self.opts.fsync_interval {
-            let _ = self.sync();
+        if self.log.sync_due_in(self.opts.fsync_interval) == Some(Duration::ZERO) {
+            let _ = self.log.sync();
         }
         if let Some(job) = &self.snapshot {
             if job.handle.is_finished() {
@@ -715,7 +533,7 @@ impl Writer {
         }
         let due = self.since_snapshot >= self.opts.snapshot_records
             || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= self.opts.snapshot_interval)
-            || self.drained.iter().any(|&(_, lsn)| lsn <= self.next_lsn) && self.last_snapshot.elapsed() >= TICK;
+            || self.drained.iter().any(|&(_, lsn)| lsn <= self.log.next_lsn()) && self.last_snapshot.elapsed() >= TICK;
         if due && self.snapshot.is_none() && self.refusal().is_none() {
             self.start_snapshot();
         }
@@ -728,14 +546,15 @@ impl Writer {
     }
 
     fn start_snapshot(&mut self) {
-        if self.sync().is_err() {
+        if self.log.sync().is_err() {
             return;
         }
+        let end = self.log.end();
         let meta = SnapshotMeta {
-            replay_seg: self.active,
-            replay_off: self.buf_off,
+            replay_seg: end.seg,
+            replay_off: end.off as u64,
             next_id: self.next_id,
-            next_lsn: self.next_lsn,
+            next_lsn: self.log.next_lsn(),
             created_ms: now_ms(),
         };
         let live: Vec<(u32, u64)> = self.live.iter().map(|(&s, &b)| (s, b)).collect();
@@ -766,15 +585,9 @@ impl Writer {
                 let (gone, keep): (Vec<_>, Vec<_>) = self.drained.iter().partition(|&&(_, lsn)| lsn <= covered);
                 self.drained = keep;
                 for (seg, _) in gone {
-                    self.shared.segments.write().remove(&seg);
                     self.live.remove(&seg);
-                    self.sealed_len.remove(&seg);
-                    match std::fs::remove_file(segment::segment_path(&self.opts.dir, seg)) {
-                        Ok(()) => tracing::info!(segment = seg, "compacted segment removed"),
-                        Err(e) => tracing::warn!(segment = seg, error = %e, "cannot remove a compacted segment"),
-                    }
+                    self.log.remove_segment(seg);
                 }
-                m::segments(self.shared.segments.read().len());
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "snapshot failed; the log still holds everything"),
             Err(_) => tracing::error!("snapshot thread panicked"),
@@ -787,7 +600,7 @@ impl Writer {
         }
         if self.compacting.is_none() {
             let candidate =
-                self.sealed_len.iter().filter(|(s, _)| !self.drained.iter().any(|(d, _)| d == *s) && !self.held.contains(s)).find(
+                self.log.sealed().iter().filter(|(s, _)| !self.drained.iter().any(|(d, _)| d == *s) && !self.held.contains(s)).find(
                     |(s, &total)| {
                         let data = total.saturating_sub(SEGMENT_HEADER_LEN as u64).max(1);
                         let live = self.live.get(s).copied().unwrap_or(0);
@@ -802,8 +615,9 @@ impl Writer {
         let Some(mut job) = self.compacting.take() else { return };
         let seg = job.seg.clone();
         let started = Instant::now();
-        let end = self.sealed_len.get(&seg.number).map_or(seg.len(), |&l| l as usize);
+        let end = self.log.sealed().get(&seg.number).map_or(seg.len(), |&l| l as usize);
         let mut scan = Scan::new(seg.bytes(), job.at, end);
+        let mut stopped = false;
         for _ in 0..COMPACT_CHUNK {
             let (at, rec) = match scan.next() {
                 None => break,
@@ -829,7 +643,7 @@ impl Writer {
                     Ok((loc, len)) => self.effects.push(Effect::SetLoc { key, loc, len }),
                     Err(e) => {
                         tracing::warn!(error = %e, "compaction stopped; it starts over later");
-                        self.failed.get_or_insert(e);
+                        stopped = true;
                         break;
                     }
                 }
@@ -837,7 +651,6 @@ impl Writer {
         }
         let done = scan.next().is_none();
         job.at = scan.position();
-        let stopped = self.failed.is_some();
         self.commit(true);
         m::compaction_seconds(started.elapsed());
         if stopped {
@@ -863,7 +676,7 @@ impl Writer {
             tracing::warn!(file = %seg.path.display(), %damage, "damaged segment drained: no live link pointed into the damage");
         }
         tracing::info!(segment = seg.number, "segment drained; removed after the next snapshot");
-        self.drained.push((seg.number, self.next_lsn));
+        self.drained.push((seg.number, self.log.next_lsn()));
     }
 
     fn shutdown(&mut self) {
@@ -884,7 +697,7 @@ fn write_snapshot(shared: &Shared, dir: &std::path::Path, meta: &SnapshotMeta, l
     let mut w = SnapshotWriter::create(dir, meta)?;
     for e in shared.index.iter() {
         let loc = *e.value();
-        let live = recovery::record_len_at(&shared.segments, loc).is_some_and(|(_, kind)| kind == record::KIND_PUT);
+        let live = shared.segments.record_len_at(loc).is_some_and(|(_, kind)| kind == record::KIND_PUT);
         w.loc(e.key().as_bytes(), loc.seg, loc.off, live)?;
     }
     for e in shared.clicks.iter() {
