@@ -2,14 +2,14 @@
 //! `shortd import` round-trip every link, and `shortd check` tells a
 //! healthy data directory from a damaged one.
 
-mod store_support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use common::disk;
 use serde_json::Value;
 use shortd::store::{NewLink, Patch, Store, StoreOptions};
-use store_support as support;
 
 const FUTURE_MS: i64 = 4_000_000_000_000;
 
@@ -72,7 +72,7 @@ fn populate(dir: &Path) -> usize {
 }
 
 fn export(dir: &Path) -> BTreeMap<String, Value> {
-    let out = support::cli(&["export", "--data-dir", dir.to_str().unwrap()]);
+    let out = common::cli(&["export", "--data-dir", dir.to_str().unwrap()]);
     assert!(out.status.success(), "export failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout)
         .expect("UTF-8 export")
@@ -95,7 +95,7 @@ fn export_then_import_round_trips_every_link() {
     let file = tmp.path().join("links.jsonl");
     let text: String = exported.values().map(|v| format!("{v}\n")).collect();
     std::fs::write(&file, text).unwrap();
-    let out = support::cli(&["import", "--data-dir", to.to_str().unwrap(), file.to_str().unwrap()]);
+    let out = common::cli(&["import", "--data-dir", to.to_str().unwrap(), file.to_str().unwrap()]);
     assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(report.contains(&format!("imported {live} links")) && report.contains("0 lines refused"), "import report: {report}");
@@ -128,10 +128,10 @@ fn check_passes_a_healthy_dir_and_names_a_damaged_segment() {
     let dir = tmp.path().join("data");
     populate(&dir);
     let d = dir.to_str().unwrap();
-    let segs = support::segments(&dir);
+    let segs = disk::segments(&dir);
     assert!(segs.len() >= 3, "want several segments, got {}", segs.len());
 
-    let out = support::cli(&["check", "--data-dir", d]);
+    let out = common::cli(&["check", "--data-dir", d]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "check of a healthy dir failed:\n{text}");
     assert!(text.contains("ok"), "{text}");
@@ -139,19 +139,19 @@ fn check_passes_a_healthy_dir_and_names_a_damaged_segment() {
     // A torn tail in the newest segment is reported but is no failure:
     // the next start cuts it off.
     let newest = segs.last().unwrap();
-    let end = support::data_end(newest);
-    support::write_at(newest, end as u64, &support::garbage(64));
-    let out = support::cli(&["check", "--data-dir", d]);
+    let end = disk::data_end(newest);
+    disk::write_at(newest, end as u64, &disk::garbage(64));
+    let out = common::cli(&["check", "--data-dir", d]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "a torn newest tail is not damage:\n{text}");
-    support::write_at(newest, end as u64, &[0; 64]);
+    disk::write_at(newest, end as u64, &[0; 64]);
 
     // A flipped bit in the middle of an older segment.
     let older = &segs[1];
-    let recs = support::records(older);
+    let recs = disk::records(older);
     let victim = recs[recs.len() / 2];
-    support::flip_bit(older, victim.off as u64 + 40);
-    let out = support::cli(&["check", "--data-dir", d]);
+    disk::flip_bit(older, victim.off as u64 + 40);
+    let out = common::cli(&["check", "--data-dir", d]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "check passed a damaged dir:\n{text}");
     let name = older.file_name().unwrap().to_str().unwrap();

@@ -2,22 +2,22 @@
 //! store's library API (no HTTP).
 //!
 //! A "crash" here is a copy of the data directory taken while the store is
-//! synced and idle (`store_support::copy_dir`): that is what `kill -9` leaves
+//! synced and idle (`common::disk::copy_dir`): that is what `kill -9` leaves
 //! on disk, since the page cache survives the process. The original store is
 //! then closed and the copy opened, as a restarted process would.
 
-mod store_support;
+mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::disk;
 use proptest::prelude::*;
 use shortd::config::Durability;
 use shortd::journal::record::KIND_PUT;
 use shortd::store::{Link, Lookup, NewLink, OpenError, Patch, Store, StoreOptions, WriteError};
-use store_support as support;
 
 /// Small segments, so that a few thousand links span several of them.
 const SEGMENT: u64 = 65536;
@@ -82,7 +82,7 @@ fn seen(store: &Store, code: &str) -> Seen {
 /// Syncs the store and copies its directory: the disk after a crash now.
 fn crash_copy(store: &Store, from: &Path, to: &Path) {
     rt().block_on(store.sync()).expect("sync before the crash copy");
-    support::copy_dir(from, to);
+    disk::copy_dir(from, to);
 }
 
 fn assert_all_live(store: &Store, links: &[Link], what: &str) {
@@ -120,15 +120,15 @@ fn torn(tmp: &Path, tear: Tear) -> (PathBuf, Vec<Link>, String) {
     crash_copy(&store, &live, &crashed);
     store.close();
 
-    let seg = support::newest_segment(&crashed);
-    let last = *support::records(&seg).last().expect("records in the newest segment");
+    let seg = disk::newest_segment(&crashed);
+    let last = *disk::records(&seg).last().expect("records in the newest segment");
     assert_eq!(last.kind, KIND_PUT);
-    let code = support::put_key(&seg, last.off);
+    let code = disk::put_key(&seg, last.off);
     let (off, half) = (last.off as u64, last.padded as u64 / 2);
     match tear {
-        Tear::ZeroHalf => support::write_at(&seg, off + half, &vec![0; half as usize]),
-        Tear::ZeroAll => support::write_at(&seg, off, &vec![0; last.padded]),
-        Tear::Garbage => support::write_at(&seg, off + half, &support::garbage(half as usize)),
+        Tear::ZeroHalf => disk::write_at(&seg, off + half, &vec![0; half as usize]),
+        Tear::ZeroAll => disk::write_at(&seg, off, &vec![0; last.padded]),
+        Tear::Garbage => disk::write_at(&seg, off + half, &disk::garbage(half as usize)),
         Tear::Truncate => std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(off + half).unwrap(),
     }
     (crashed, links, code)
@@ -203,7 +203,7 @@ fn crash_during_roll(len: u64) {
     let links = create_all(&store, urls("roll", 300, 60));
     crash_copy(&store, &live, &crashed);
     store.close();
-    let segs = support::segments(&crashed);
+    let segs = disk::segments(&crashed);
     let next = segs.len() as u32 + 1;
     let path = crashed.join(format!("{next:08}.log"));
     std::fs::File::create(&path).unwrap().set_len(len).unwrap();
@@ -257,15 +257,15 @@ fn flipped_bit_in_an_older_segment_stops_the_start_and_repair_keeps_the_rest() {
     // A crash copy holds no snapshot, so a start replays the whole log.
     crash_copy(&store, &live, &crashed);
     store.close();
-    assert!(support::snapshots(&crashed).is_empty());
-    let segs = support::segments(&crashed);
+    assert!(disk::snapshots(&crashed).is_empty());
+    let segs = disk::segments(&crashed);
     assert!(segs.len() >= 3, "want several segments, got {}", segs.len());
 
     let older = &segs[0];
-    let recs = support::records(older);
+    let recs = disk::records(older);
     let victim = recs[recs.len() / 2];
-    let victim_code = support::put_key(older, victim.off);
-    support::flip_bit(older, victim.off as u64 + 36);
+    let victim_code = disk::put_key(older, victim.off);
+    disk::flip_bit(older, victim.off as u64 + 36);
 
     let err = match Store::open(opts(&crashed)) {
         Ok(s) => {
@@ -568,8 +568,8 @@ fn run_ops(ops: &[Op]) -> Result<(), TestCaseError> {
     crash_copy(&store, &dir, &with);
     store.close();
     drop(store);
-    support::copy_dir(&with, &without);
-    support::remove_snapshots(&without);
+    disk::copy_dir(&with, &without);
+    disk::remove_snapshots(&without);
 
     let a = open(proptest_opts(&with));
     let b = open(proptest_opts(&without));
@@ -672,11 +672,11 @@ fn snapshots_taken_during_heavy_writes_replay_to_the_right_state() {
         eprintln!("NOTE: no snapshot caught a change after its replay position this run; the fuzzy case went untested");
     }
     let (with, without) = (tmp.path().join("with"), tmp.path().join("without"));
-    support::copy_dir(&dir, &with);
+    disk::copy_dir(&dir, &with);
     store.close();
-    assert!(!support::snapshots(&with).is_empty(), "a snapshot was written along the way");
-    support::copy_dir(&with, &without);
-    support::remove_snapshots(&without);
+    assert!(!disk::snapshots(&with).is_empty(), "a snapshot was written along the way");
+    disk::copy_dir(&with, &without);
+    disk::remove_snapshots(&without);
 
     let a = open(StoreOptions { dir: with, ..o.clone() });
     let b = open(StoreOptions { dir: without, ..o });
@@ -692,7 +692,7 @@ fn snapshots_taken_during_heavy_writes_replay_to_the_right_state() {
 fn fuzzy_entries(dir: &Path) -> usize {
     use shortd::journal::snapshot::{Entry, Snapshot};
     let mut n = 0;
-    for path in support::snapshots(dir) {
+    for path in disk::snapshots(dir) {
         // The writer removes older snapshots as newer ones land.
         let Ok(snap) = Snapshot::read(&path) else { continue };
         let replay = (snap.meta.replay_seg, snap.meta.replay_off);
@@ -718,7 +718,7 @@ fn compaction_keeps_exactly_the_live_records() {
     o.durability = Durability::Never;
     let store = open(o.clone());
     let links = create_all(&store, urls("compact", 3000, 80));
-    let before = support::segments(&dir).len();
+    let before = disk::segments(&dir).len();
     assert!(before >= 5, "want several segments, got {before}");
 
     let mut m = Model::default();
@@ -759,7 +759,7 @@ fn compaction_keeps_exactly_the_live_records() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last = (usize::MAX, Instant::now());
     loop {
-        let n = support::segments(&dir).len();
+        let n = disk::segments(&dir).len();
         if n != last.0 {
             last = (n, Instant::now());
         }
@@ -769,7 +769,7 @@ fn compaction_keeps_exactly_the_live_records() {
         assert!(Instant::now() < deadline, "no segment was compacted away in 20s ({n} segments, {before} before)");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let after = support::segments(&dir).len();
+    let after = disk::segments(&dir).len();
     eprintln!("segments: {before} before compaction, {after} after");
     check_against_model(&store, &m, "while running, after compaction").unwrap();
     store.close();
@@ -906,7 +906,7 @@ fn damage_before_intact_records_in_the_newest_segment_stops_the_start() {
     for snap in std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".snap")) {
         std::fs::remove_file(snap.path()).unwrap();
     }
-    let seg = support::segments(&dir).pop().unwrap();
+    let seg = disk::segments(&dir).pop().unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[32 + 40] ^= 0x20;
     std::fs::write(&seg, &bytes).unwrap();

@@ -6,6 +6,10 @@
 //! free loopback port is picked here (bind, read, drop) and handed to the
 //! child; readiness is `GET /healthz` answering 200. The child is killed
 //! when the `Server` is dropped, so a failing test leaves nothing behind.
+//!
+//! Besides the server: the offline CLI commands (`cli`), creates and
+//! redirects from any thread (`create`, `redirect`, `assert_all_redirect`),
+//! and in `disk` byte-level access to a data directory.
 
 #![allow(dead_code)]
 
@@ -13,20 +17,22 @@ pub mod disk;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-/// How long a start may take before `/healthz` must answer 200.
-pub const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a graceful stop may take before the test gives up on it.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a start may take before `/healthz` must answer 200 (a start on
+/// a large or damaged data directory replays and checks its whole log).
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a graceful stop may take before the test gives up on it (the
+/// final snapshot of a large store is written before the exit).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause between two polls of something that changes asynchronously.
 pub const POLL_EVERY: Duration = Duration::from_millis(20);
 /// Attempts at starting on a fresh port when the child dies at start-up
@@ -117,6 +123,12 @@ pub enum Body<'a> {
 /// transport errors (connection refused, timeouts), which no test expects.
 pub fn fetch(req: ureq::Request, body: Body<'_>) -> Resp {
     let desc = format!("{} {}", req.method(), req.url());
+    try_fetch(req, body).unwrap_or_else(|e| panic!("{desc}: {e}"))
+}
+
+/// Like `fetch`, but a transport error (no answer, or a broken one, as when
+/// the server is killed under the request) is returned, not a panic.
+pub fn try_fetch(req: ureq::Request, body: Body<'_>) -> Result<Resp, String> {
     let result = match body {
         Body::None => req.call(),
         Body::Bytes(b) => req.send_bytes(b),
@@ -124,7 +136,7 @@ pub fn fetch(req: ureq::Request, body: Body<'_>) -> Resp {
     };
     let resp = match result {
         Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{desc}: transport error: {e}"),
+        Err(e) => return Err(format!("transport error: {e}")),
     };
     let status = resp.status();
     let mut headers = Vec::new();
@@ -133,8 +145,90 @@ pub fn fetch(req: ureq::Request, body: Body<'_>) -> Resp {
             headers.push((name.to_ascii_lowercase(), v.to_string()));
         }
     }
-    let body = resp.into_string().unwrap_or_else(|e| panic!("{desc}: reading the body: {e}"));
-    Resp { status, headers, body }
+    let body = resp.into_string().map_err(|e| format!("reading the body: {e}"))?;
+    Ok(Resp { status, headers, body })
+}
+
+/// Why a create got no 201.
+#[derive(Debug)]
+pub enum CreateFailure {
+    /// A 4xx or 5xx answer: status and body.
+    Status(u16, String),
+    /// No answer: the connection failed or broke.
+    Transport(String),
+}
+
+/// `POST {base}/api/v1/links {"url": url}`; on 201 the code and the stored
+/// url. Takes an agent and a base rather than a `Server`, for threads that
+/// go on while the server is killed.
+pub fn create(agent: &ureq::Agent, base: &str, url: &str) -> Result<(String, String), CreateFailure> {
+    let body = serde_json::to_vec(&serde_json::json!({ "url": url })).expect("serializing a request body");
+    let req = agent.post(&format!("{base}/api/v1/links")).set("Content-Type", "application/json");
+    let r = try_fetch(req, Body::Bytes(&body)).map_err(CreateFailure::Transport)?;
+    if r.status >= 400 {
+        return Err(CreateFailure::Status(r.status, r.body));
+    }
+    assert_eq!(r.status, 201, "create answered {}: {r:?}", r.status);
+    let v = r.json();
+    let code = v["code"].as_str().unwrap_or_else(|| panic!("no code in the 201 body: {r:?}")).to_string();
+    let url = v["url"].as_str().unwrap_or_else(|| panic!("no url in the 201 body: {r:?}")).to_string();
+    Ok((code, url))
+}
+
+/// `GET {base}/{code}` without following: the status and `Location`.
+pub fn redirect(agent: &ureq::Agent, base: &str, code: &str) -> (u16, Option<String>) {
+    let r = fetch(agent.get(&format!("{base}/{code}")), Body::None);
+    (r.status, r.header("location").map(str::to_string))
+}
+
+/// Checks, from `threads` threads, that every `(code, url)` redirects with
+/// 302 to its url; the failure names up to 20 of those that do not.
+pub fn assert_all_redirect(base: &str, links: &[(String, String)], threads: usize) {
+    let chunk = links.len().div_ceil(threads.max(1)).max(1);
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = links
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    let a = agent();
+                    let mut bad = Vec::new();
+                    for (code, url) in part {
+                        let (status, loc) = redirect(&a, base, code);
+                        if status != 302 || loc.as_deref() != Some(url.as_str()) {
+                            bad.push(format!("{code}: {status} {loc:?}, want 302 {url}"));
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("checker thread")).collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} acknowledged links do not redirect, e.g.:\n{}",
+        failures.len(),
+        links.len(),
+        failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Runs `shortd ARGS` (an offline command: export, import, check, ...) to
+/// completion.
+pub fn cli(args: &[&str]) -> Output {
+    shortd().args(args).stdin(Stdio::null()).output().expect("running shortd")
+}
+
+/// A command for the binary under test that takes its settings from its
+/// flags alone, never from the caller's environment.
+fn shortd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shortd"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SHORTD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
 }
 
 /// Calls `f` until it gives `Some`, for at most `timeout`.
@@ -157,7 +251,14 @@ pub struct Server {
     pub port: u16,
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub base: String,
-    /// Holds `data/` (the data directory) and `shortd.log` (its output).
+    /// The data directory.
+    data: PathBuf,
+    /// `shortd.log` beside the data directory: the output of every run on it.
+    log_path: PathBuf,
+    /// Where this run's output starts in the log.
+    log_from: u64,
+    /// The temporary directory holding `data/` and `shortd.log`, when the
+    /// server made them (`start`), not the test (`start_at`).
     root: Option<TempDir>,
     args: Vec<String>,
     agent: ureq::Agent,
@@ -175,27 +276,37 @@ impl Server {
     /// Starts on a fresh data directory with `--workers 2` and `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
         let root = tempfile::Builder::new().prefix("shortd-test-").tempdir().expect("creating a temporary directory");
-        std::fs::create_dir_all(root.path().join("data")).expect("creating the data directory");
-        Server::start_in(root, extra.iter().map(|s| s.to_string()).collect())
+        let data = root.path().join("data");
+        std::fs::create_dir_all(&data).expect("creating the data directory");
+        Server::start_in(Some(root), data, extra.iter().map(|s| s.to_string()).collect())
     }
 
-    fn start_in(root: TempDir, args: Vec<String>) -> Server {
+    /// Starts on the data directory `dir` (which the test owns and may have
+    /// filled or damaged), with `--workers 2` and `extra` flags; the output
+    /// goes to `shortd.log` beside `dir`.
+    pub fn start_at(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_in(None, dir.to_path_buf(), extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn start_in(root: Option<TempDir>, data: PathBuf, args: Vec<String>) -> Server {
         let agent = agent();
+        let log_path = data.parent().unwrap_or(&data).join("shortd.log");
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let base = format!("http://127.0.0.1:{port}");
-            let mut child = spawn(&root, port, &args);
+            let log_from = std::fs::metadata(&log_path).map_or(0, |m| m.len());
+            let mut child = spawn(&data, &log_path, port, &args);
             match wait_healthy(&agent, &base, &mut child) {
-                Ok(()) => return Server { child: Some(child), port, base, root: Some(root), args, agent },
+                Ok(()) => return Server { child: Some(child), port, base, data, log_path, log_from, root, args, agent },
                 Err(StartFailure::Exited) => continue,
                 Err(StartFailure::Unhealthy) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!("shortd did not answer GET /healthz with 200 within {START_TIMEOUT:?}; log:\n{}", read_log(&root));
+                    panic!("shortd did not answer GET /healthz with 200 within {START_TIMEOUT:?}; log:\n{}", read_log(&log_path, 0));
                 }
             }
         }
-        panic!("shortd exited at start-up {START_ATTEMPTS} times; log:\n{}", read_log(&root));
+        panic!("shortd exited at start-up {START_ATTEMPTS} times; log:\n{}", read_log(&log_path, 0));
     }
 
     /// Starts again on the same data directory with the same flags (on a
@@ -204,19 +315,25 @@ impl Server {
         if let Some(child) = self.child.as_mut() {
             assert!(child.try_wait().ok().flatten().is_some(), "restart() needs the old process stopped first");
         }
-        let root = self.root.take().expect("root is held until drop");
+        let root = self.root.take();
+        let data = std::mem::take(&mut self.data);
         let args = std::mem::take(&mut self.args);
         drop(self);
-        Server::start_in(root, args)
+        Server::start_in(root, data, args)
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.root.as_ref().expect("root is held until drop").path().join("data")
+        self.data.clone()
     }
 
     /// Everything the server (and earlier runs on this directory) printed.
     pub fn log(&self) -> String {
-        self.root.as_ref().map(read_log).unwrap_or_default()
+        read_log(&self.log_path, 0)
+    }
+
+    /// What this run printed, without the output of earlier runs.
+    pub fn run_log(&self) -> String {
+        read_log(&self.log_path, self.log_from)
     }
 
     pub fn pid(&self) -> u32 {
@@ -253,12 +370,22 @@ impl Server {
         }
     }
 
+    /// SIGTERM, and the exit status once the process is gone (bounded).
+    pub fn term(mut self) -> ExitStatus {
+        self.stop_gracefully().0
+    }
+
     /// SIGKILL, as in a crash; waits for the process to be gone.
     pub fn kill(&mut self) {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// `kill -9` (no drain, no final snapshot), and the server is gone.
+    pub fn kill9(mut self) {
+        self.kill();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -384,17 +511,11 @@ impl Drop for Server {
     }
 }
 
-fn spawn(root: &TempDir, port: u16, args: &[String]) -> Child {
-    let mut log = OpenOptions::new().create(true).append(true).open(root.path().join("shortd.log")).expect("opening the server log");
+fn spawn(data: &Path, log_path: &Path, port: u16, args: &[String]) -> Child {
+    let mut log = OpenOptions::new().create(true).append(true).open(log_path).expect("opening the server log");
     let _ = writeln!(log, "=== shortd serve on 127.0.0.1:{port} {args:?}");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shortd"));
-    // Settings come from the flags alone, never from the caller's environment.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SHORTD_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.arg("serve").arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--data-dir").arg(root.path().join("data"));
+    let mut cmd = shortd();
+    cmd.arg("serve").arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--data-dir").arg(data);
     if !args.iter().any(|a| a == "--workers") {
         cmd.arg("--workers").arg("2");
     }
@@ -423,10 +544,13 @@ fn wait_healthy(agent: &ureq::Agent, base: &str, child: &mut Child) -> Result<()
     Err(StartFailure::Unhealthy)
 }
 
-fn read_log(root: &TempDir) -> String {
+/// The log from byte `from` on.
+fn read_log(path: &Path, from: u64) -> String {
     let mut s = String::new();
-    if let Ok(mut f) = File::open(root.path().join("shortd.log")) {
-        let _ = f.read_to_string(&mut s);
+    if let Ok(mut f) = File::open(path) {
+        if f.seek(SeekFrom::Start(from)).is_ok() {
+            let _ = f.read_to_string(&mut s);
+        }
     }
     s
 }
