@@ -1,20 +1,30 @@
 //! Every setting of shortd in one place.
 //!
+//! Each setting of `shortd serve` is one field below, and its attributes
+//! are all there is to it: flag, `SHORTD_*` variable, default, help text,
+//! type and the check of one value. Its TOML key is the flag without `--`.
+//!
 //! Precedence: command-line flag, then `SHORTD_*` environment variable (clap
-//! reads both), then the TOML file named by `--config`, then the default in
-//! [`Config::default`]. Everything is validated before the server binds a
-//! socket; a bad value stops the start with one line naming the setting.
+//! reads both), then the TOML file named by `--config`, then the default.
+//! [`Cli::load`] turns the file's keys into flags for the settings the first
+//! two left unset and parses once more; [`ServeArgs::resolve`] then runs the
+//! checks that involve more than one setting. Everything is validated before
+//! the server binds a socket; a bad value stops the start with one line
+//! naming the setting.
 
+use std::ffi::OsString;
+use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// When a write is acknowledged relative to `fdatasync`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Durability {
     /// Acknowledge only after the record is on disk (group commit).
     Always,
@@ -24,154 +34,182 @@ pub enum Durability {
     Never,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-/// The resolved configuration of a running server.
-#[derive(Clone, Debug)]
+/// The settings of a running server, one field each. [`Config::default`]
+/// is every default, whatever the environment says.
+#[derive(Args, Clone, Debug)]
 pub struct Config {
-    /// Address to listen on. Default `127.0.0.1:8080`.
+    /// Address to listen on
+    #[arg(long, env = "SHORTD_LISTEN", default_value = "127.0.0.1:8080", value_parser = socket_addr)]
     pub listen: SocketAddr,
-    /// Directory for log segments, snapshots and the code key. Default `./data`.
+    /// Data directory
+    #[arg(long, env = "SHORTD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Worker threads, each with its own listener. Default: number of cores.
+    /// Worker threads, one listener each [default: number of cores]
+    #[arg(long, env = "SHORTD_WORKERS", default_value_t = cores(), hide_default_value = true, value_parser = in_range(1usize, 1024))]
     pub workers: usize,
-    /// Base of `short_url`. Default `http://{listen}`.
-    pub public_url: url::Url,
-    /// API keys; with none (here or in `api_key_file`) the API answers
-    /// loopback clients only.
+    // Read through `Config::public_url`, which applies the default.
+    /// Base URL of short links [default: http://LISTEN/]
+    #[arg(long, env = "SHORTD_PUBLIC_URL", value_parser = public_url)]
+    pub public_url: Option<url::Url>,
+    /// API key clients send as `Authorization: Bearer KEY`; repeatable
+    #[arg(long = "api-key", value_name = "API_KEY", env = "SHORTD_API_KEY", value_delimiter = ',', value_parser = api_key)]
     pub api_keys: Vec<String>,
-    /// File of API keys, one per line, re-read on SIGHUP. Default none.
+    /// File of API keys, one per line; re-read on SIGHUP
+    #[arg(long, env = "SHORTD_API_KEY_FILE", value_parser = api_key_file)]
     pub api_key_file: Option<PathBuf>,
-    /// Creates per second per client IP; 0 for unlimited. Default 0.
+    /// Creates per second per client IP, 0 = unlimited
+    #[arg(long, env = "SHORTD_CREATE_RATE", default_value_t = 0)]
     pub create_rate: u32,
-    /// Creates a client may make at once before the rate applies. Default: the rate.
-    pub create_burst: u32,
-    /// Redirects per second per client IP; 0 for unlimited. Default 0.
+    // Read through `Config::create_burst`, which applies the default.
+    /// Burst of creates allowed above the rate [default: the rate]
+    #[arg(long, env = "SHORTD_CREATE_BURST")]
+    pub create_burst: Option<u32>,
+    /// Redirects per second per client IP, 0 = unlimited
+    #[arg(long, env = "SHORTD_REDIRECT_RATE", default_value_t = 0)]
     pub redirect_rate: u32,
-    /// Proxies whose `X-Forwarded-For` names the client. Default none.
+    /// CIDR of a proxy whose X-Forwarded-For is trusted; repeatable
+    #[arg(long = "trusted-proxy", value_name = "TRUSTED_PROXY", env = "SHORTD_TRUSTED_PROXY", value_delimiter = ',', value_parser = trusted_proxy)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// File of blocked target domains, one per line, re-read on SIGHUP. Default none.
+    /// File of blocked target domains (subdomains too); re-read on SIGHUP
+    #[arg(long, env = "SHORTD_BLOCKLIST", value_parser = blocklist)]
     pub blocklist: Option<PathBuf>,
-    /// Default `always`.
+    /// When a write is acknowledged
+    #[arg(long, env = "SHORTD_DURABILITY", default_value = "always")]
     pub durability: Durability,
-    /// fsync period under `interval`. Default `10ms`.
+    /// fsync period under --durability interval
+    #[arg(long, env = "SHORTD_FSYNC_INTERVAL", default_value = "10ms", value_parser = positive_duration)]
     pub fsync_interval: Duration,
-    /// Size a log segment is preallocated to before the writer rolls. Default 64 MiB.
+    /// Log segment size in bytes
+    #[arg(long, env = "SHORTD_SEGMENT_BYTES", default_value_t = 64 << 20, value_parser = in_range(1u64 << 16, 1 << 32))]
     pub segment_bytes: u64,
-    /// `Cache-Control` on redirects. Default `private, max-age=90`.
+    /// Cache-Control header on redirects
+    #[arg(long, env = "SHORTD_CACHE_CONTROL", default_value = "private, max-age=90", value_parser = header_value)]
     pub cache_control: String,
-    /// Longest accepted target URL. Default 8192.
+    /// Longest target URL in bytes
+    #[arg(long, env = "SHORTD_MAX_URL_BYTES", default_value_t = 8192, value_parser = in_range(16usize, 1 << 20))]
     pub max_url_bytes: usize,
-    /// Largest accepted request body. Default 1 MiB.
+    /// Largest request body in bytes
+    #[arg(long, env = "SHORTD_MAX_BODY_BYTES", default_value_t = 1 << 20, value_parser = at_least(1024usize))]
     pub max_body_bytes: usize,
-    /// Time a client has to send its request head. Default `10s`.
+    /// Time to receive a request head, e.g. 2s, 500ms
+    #[arg(long, env = "SHORTD_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
-    /// Keep-alive idle time before a connection is closed. Default `60s`.
+    /// Keep-alive idle timeout
+    #[arg(long, env = "SHORTD_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub idle_timeout: Duration,
-    /// Open connections at most, split evenly across workers. Default 10000.
+    /// Open connections at most, split evenly across workers
+    #[arg(long, env = "SHORTD_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = at_least(1usize))]
     pub max_connections: usize,
-    /// Cache bound in entries. Default 1,000,000.
+    /// Cache bound in entries, 0 = no cache
+    #[arg(long, env = "SHORTD_CACHE_ENTRIES", default_value_t = 1_000_000)]
     pub cache_entries: usize,
-    /// Cache bound in bytes of URLs and keys. Default 256 MiB.
+    /// Cache bound in bytes of URLs and keys
+    #[arg(long, env = "SHORTD_CACHE_BYTES", default_value_t = 256 << 20)]
     pub cache_bytes: usize,
-    /// Cache entry lifetime. Default `60s`.
+    /// Cache entry lifetime
+    #[arg(long, env = "SHORTD_CACHE_TTL", default_value = "60s", value_parser = duration)]
     pub cache_ttl: Duration,
-    /// Random extra lifetime in `[0, jitter)`. Default `15s`.
+    /// Random extra cache lifetime, in [0, this)
+    #[arg(long, env = "SHORTD_CACHE_TTL_JITTER", default_value = "15s", value_parser = duration)]
     pub cache_ttl_jitter: Duration,
-    /// Write a snapshot after this many records. Default 1,000,000.
+    /// Snapshot after this many records
+    #[arg(long, env = "SHORTD_SNAPSHOT_RECORDS", default_value_t = 1_000_000, value_parser = at_least(1u64))]
     pub snapshot_records: u64,
-    /// Write a snapshot at least this often when anything changed. Default `5m`.
+    /// Snapshot at least this often when anything changed
+    #[arg(long, env = "SHORTD_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = duration)]
     pub snapshot_interval: Duration,
-    /// Dead share of a sealed segment that triggers its compaction. Default 0.5.
+    /// Dead share of a segment that triggers compaction
+    #[arg(long, env = "SHORTD_COMPACT_RATIO", default_value_t = 0.5, value_parser = in_range(0.05, 1.0))]
     pub compact_ratio: f64,
-    /// Keep intact records past mid-log damage instead of refusing to start.
+    /// Start past mid-log damage, keeping every intact record [default: off]
+    #[arg(long, env = "SHORTD_REPAIR")]
     pub repair: bool,
-    /// Background scrub pace in bytes per second; 0 turns it off. Default 16 MiB/s.
+    /// Bytes per second the background scrub verifies, 0 = off
+    #[arg(long, env = "SHORTD_SCRUB_RATE", default_value_t = 16 << 20)]
     pub scrub_rate: u64,
-    /// Pause between scrub passes. Default `24h`.
+    /// Pause between scrub passes
+    #[arg(long, env = "SHORTD_SCRUB_INTERVAL", default_value = "24h", value_parser = duration)]
     pub scrub_interval: Duration,
-    /// Default `text`.
+    /// Log line format
+    #[arg(long, env = "SHORTD_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
-    /// A tracing filter. Default `info`.
+    /// tracing filter, e.g. info or shortd=debug
+    #[arg(long, env = "SHORTD_LOG_LEVEL", default_value = "info", value_parser = log_filter)]
     pub log_level: String,
-    /// After SIGTERM, how long `/readyz` answers 503 while requests are
-    /// still served, so a load balancer stops sending first. Default 0.
+    /// After SIGTERM, answer /readyz 503 this long before closing listeners
+    #[arg(long, env = "SHORTD_DRAIN_DELAY", default_value = "0s", value_parser = duration)]
     pub drain_delay: Duration,
-    /// Cluster membership; `None` runs a single node.
+    /// Cluster membership, from the cluster settings in [`ServeArgs`];
+    /// `None` runs a single node.
+    #[arg(skip)]
     pub cluster: Option<ClusterConfig>,
 }
 
-/// How this node joins and works with its peers (`docs/cluster.md`).
-#[derive(Clone, Debug)]
-pub struct ClusterConfig {
-    pub node_id: String,
-    /// Addresses of nodes already in the cluster.
-    pub seeds: Vec<String>,
-    /// Where peers reach this node (HTTP, and UDP gossip on the same port).
-    pub advertise: SocketAddr,
-    /// Nodes that hold each link. Default 2.
-    pub replication_factor: usize,
-    /// Points per node on the ring. Default 128.
-    pub vnodes: usize,
-    /// Secret every node-to-node request carries; required.
-    pub cluster_key: String,
-    /// A node down this long leaves the ring. Default `10m`.
-    pub dead_after: Duration,
-    /// Longest wait for one peer request. Default `500ms`.
-    pub peer_timeout: Duration,
-    /// Gossip round period. Default `200ms`.
-    pub gossip_interval: Duration,
+impl Config {
+    /// The base of `short_url`: `--public-url`, or `http://{listen}/`.
+    pub fn public_url(&self) -> url::Url {
+        self.public_url.clone().unwrap_or_else(|| default_public_url(self.listen))
+    }
+
+    /// `--create-burst`, or the create rate.
+    pub fn create_burst(&self) -> u32 {
+        self.create_burst.unwrap_or(self.create_rate)
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
-        let listen: SocketAddr = "127.0.0.1:8080".parse().expect("literal address");
-        Config {
-            listen,
-            data_dir: PathBuf::from("./data"),
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            public_url: default_public_url(listen),
-            api_keys: Vec::new(),
-            api_key_file: None,
-            create_rate: 0,
-            create_burst: 0,
-            redirect_rate: 0,
-            trusted_proxies: Vec::new(),
-            blocklist: None,
-            durability: Durability::Always,
-            fsync_interval: Duration::from_millis(10),
-            segment_bytes: 64 << 20,
-            cache_control: "private, max-age=90".into(),
-            max_url_bytes: 8192,
-            max_body_bytes: 1 << 20,
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
-            cache_entries: 1_000_000,
-            cache_bytes: 256 << 20,
-            cache_ttl: Duration::from_secs(60),
-            cache_ttl_jitter: Duration::from_secs(15),
-            snapshot_records: 1_000_000,
-            snapshot_interval: Duration::from_secs(300),
-            compact_ratio: 0.5,
-            repair: false,
-            scrub_rate: 16 << 20,
-            scrub_interval: Duration::from_secs(24 * 3600),
-            log_format: LogFormat::Text,
-            log_level: "info".into(),
-            drain_delay: Duration::ZERO,
-            cluster: None,
-        }
+        let cmd = Config::augment_args(clap::Command::new("shortd")).mut_args(|a| a.env(None));
+        let defaults = cmd.try_get_matches_from(["shortd"]).expect("the defaults are valid settings");
+        Config::from_arg_matches(&defaults).expect("the defaults are valid settings")
     }
+}
+
+/// How this node joins and works with its peers (`docs/cluster.md`).
+#[derive(Args, Clone, Debug)]
+pub struct ClusterConfig {
+    /// `--node-id`.
+    #[arg(skip)]
+    pub node_id: String,
+    /// HOST:PORT of a node already in the cluster; repeatable
+    #[arg(long = "seed", value_name = "SEED", env = "SHORTD_SEED", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// `--advertise`, or `--listen`: where peers reach this node (HTTP, and
+    /// UDP gossip on the same port).
+    #[arg(skip = SocketAddr::from(([0, 0, 0, 0], 0)))]
+    pub advertise: SocketAddr,
+    /// Nodes that hold each link
+    #[arg(long, env = "SHORTD_REPLICATION_FACTOR", default_value_t = 2, value_parser = in_range(1usize, 5))]
+    pub replication_factor: usize,
+    /// Ring points per node
+    #[arg(long, env = "SHORTD_VNODES", default_value_t = 128, value_parser = in_range(1usize, 4096))]
+    pub vnodes: usize,
+    /// `--cluster-key`.
+    #[arg(skip)]
+    pub cluster_key: String,
+    /// A node down this long is removed from the ring
+    #[arg(long, env = "SHORTD_DEAD_AFTER", default_value = "10m", value_parser = duration)]
+    pub dead_after: Duration,
+    /// Longest wait for a peer's answer
+    #[arg(long, env = "SHORTD_PEER_TIMEOUT", default_value = "500ms", value_parser = positive_duration)]
+    pub peer_timeout: Duration,
+    /// Gossip period
+    #[arg(long, env = "SHORTD_GOSSIP_INTERVAL", default_value = "200ms", value_parser = positive_duration)]
+    pub gossip_interval: Duration,
 }
 
 pub(crate) fn default_public_url(listen: SocketAddr) -> url::Url {
     url::Url::parse(&format!("http://{listen}/")).expect("socket address forms a URL")
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[derive(Parser, Debug)]
@@ -203,150 +241,31 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct DataDirArg {
-    /// Data directory [default: ./data]
+    /// Data directory
     #[arg(long, env = "SHORTD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 }
 
-/// Flags of `shortd serve`; each is optional so that the TOML file can fill
-/// in what the command line leaves out.
-#[derive(Args, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// Flags of `shortd serve`: the file, the settings, and the three cluster
+/// settings that [`ServeArgs::resolve`] checks against others.
+#[derive(Args, Debug)]
 pub struct ServeArgs {
     /// TOML file with any of these settings (kebab-case keys)
     #[arg(long, env = "SHORTD_CONFIG")]
-    #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8080]
-    #[arg(long, env = "SHORTD_LISTEN")]
-    pub listen: Option<String>,
-    /// Data directory [default: ./data]
-    #[arg(long, env = "SHORTD_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Worker threads, one listener each [default: number of cores]
-    #[arg(long, env = "SHORTD_WORKERS")]
-    pub workers: Option<usize>,
-    /// Base URL of short links [default: http://LISTEN/]
-    #[arg(long, env = "SHORTD_PUBLIC_URL")]
-    pub public_url: Option<String>,
-    /// API key clients send as `Authorization: Bearer KEY`; repeatable
-    #[arg(long = "api-key", env = "SHORTD_API_KEY", value_delimiter = ',')]
-    #[serde(default)]
-    pub api_key: Vec<String>,
-    /// File of API keys, one per line; re-read on SIGHUP
-    #[arg(long, env = "SHORTD_API_KEY_FILE")]
-    pub api_key_file: Option<PathBuf>,
-    /// Creates per second per client IP, 0 = unlimited [default: 0]
-    #[arg(long, env = "SHORTD_CREATE_RATE")]
-    pub create_rate: Option<u32>,
-    /// Burst of creates allowed above the rate [default: the rate]
-    #[arg(long, env = "SHORTD_CREATE_BURST")]
-    pub create_burst: Option<u32>,
-    /// Redirects per second per client IP, 0 = unlimited [default: 0]
-    #[arg(long, env = "SHORTD_REDIRECT_RATE")]
-    pub redirect_rate: Option<u32>,
-    /// CIDR of a proxy whose X-Forwarded-For is trusted; repeatable
-    #[arg(long = "trusted-proxy", env = "SHORTD_TRUSTED_PROXY", value_delimiter = ',')]
-    #[serde(default)]
-    pub trusted_proxy: Vec<String>,
-    /// File of blocked target domains (subdomains too); re-read on SIGHUP
-    #[arg(long, env = "SHORTD_BLOCKLIST")]
-    pub blocklist: Option<PathBuf>,
-    /// always | interval | never [default: always]
-    #[arg(long, env = "SHORTD_DURABILITY")]
-    pub durability: Option<Durability>,
-    /// fsync period under --durability interval [default: 10ms]
-    #[arg(long, env = "SHORTD_FSYNC_INTERVAL")]
-    pub fsync_interval: Option<String>,
-    /// Log segment size in bytes [default: 67108864]
-    #[arg(long, env = "SHORTD_SEGMENT_BYTES")]
-    pub segment_bytes: Option<u64>,
-    /// Cache-Control header on redirects [default: "private, max-age=90"]
-    #[arg(long, env = "SHORTD_CACHE_CONTROL")]
-    pub cache_control: Option<String>,
-    /// Longest target URL in bytes [default: 8192]
-    #[arg(long, env = "SHORTD_MAX_URL_BYTES")]
-    pub max_url_bytes: Option<usize>,
-    /// Largest request body in bytes [default: 1048576]
-    #[arg(long, env = "SHORTD_MAX_BODY_BYTES")]
-    pub max_body_bytes: Option<usize>,
-    /// Time to receive a request head, e.g. 2s, 500ms [default: 10s]
-    #[arg(long, env = "SHORTD_HEADER_TIMEOUT")]
-    pub header_timeout: Option<String>,
-    /// Keep-alive idle timeout [default: 60s]
-    #[arg(long, env = "SHORTD_IDLE_TIMEOUT")]
-    pub idle_timeout: Option<String>,
-    /// Open connections at most [default: 10000]
-    #[arg(long, env = "SHORTD_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// Cache bound in entries [default: 1000000]
-    #[arg(long, env = "SHORTD_CACHE_ENTRIES")]
-    pub cache_entries: Option<usize>,
-    /// Cache bound in bytes [default: 268435456]
-    #[arg(long, env = "SHORTD_CACHE_BYTES")]
-    pub cache_bytes: Option<usize>,
-    /// Cache entry lifetime [default: 60s]
-    #[arg(long, env = "SHORTD_CACHE_TTL")]
-    pub cache_ttl: Option<String>,
-    /// Random extra cache lifetime, up to this [default: 15s]
-    #[arg(long, env = "SHORTD_CACHE_TTL_JITTER")]
-    pub cache_ttl_jitter: Option<String>,
-    /// Snapshot after this many records [default: 1000000]
-    #[arg(long, env = "SHORTD_SNAPSHOT_RECORDS")]
-    pub snapshot_records: Option<u64>,
-    /// Snapshot at least this often when anything changed [default: 5m]
-    #[arg(long, env = "SHORTD_SNAPSHOT_INTERVAL")]
-    pub snapshot_interval: Option<String>,
-    /// Dead share of a segment that triggers compaction, 0..1 [default: 0.5]
-    #[arg(long, env = "SHORTD_COMPACT_RATIO")]
-    pub compact_ratio: Option<f64>,
-    /// Start past mid-log damage, keeping every intact record
-    #[arg(long, env = "SHORTD_REPAIR")]
-    #[serde(default)]
-    pub repair: bool,
-    /// Bytes per second the background scrub verifies, 0 = off [default: 16777216]
-    #[arg(long, env = "SHORTD_SCRUB_RATE")]
-    pub scrub_rate: Option<u64>,
-    /// Pause between scrub passes [default: 24h]
-    #[arg(long, env = "SHORTD_SCRUB_INTERVAL")]
-    pub scrub_interval: Option<String>,
-    /// text | json [default: text]
-    #[arg(long, env = "SHORTD_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// tracing filter, e.g. info or shortd=debug [default: info]
-    #[arg(long, env = "SHORTD_LOG_LEVEL")]
-    pub log_level: Option<String>,
-    /// After SIGTERM, answer /readyz 503 this long before closing listeners [default: 0s]
-    #[arg(long, env = "SHORTD_DRAIN_DELAY")]
-    pub drain_delay: Option<String>,
+    #[command(flatten)]
+    pub settings: Config,
     /// This node's name in a cluster; turns clustering on
-    #[arg(long, env = "SHORTD_NODE_ID")]
+    #[arg(long, env = "SHORTD_NODE_ID", value_parser = node_id)]
     pub node_id: Option<String>,
-    /// HOST:PORT of a node already in the cluster; repeatable
-    #[arg(long = "seed", env = "SHORTD_SEED", value_delimiter = ',')]
-    #[serde(default)]
-    pub seed: Vec<String>,
     /// Address peers use to reach this node [default: --listen]
-    #[arg(long, env = "SHORTD_ADVERTISE")]
-    pub advertise: Option<String>,
-    /// Nodes that hold each link [default: 2]
-    #[arg(long, env = "SHORTD_REPLICATION_FACTOR")]
-    pub replication_factor: Option<usize>,
-    /// Ring points per node [default: 128]
-    #[arg(long, env = "SHORTD_VNODES")]
-    pub vnodes: Option<usize>,
-    /// Shared secret of node-to-node requests
+    #[arg(long, env = "SHORTD_ADVERTISE", value_parser = socket_addr)]
+    pub advertise: Option<SocketAddr>,
+    /// Shared secret of node-to-node requests; required with --node-id
     #[arg(long, env = "SHORTD_CLUSTER_KEY")]
     pub cluster_key: Option<String>,
-    /// A node down this long is removed from the ring [default: 10m]
-    #[arg(long, env = "SHORTD_DEAD_AFTER")]
-    pub dead_after: Option<String>,
-    /// Longest wait for a peer's answer [default: 500ms]
-    #[arg(long, env = "SHORTD_PEER_TIMEOUT")]
-    pub peer_timeout: Option<String>,
-    /// Gossip period [default: 200ms]
-    #[arg(long, env = "SHORTD_GOSSIP_INTERVAL")]
-    pub gossip_interval: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterConfig,
 }
 
 /// The shortest `--cluster-key` accepted, in bytes.
@@ -356,294 +275,411 @@ pub const MIN_CLUSTER_KEY_LEN: usize = 16;
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {name}: {reason}")]
 pub struct ConfigError {
-    pub name: &'static str,
+    pub name: String,
     pub reason: String,
 }
 
-fn bad(name: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { name, reason: reason.into() }
+fn bad(name: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { name: name.into(), reason: reason.into() }
 }
 
-/// Parses `2s`, `500ms`, `1m`, `1h`.
-pub fn parse_duration(name: &'static str, text: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(text.trim()).map_err(|e| bad(name, format!("{text:?} is not a duration like 2s or 500ms ({e})")))
+/// Why the command line could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A setting's value, or the `--config` file: one line to print.
+    #[error(transparent)]
+    Setting(#[from] ConfigError),
+    /// Anything else clap refuses, and `--help`/`--version`: clap prints it.
+    #[error(transparent)]
+    Usage(clap::Error),
+}
+
+impl Cli {
+    /// [`Cli::try_load_from`] on this process's arguments; on a bad setting
+    /// prints one line and exits 1, on anything else does what clap does.
+    pub fn load() -> Cli {
+        match Cli::try_load_from(std::env::args_os()) {
+            Ok(cli) => cli,
+            Err(LoadError::Usage(e)) => e.exit(),
+            Err(LoadError::Setting(e)) => {
+                eprintln!("shortd: {e}");
+                std::process::exit(1)
+            }
+        }
+    }
+
+    /// Parses the arguments and `SHORTD_*` variables, then for `serve
+    /// --config FILE` once more with the file's settings added as flags
+    /// where neither gave a value. (`Cli::parse` does not read the file.)
+    pub fn try_load_from<I, T>(args: I) -> Result<Cli, LoadError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let cmd = Cli::command();
+        let mut matches = cmd.clone().try_get_matches_from(&args).map_err(from_clap)?;
+        let file = match matches.subcommand() {
+            Some(("serve", given)) => given.get_one::<PathBuf>("config").map(|path| (path.clone(), given.clone())),
+            _ => None,
+        };
+        if let (Some((path, given)), Some(serve)) = (file, cmd.find_subcommand("serve")) {
+            args.extend(toml_flags(serve, &given, &path)?);
+            matches = cmd.try_get_matches_from(&args).map_err(from_clap)?;
+        }
+        Cli::from_arg_matches(&matches).map_err(from_clap)
+    }
 }
 
 impl ServeArgs {
-    /// Fills gaps from the TOML file (if any), then checks every value.
-    pub fn resolve(mut self) -> Result<Config, ConfigError> {
-        if let Some(path) = self.config.take() {
-            let file = read_toml(&path)?;
-            self.fill_from(file);
-        }
-        let mut c = Config::default();
-        if let Some(v) = &self.listen {
-            c.listen = v.parse().map_err(|_| bad("--listen", format!("{v:?} is not ADDR:PORT")))?;
-        }
-        let cluster = self.cluster(c.listen)?;
-        c.public_url = match &self.public_url {
-            Some(v) => {
-                let u = url::Url::parse(v).map_err(|e| bad("--public-url", format!("{v:?}: {e}")))?;
-                if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-                    return Err(bad("--public-url", "must be an http or https URL with a host"));
+    /// Runs the checks that involve more than one setting.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let ServeArgs { settings: mut c, node_id, advertise, cluster_key, cluster, config: _ } = self;
+        c.cluster = match node_id {
+            None if !cluster.seeds.is_empty() => return Err(bad("--seed", "needs --node-id (and --cluster-key)")),
+            None => None,
+            Some(node_id) => {
+                let advertise = advertise.unwrap_or(c.listen);
+                if advertise.ip().is_unspecified() || advertise.port() == 0 {
+                    return Err(bad(
+                        "--advertise",
+                        "peers need a concrete address and port; set --advertise when --listen is 0.0.0.0 or port 0",
+                    ));
                 }
-                u
+                // Node-to-node requests change links without the API's checks:
+                // a cluster never runs without a secret that guards them.
+                let cluster_key = match cluster_key {
+                    Some(k) if crate::lists::is_valid_key(&k, MIN_CLUSTER_KEY_LEN) => k,
+                    Some(_) => {
+                        return Err(bad(
+                            "--cluster-key",
+                            format!("needs at least {MIN_CLUSTER_KEY_LEN} printable ASCII characters, no spaces"),
+                        ))
+                    }
+                    None => {
+                        return Err(bad(
+                            "--cluster-key",
+                            format!(
+                                "is required in cluster mode (--node-id or --seed): a shared secret of at least {MIN_CLUSTER_KEY_LEN} characters"
+                            ),
+                        ))
+                    }
+                };
+                Some(ClusterConfig { node_id, advertise, cluster_key, ..cluster })
             }
-            None => default_public_url(c.listen),
         };
-        if let Some(v) = self.data_dir {
-            c.data_dir = v;
+        let least = 4 * (c.max_url_bytes as u64 + 4096);
+        if c.segment_bytes < least {
+            return Err(bad("--segment-bytes", format!("must hold at least four of the largest records: at least {least}")));
         }
-        if let Some(v) = self.workers {
-            if v == 0 || v > 1024 {
-                return Err(bad("--workers", "must be between 1 and 1024"));
-            }
-            c.workers = v;
-        }
-        for key in &self.api_key {
-            if !crate::lists::is_valid_key(key, crate::lists::MIN_KEY_LEN) {
-                return Err(bad("--api-key", "each key needs at least 8 printable ASCII characters, no spaces"));
-            }
-        }
-        c.api_keys = self.api_key;
-        if let Some(f) = self.api_key_file {
-            crate::lists::read_api_keys(&f).map_err(|e| bad("--api-key-file", e))?;
-            c.api_key_file = Some(f);
-        }
-        if let Some(f) = self.blocklist {
-            crate::lists::Blocklist::load(&f).map_err(|e| bad("--blocklist", e))?;
-            c.blocklist = Some(f);
-        }
-        c.create_rate = self.create_rate.unwrap_or(0);
-        c.create_burst = self.create_burst.unwrap_or(c.create_rate);
-        c.redirect_rate = self.redirect_rate.unwrap_or(0);
-        for p in &self.trusted_proxy {
-            let net = p
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| bad("--trusted-proxy", format!("{p:?} is not an address or CIDR such as 10.0.0.0/8")))?;
-            c.trusted_proxies.push(net);
-        }
-        if let Some(v) = self.durability {
-            c.durability = v;
-        }
-        if let Some(v) = &self.fsync_interval {
-            c.fsync_interval = parse_duration("--fsync-interval", v)?;
-            if c.fsync_interval.is_zero() {
-                return Err(bad("--fsync-interval", "must be more than zero"));
-            }
-        }
-        if let Some(v) = self.segment_bytes {
-            if !(1 << 16..=1 << 32).contains(&v) {
-                return Err(bad("--segment-bytes", "must be between 65536 and 4294967296"));
-            }
-            c.segment_bytes = v;
-        }
-        if let Some(v) = self.cache_control {
-            if http::HeaderValue::from_str(&v).is_err() {
-                return Err(bad("--cache-control", "is not a valid header value"));
-            }
-            c.cache_control = v;
-        }
-        if let Some(v) = self.max_url_bytes {
-            if !(16..=1 << 20).contains(&v) {
-                return Err(bad("--max-url-bytes", "must be between 16 and 1048576"));
-            }
-            c.max_url_bytes = v;
-        }
-        if let Some(v) = self.max_body_bytes {
-            if v < 1024 {
-                return Err(bad("--max-body-bytes", "must be at least 1024"));
-            }
-            c.max_body_bytes = v;
-        }
-        if let Some(v) = &self.header_timeout {
-            c.header_timeout = parse_duration("--header-timeout", v)?;
-        }
-        if let Some(v) = &self.idle_timeout {
-            c.idle_timeout = parse_duration("--idle-timeout", v)?;
-        }
-        if let Some(v) = self.max_connections {
-            if v == 0 {
-                return Err(bad("--max-connections", "must be at least 1"));
-            }
-            c.max_connections = v;
-        }
-        if let Some(v) = self.cache_entries {
-            c.cache_entries = v;
-        }
-        if let Some(v) = self.cache_bytes {
-            c.cache_bytes = v;
-        }
-        if let Some(v) = &self.cache_ttl {
-            c.cache_ttl = parse_duration("--cache-ttl", v)?;
-        }
-        if let Some(v) = &self.cache_ttl_jitter {
-            c.cache_ttl_jitter = parse_duration("--cache-ttl-jitter", v)?;
-        }
-        if let Some(v) = self.snapshot_records {
-            if v == 0 {
-                return Err(bad("--snapshot-records", "must be at least 1"));
-            }
-            c.snapshot_records = v;
-        }
-        if let Some(v) = &self.snapshot_interval {
-            c.snapshot_interval = parse_duration("--snapshot-interval", v)?;
-        }
-        if let Some(v) = self.compact_ratio {
-            if !(0.05..=1.0).contains(&v) {
-                return Err(bad("--compact-ratio", "must be between 0.05 and 1.0"));
-            }
-            c.compact_ratio = v;
-        }
-        if c.segment_bytes < 4 * (c.max_url_bytes as u64 + 4096) {
-            return Err(bad(
-                "--segment-bytes",
-                format!("must hold at least four of the largest records: at least {}", 4 * (c.max_url_bytes as u64 + 4096)),
-            ));
-        }
-        c.repair = self.repair;
-        if let Some(v) = self.scrub_rate {
-            c.scrub_rate = v;
-        }
-        if let Some(v) = &self.scrub_interval {
-            c.scrub_interval = parse_duration("--scrub-interval", v)?;
-        }
-        if let Some(v) = self.log_format {
-            c.log_format = v;
-        }
-        if let Some(v) = self.log_level {
-            tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| bad("--log-level", e.to_string()))?;
-            c.log_level = v;
-        }
-        if let Some(v) = &self.drain_delay {
-            c.drain_delay = parse_duration("--drain-delay", v)?;
-        }
-        c.cluster = cluster;
         Ok(c)
-    }
-
-    fn cluster(&self, listen: SocketAddr) -> Result<Option<ClusterConfig>, ConfigError> {
-        let Some(node_id) = self.node_id.clone() else {
-            if !self.seed.is_empty() {
-                return Err(bad("--seed", "needs --node-id (and --cluster-key)"));
-            }
-            return Ok(None);
-        };
-        if node_id.is_empty()
-            || node_id.len() > 64
-            || !node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        {
-            return Err(bad("--node-id", "must be 1 to 64 characters of A-Z a-z 0-9 . _ -"));
-        }
-        let advertise = match &self.advertise {
-            Some(v) => v.parse().map_err(|_| bad("--advertise", format!("{v:?} is not ADDR:PORT")))?,
-            None => listen,
-        };
-        if advertise.ip().is_unspecified() || advertise.port() == 0 {
-            return Err(bad("--advertise", "peers need a concrete address and port; set --advertise when --listen is 0.0.0.0 or port 0"));
-        }
-        let replication_factor = self.replication_factor.unwrap_or(2);
-        if !(1..=5).contains(&replication_factor) {
-            return Err(bad("--replication-factor", "must be between 1 and 5"));
-        }
-        let vnodes = self.vnodes.unwrap_or(128);
-        if !(1..=4096).contains(&vnodes) {
-            return Err(bad("--vnodes", "must be between 1 and 4096"));
-        }
-        // Node-to-node requests change links without the API's checks: a
-        // cluster never runs without a secret that guards them.
-        match &self.cluster_key {
-            Some(k) if crate::lists::is_valid_key(k, MIN_CLUSTER_KEY_LEN) => {}
-            Some(_) => {
-                return Err(bad("--cluster-key", format!("needs at least {MIN_CLUSTER_KEY_LEN} printable ASCII characters, no spaces")))
-            }
-            None => {
-                return Err(bad(
-                    "--cluster-key",
-                    format!(
-                        "is required in cluster mode (--node-id or --seed): a shared secret of at least {MIN_CLUSTER_KEY_LEN} characters"
-                    ),
-                ))
-            }
-        }
-        let duration = |name, v: &Option<String>, default| v.as_deref().map_or(Ok(default), |t| parse_duration(name, t));
-        let peer_timeout = duration("--peer-timeout", &self.peer_timeout, Duration::from_millis(500))?;
-        let gossip_interval = duration("--gossip-interval", &self.gossip_interval, Duration::from_millis(200))?;
-        if peer_timeout.is_zero() || gossip_interval.is_zero() {
-            return Err(bad("--peer-timeout", "and --gossip-interval must be more than zero"));
-        }
-        Ok(Some(ClusterConfig {
-            node_id,
-            seeds: self.seed.clone(),
-            advertise,
-            replication_factor,
-            vnodes,
-            cluster_key: self.cluster_key.clone().unwrap_or_default(),
-            dead_after: duration("--dead-after", &self.dead_after, Duration::from_secs(600))?,
-            peer_timeout,
-            gossip_interval,
-        }))
-    }
-
-    fn fill_from(&mut self, file: ServeArgs) {
-        macro_rules! fill {
-            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
-        }
-        fill!(
-            api_key_file,
-            create_rate,
-            create_burst,
-            redirect_rate,
-            blocklist,
-            listen,
-            data_dir,
-            workers,
-            public_url,
-            durability,
-            fsync_interval,
-            segment_bytes,
-            cache_control,
-            max_url_bytes,
-            max_body_bytes,
-            header_timeout,
-            idle_timeout,
-            max_connections,
-            cache_entries,
-            cache_bytes,
-            cache_ttl,
-            cache_ttl_jitter,
-            snapshot_records,
-            snapshot_interval,
-            compact_ratio,
-            scrub_rate,
-            scrub_interval,
-            log_format,
-            log_level,
-            drain_delay,
-            node_id,
-            advertise,
-            replication_factor,
-            vnodes,
-            cluster_key,
-            dead_after,
-            peer_timeout,
-            gossip_interval
-        );
-        if self.seed.is_empty() {
-            self.seed = file.seed;
-        }
-        if self.api_key.is_empty() {
-            self.api_key = file.api_key;
-        }
-        if self.trusted_proxy.is_empty() {
-            self.trusted_proxy = file.trusted_proxy;
-        }
-        self.repair |= file.repair;
     }
 }
 
-fn read_toml(path: &Path) -> Result<ServeArgs, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| bad("--config", format!("{}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| bad("--config", format!("{}: {}", path.display(), e.message())))
+/// The `--config` file's settings as flags, for each setting that neither
+/// the command line nor its variable set. A list in the file is replaced as
+/// a whole by a list given there; `repair = true` adds `--repair`.
+fn toml_flags(serve: &clap::Command, given: &ArgMatches, path: &Path) -> Result<Vec<OsString>, ConfigError> {
+    let in_file = |reason: String| bad("--config", format!("{}: {reason}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| in_file(e.to_string()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| in_file(e.message().to_string()))?;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let Some(arg) = serve.get_arguments().find(|a| {
+            a.get_long() == Some(key.as_str())
+                && a.get_id() != "config"
+                && matches!(a.get_action(), ArgAction::Set | ArgAction::Append | ArgAction::SetTrue)
+        }) else {
+            return Err(in_file(format!("unknown field `{key}`")));
+        };
+        let id = arg.get_id().as_str();
+        let flag = format!("--{key}");
+        let scalar = |v: toml::Value| match v {
+            toml::Value::String(s) => Ok(s),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            _ => Err(in_file(format!("{key}: expected a string or a number"))),
+        };
+        let values = match (arg.get_action(), value) {
+            (ArgAction::SetTrue, toml::Value::Boolean(on)) => {
+                if on && !given.get_flag(id) {
+                    flags.push(flag.into());
+                }
+                continue;
+            }
+            (ArgAction::SetTrue, _) => return Err(in_file(format!("{key}: expected true or false"))),
+            (ArgAction::Append, toml::Value::Array(items)) => {
+                let items = items.into_iter().map(scalar).collect::<Result<Vec<_>, _>>()?;
+                if let Some(d) = arg.get_value_delimiter().filter(|&d| items.iter().any(|i| i.contains(d))) {
+                    return Err(in_file(format!("{key}: an item cannot contain {d:?}")));
+                }
+                items
+            }
+            (ArgAction::Append, _) => return Err(in_file(format!("{key}: expected a list such as [\"a\", \"b\"]"))),
+            (_, v) => vec![scalar(v)?],
+        };
+        if !matches!(given.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+            flags.extend(values.into_iter().map(|v| OsString::from(format!("{flag}={v}"))));
+        }
+    }
+    Ok(flags)
+}
+
+/// A bad value clap found becomes `invalid setting --NAME: reason`.
+fn from_clap(e: clap::Error) -> LoadError {
+    let name = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.split(' ').next().unwrap_or(arg).to_string(),
+        _ => return LoadError::Usage(e),
+    };
+    let reason = match e.kind() {
+        ErrorKind::ValueValidation => match std::error::Error::source(&e) {
+            Some(why) => why.to_string(),
+            None => return LoadError::Usage(e),
+        },
+        ErrorKind::InvalidValue => match (e.get(ContextKind::InvalidValue), e.get(ContextKind::ValidValue)) {
+            (Some(ContextValue::String(v)), Some(ContextValue::Strings(valid))) if !v.is_empty() => {
+                format!("{v:?} is not one of {}", valid.join(", "))
+            }
+            _ => "needs a value".to_string(),
+        },
+        _ => return LoadError::Usage(e),
+    };
+    LoadError::Setting(ConfigError { name, reason })
+}
+
+fn in_range<T>(lo: T, hi: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: FromStr + PartialOrd + Debug + Copy + Send + Sync + 'static,
+{
+    move |s| match s.parse::<T>() {
+        Ok(v) if lo <= v && v <= hi => Ok(v),
+        Ok(_) => Err(format!("must be between {lo:?} and {hi:?}")),
+        Err(_) => Err(format!("{s:?} is not a number")),
+    }
+}
+
+fn at_least<T>(lo: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: FromStr + PartialOrd + Debug + Copy + Send + Sync + 'static,
+{
+    move |s| match s.parse::<T>() {
+        Ok(v) if lo <= v => Ok(v),
+        Ok(_) => Err(format!("must be at least {lo:?}")),
+        Err(_) => Err(format!("{s:?} is not a number")),
+    }
+}
+
+/// Parses `2s`, `500ms`, `1m`, `1h`, `1h 30m`.
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration like 2s or 500ms ({e})"))
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    duration(text).and_then(|d| if d.is_zero() { Err("must be more than zero".into()) } else { Ok(d) })
+}
+
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| format!("{text:?} is not ADDR:PORT"))
+}
+
+fn public_url(text: &str) -> Result<url::Url, String> {
+    let u = url::Url::parse(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        return Err("must be an http or https URL with a host".into());
+    }
+    Ok(u)
+}
+
+fn api_key(key: &str) -> Result<String, String> {
+    match crate::lists::is_valid_key(key, crate::lists::MIN_KEY_LEN) {
+        true => Ok(key.to_string()),
+        false => Err(format!("each key needs at least {} printable ASCII characters, no spaces", crate::lists::MIN_KEY_LEN)),
+    }
+}
+
+fn api_key_file(path: &str) -> Result<PathBuf, String> {
+    crate::lists::read_api_keys(Path::new(path))?;
+    Ok(path.into())
+}
+
+fn blocklist(path: &str) -> Result<PathBuf, String> {
+    crate::lists::Blocklist::load(Path::new(path))?;
+    Ok(path.into())
+}
+
+fn trusted_proxy(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or CIDR such as 10.0.0.0/8"))
+}
+
+fn header_value(text: &str) -> Result<String, String> {
+    http::HeaderValue::from_str(text).map(|_| text.to_string()).map_err(|_| "is not a valid header value".into())
+}
+
+fn log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text).map(|_| text.to_string()).map_err(|e| e.to_string())
+}
+
+fn node_id(id: &str) -> Result<String, String> {
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(ok) {
+        return Err("must be 1 to 64 characters of A-Z a-z 0-9 . _ -".into());
+    }
+    Ok(id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Config, String> {
+        let argv = ["shortd", "serve"].iter().chain(args);
+        match Cli::try_load_from(argv).map_err(|e| e.to_string())?.command {
+            Command::Serve(s) => s.resolve().map_err(|e| e.to_string()),
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
+    fn toml_file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().expect("temporary file");
+        std::fs::write(f.path(), text).expect("writing the TOML file");
+        f
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.workers, cores());
+        assert_eq!(c.public_url().as_str(), "http://127.0.0.1:8080/");
+        assert_eq!((c.create_rate, c.create_burst(), c.redirect_rate), (0, 0, 0));
+        assert!(c.api_keys.is_empty() && c.api_key_file.is_none() && c.blocklist.is_none() && c.trusted_proxies.is_empty());
+        assert_eq!(c.durability, Durability::Always);
+        assert_eq!(c.fsync_interval, Duration::from_millis(10));
+        assert_eq!(c.segment_bytes, 64 << 20);
+        assert_eq!(c.cache_control, "private, max-age=90");
+        assert_eq!((c.max_url_bytes, c.max_body_bytes, c.max_connections), (8192, 1 << 20, 10_000));
+        assert_eq!((c.header_timeout, c.idle_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
+        assert_eq!((c.cache_entries, c.cache_bytes), (1_000_000, 256 << 20));
+        assert_eq!((c.cache_ttl, c.cache_ttl_jitter), (Duration::from_secs(60), Duration::from_secs(15)));
+        assert_eq!((c.snapshot_records, c.snapshot_interval), (1_000_000, Duration::from_secs(300)));
+        assert_eq!(c.compact_ratio, 0.5);
+        assert!(!c.repair);
+        assert_eq!((c.scrub_rate, c.scrub_interval), (16 << 20, Duration::from_secs(24 * 3600)));
+        assert_eq!((c.log_format, c.log_level.as_str()), (LogFormat::Text, "info"));
+        assert_eq!(c.drain_delay, Duration::ZERO);
+        assert!(c.cluster.is_none());
+    }
+
+    #[test]
+    fn cluster_defaults_and_resolved_fields() {
+        let key = "0123456789abcdef";
+        let c = serve(&["--node-id", "a", "--cluster-key", key]).unwrap().cluster.expect("cluster mode");
+        assert_eq!((c.node_id.as_str(), c.cluster_key.as_str()), ("a", key));
+        assert_eq!(c.advertise, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!((c.replication_factor, c.vnodes), (2, 128));
+        assert_eq!(c.dead_after, Duration::from_secs(600));
+        assert_eq!((c.peer_timeout, c.gossip_interval), (Duration::from_millis(500), Duration::from_millis(200)));
+        assert!(c.seeds.is_empty());
+        assert!(serve(&["--vnodes", "7"]).unwrap().cluster.is_none(), "cluster settings alone do not turn clustering on");
+    }
+
+    #[test]
+    fn help_states_every_default() {
+        let mut cmd = Cli::command();
+        let help = cmd.find_subcommand_mut("serve").unwrap().render_long_help().to_string();
+        let no_default = ["help", "config", "api-key", "api-key-file", "trusted-proxy", "blocklist", "node-id", "seed", "cluster-key"];
+        let serve = Cli::command();
+        for arg in serve.find_subcommand("serve").unwrap().get_arguments() {
+            let long = arg.get_long().unwrap();
+            let stated = arg.get_help().is_some_and(|h| h.to_string().contains("[default: "))
+                || (!arg.get_default_values().is_empty() && !arg.is_hide_default_value_set());
+            assert!(stated || no_default.contains(&long), "--{long} does not state its default");
+        }
+        for shown in ["[default: 10ms]", "[default: \"private, max-age=90\"]", "[default: 67108864]", "[default: 0.5]", "[default: 2]"] {
+            assert!(help.contains(shown), "help lacks {shown}:\n{help}");
+        }
+    }
+
+    #[test]
+    fn toml_fills_what_the_command_line_leaves_out() {
+        let f = toml_file(
+            "workers = 3\ncache-ttl = \"5s\"\ncompact-ratio = 0.25\napi-key = [\"key-one-1\", \"key-two-2\"]\nrepair = true\n\
+             public-url = \"https://sho.rt/\"\ndurability = \"never\"\ncreate-rate = 4\n",
+        );
+        let path = f.path().to_str().unwrap();
+        let c = serve(&["--config", path, "--workers", "2"]).unwrap();
+        assert_eq!(c.workers, 2, "the flag beats the file");
+        assert_eq!(c.cache_ttl, Duration::from_secs(5));
+        assert_eq!(c.compact_ratio, 0.25);
+        assert_eq!(c.api_keys, ["key-one-1", "key-two-2"]);
+        assert!(c.repair);
+        assert_eq!(c.public_url().as_str(), "https://sho.rt/");
+        assert_eq!(c.durability, Durability::Never);
+        assert_eq!((c.create_rate, c.create_burst()), (4, 4));
+        let c = serve(&["--config", path, "--api-key", "key-three-3"]).unwrap();
+        assert_eq!(c.api_keys, ["key-three-3"], "a list on the command line replaces the file's");
+    }
+
+    /// The only test that sets a `SHORTD_*` variable; no other test reads
+    /// `--cache-ttl-jitter`.
+    #[test]
+    fn flag_beats_variable_beats_file() {
+        let f = toml_file("cache-ttl-jitter = \"3s\"\n");
+        let path = f.path().to_str().unwrap();
+        assert_eq!(serve(&["--config", path]).unwrap().cache_ttl_jitter, Duration::from_secs(3));
+        std::env::set_var("SHORTD_CACHE_TTL_JITTER", "2s");
+        let from_env = serve(&["--config", path]).map(|c| c.cache_ttl_jitter);
+        let from_flag = serve(&["--config", path, "--cache-ttl-jitter", "1s"]).map(|c| c.cache_ttl_jitter);
+        std::env::remove_var("SHORTD_CACHE_TTL_JITTER");
+        assert_eq!(from_env.unwrap(), Duration::from_secs(2));
+        assert_eq!(from_flag.unwrap(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_file_is_refused_with_an_unknown_or_mistyped_key() {
+        for (text, wanted) in [
+            ("cache-tll = \"5s\"\n", "invalid setting --config: "),
+            ("config = \"other.toml\"\n", "unknown field `config`"),
+            ("help = true\n", "unknown field `help`"),
+            ("repair = \"yes\"\n", "repair: expected true or false"),
+            ("api-key = \"one-single-key\"\n", "api-key: expected a list"),
+            ("api-key = [\"has,a-comma\"]\n", "api-key: an item cannot contain ','"),
+            ("workers = [1]\n", "workers: expected a string or a number"),
+            ("workers = \n", "invalid setting --config: "),
+        ] {
+            let f = toml_file(text);
+            let err = serve(&["--config", f.path().to_str().unwrap()]).unwrap_err();
+            assert!(err.contains(wanted), "{text:?}: {err}");
+        }
+        assert!(serve(&["--config", "/nonexistent/shortd.toml"]).unwrap_err().starts_with("invalid setting --config: "));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_setting_wherever_it_came_from() {
+        for (args, wanted) in [
+            (&["--workers", "0"][..], "invalid setting --workers: must be between 1 and 1024"),
+            (&["--workers", "many"], "invalid setting --workers: \"many\" is not a number"),
+            (&["--durability", "sometimes"], "invalid setting --durability: \"sometimes\" is not one of always, interval, never"),
+            (&["--fsync-interval", "0s"], "invalid setting --fsync-interval: must be more than zero"),
+            (&["--header-timeout", "soon"], "invalid setting --header-timeout: \"soon\" is not a duration"),
+            (&["--listen", "nowhere"], "invalid setting --listen: \"nowhere\" is not ADDR:PORT"),
+            (&["--compact-ratio", "2"], "invalid setting --compact-ratio: must be between 0.05 and 1.0"),
+            (&["--segment-bytes", "65536", "--max-url-bytes", "16384"], "invalid setting --segment-bytes: must hold at least four"),
+            (&["--seed", "127.0.0.1:9"], "invalid setting --seed: needs --node-id"),
+            (&["--node-id", "a"], "invalid setting --cluster-key: is required in cluster mode"),
+            (&["--node-id", "a", "--cluster-key", "too-short"], "invalid setting --cluster-key: needs at least 16"),
+            (&["--node-id", "a b"], "invalid setting --node-id: "),
+            (&["--node-id", "a", "--cluster-key", "0123456789abcdef", "--listen", "0.0.0.0:80"], "invalid setting --advertise: "),
+            (&["--api-key-file", "/nonexistent/keys"], "invalid setting --api-key-file: "),
+        ] {
+            let err = serve(args).unwrap_err();
+            assert!(err.starts_with(wanted), "{args:?}: {err}");
+        }
+        let f = toml_file("max-body-bytes = 100\n");
+        let err = serve(&["--config", f.path().to_str().unwrap()]).unwrap_err();
+        assert_eq!(err, "invalid setting --max-body-bytes: must be at least 1024");
+    }
 }

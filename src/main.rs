@@ -1,7 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    shortd::cli::run(shortd::Cli::parse())
+    shortd::cli::run(shortd::Cli::load())
 }

@@ -737,6 +737,19 @@ fn public_url_and_cache_control_settings_are_honoured() {
 }
 
 #[test]
+fn the_config_file_fills_settings_the_command_line_leaves_out() {
+    let file = tempfile::NamedTempFile::new().expect("temporary file");
+    let toml = "public-url = \"https://sho.rt\"\ncache-control = \"public, max-age=1\"\nmax-url-bytes = 64\n";
+    std::fs::write(file.path(), toml).expect("writing the TOML file");
+    let path = file.path().to_str().expect("UTF-8 path");
+    let s = Server::start(&["--config", path, "--cache-control", "public, max-age=300"]);
+    let link = s.create(json!({ "url": "https://example.com/from-toml" }));
+    assert_eq!(link["short_url"], format!("https://sho.rt/{}", code_of(&link)));
+    assert_eq!(s.get(&format!("/{}", code_of(&link))).header("cache-control"), Some("public, max-age=300"));
+    s.post_json("/api/v1/links", &json!({ "url": format!("https://example.com/{}", "x".repeat(64)) })).field_problem(400, "url");
+}
+
+#[test]
 fn links_changes_and_retries_survive_graceful_and_crash_restarts() {
     let mut s = Server::start(&[]);
     let idem_key = [("Idempotency-Key", "restart-key-0001")];

@@ -78,7 +78,7 @@ impl Access {
             blocklist: RwLock::new(Blocklist::default()),
             blocklist_file: cfg.blocklist.clone(),
             trusted_proxies: cfg.trusted_proxies.clone(),
-            create_rate: RateLimit::new(cfg.create_rate, cfg.create_burst),
+            create_rate: RateLimit::new(cfg.create_rate, cfg.create_burst()),
             redirect_rate: RateLimit::new(cfg.redirect_rate, cfg.redirect_rate.saturating_mul(2)),
         };
         if let Some(f) = &a.key_file {

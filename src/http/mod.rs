@@ -68,7 +68,7 @@ impl App {
             Some(c) => Some(crate::cluster::Cluster::start(c.clone(), cfg.listen, &cfg.data_dir).map_err(server::StartError::Cluster)?),
             None => None,
         };
-        let mut public_base = cfg.public_url.to_string();
+        let mut public_base = cfg.public_url().to_string();
         if !public_base.ends_with('/') {
             public_base.push('/');
         }
@@ -82,7 +82,7 @@ impl App {
             }),
             cache_control: HeaderValue::from_str(&cfg.cache_control)
                 .map_err(|_| server::StartError::Access("--cache-control is not a header value".into()))?,
-            own_host: cfg.public_url.host_str().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_string()),
+            own_host: cfg.public_url().host_str().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_string()),
             public_base,
             hot: Arc::new(HotKeys::default()),
             metrics,

@@ -113,9 +113,6 @@ impl Server {
         }
         // The bound port, for `--listen ...:0` (gossip binds the same port
         // over UDP, and a default public URL names it).
-        if cfg.public_url == crate::config::default_public_url(cfg.listen) {
-            cfg.public_url = crate::config::default_public_url(addr);
-        }
         cfg.listen = addr;
         let app = Arc::new(App::open(cfg)?);
         let aggregator = Aggregator::start(app.store.clone(), app.hot.clone(), app.cluster.clone());
