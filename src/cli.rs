@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use crate::config::{Cli, Command, Config, Durability, LogFormat};
+use crate::config::{Cli, Command, Config, Durability, LinkLimits, LogFormat};
 use crate::journal::record::{self, Body};
 use crate::journal::scan::{Found, Scan};
 use crate::journal::segment::{segment_number, Segment, SEGMENT_HEADER_LEN};
 use crate::journal::snapshot::{self, Snapshot};
-use crate::store::{Link, NewLink, Store, StoreOptions, REDIRECT_STATUSES};
-use crate::{code, http::api::rfc3339, target, Server};
+use crate::lists::Blocklist;
+use crate::store::{Link, Store, StoreOptions};
+use crate::{http::api::rfc3339, input, Server};
 
 /// Creates in flight at once during an import, for group commit.
 const IMPORT_WINDOW: usize = 8192;
@@ -28,9 +29,9 @@ pub fn run(cli: Cli) -> ExitCode {
             init_logging(LogFormat::Text, "warn");
             export(&d.data_dir)
         }
-        Command::Import { data, file } => {
+        Command::Import { data, links, file } => {
             init_logging(LogFormat::Text, "warn");
-            import(&data.data_dir, &file)
+            import(&data.data_dir, &file, &links)
         }
         Command::Check { data } => {
             init_logging(LogFormat::Text, "warn");
@@ -152,49 +153,8 @@ fn export(dir: &Path) -> Result<(), String> {
     out.flush().map_err(|e| e.to_string())
 }
 
-/// One import line: the create fields, or an exported link (whose `code`
-/// is kept as its alias; `short_url`, `created_at` and `clicks` are ignored).
-fn parse_import(obj: &Map<String, Value>) -> Result<NewLink, String> {
-    let url = obj.get("url").and_then(Value::as_str).ok_or("url: is required and must be a string")?;
-    let url = target::validate(url, 8192, None).map_err(|e| format!("url: {e}"))?;
-    let alias = match obj.get("alias").or_else(|| obj.get("code")) {
-        None | Some(Value::Null) => None,
-        Some(v) => {
-            let a = v.as_str().ok_or("alias: must be a string")?;
-            code::validate_alias(a).map_err(|e| format!("alias: {}", e.reason()))?;
-            Some(a.to_string())
-        }
-    };
-    let now = crate::clock::now_ms();
-    let expires_ms = match (obj.get("ttl_seconds").and_then(Value::as_u64), obj.get("expires_at").and_then(Value::as_str)) {
-        (Some(s), _) if s <= 100 * 365 * 24 * 3600 => now + s as i64 * 1000,
-        (Some(_), _) => return Err("ttl_seconds: must be at most 100 years".into()),
-        (None, Some(t)) => {
-            let t = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .map_err(|_| "expires_at: must be RFC 3339")?;
-            (t.unix_timestamp_nanos() / 1_000_000) as i64
-        }
-        _ => 0,
-    };
-    let redirect = obj.get("redirect").and_then(Value::as_u64).unwrap_or(302) as u16;
-    if !REDIRECT_STATUSES.contains(&redirect) {
-        return Err("redirect: must be one of 301, 302, 307, 308".into());
-    }
-    Ok(NewLink {
-        url,
-        alias,
-        expires_ms,
-        max_clicks: match obj.get("max_clicks").and_then(Value::as_u64) {
-            Some(n) if n > 1 << 53 => return Err("max_clicks: must be at most 2^53".into()),
-            n => n.unwrap_or(0),
-        },
-        redirect,
-        disabled: obj.get("disabled").and_then(Value::as_bool).unwrap_or(false),
-        idempotency: None,
-    })
-}
-
-fn import(dir: &Path, file: &Path) -> Result<(), String> {
+fn import(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
+    let rules = input::Rules { max_url_bytes: limits.max_url_bytes, own_host: None, blocklist: &Blocklist::default() };
     let input: Box<dyn BufRead> = if file == Path::new("-") {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
@@ -221,7 +181,9 @@ fn import(dir: &Path, file: &Path) -> Result<(), String> {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<Map<String, Value>>(&line).map_err(|e| e.to_string()).and_then(|o| parse_import(&o));
+        let parsed = serde_json::from_str::<Map<String, Value>>(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|o| input::new_link(&o, &rules, crate::clock::now_ms(), input::Source::Import).map_err(|e| e.to_string()));
         match parsed {
             Ok(new) => inflight.push((i + 1, store.create_queued(new).map_err(|e| e.to_string())?)),
             Err(e) => {

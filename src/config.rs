@@ -91,9 +91,8 @@ pub struct Config {
     /// Cache-Control header on redirects
     #[arg(long, env = "SHORTD_CACHE_CONTROL", default_value = "private, max-age=90", value_parser = header_value)]
     pub cache_control: String,
-    /// Longest target URL in bytes
-    #[arg(long, env = "SHORTD_MAX_URL_BYTES", default_value_t = 8192, value_parser = in_range(16usize, 1 << 20))]
-    pub max_url_bytes: usize,
+    #[command(flatten)]
+    pub links: LinkLimits,
     /// Largest request body in bytes
     #[arg(long, env = "SHORTD_MAX_BODY_BYTES", default_value_t = 1 << 20, value_parser = at_least(1024usize))]
     pub max_body_bytes: usize,
@@ -229,14 +228,25 @@ pub enum Command {
     Import {
         #[command(flatten)]
         data: DataDirArg,
+        #[command(flatten)]
+        links: LinkLimits,
         /// File to read, or `-` for standard input.
         file: PathBuf,
     },
+    // `import` holds new links to the server's rules, limits included.
     /// Verify every record and snapshot in a data directory and print a summary.
     Check {
         #[command(flatten)]
         data: DataDirArg,
     },
+}
+
+/// What a link may hold, for `serve` and `import` alike.
+#[derive(Args, Debug, Clone)]
+pub struct LinkLimits {
+    /// Longest target URL in bytes
+    #[arg(long, env = "SHORTD_MAX_URL_BYTES", default_value_t = 8192, value_parser = in_range(16usize, 1 << 20))]
+    pub max_url_bytes: usize,
 }
 
 #[derive(Args, Debug)]
@@ -368,7 +378,7 @@ impl ServeArgs {
                 Some(ClusterConfig { node_id, advertise, cluster_key, ..cluster })
             }
         };
-        let least = 4 * (c.max_url_bytes as u64 + 4096);
+        let least = 4 * (c.links.max_url_bytes as u64 + 4096);
         if c.segment_bytes < least {
             return Err(bad("--segment-bytes", format!("must hold at least four of the largest records: at least {least}")));
         }
@@ -560,7 +570,7 @@ mod tests {
         assert_eq!(c.fsync_interval, Duration::from_millis(10));
         assert_eq!(c.segment_bytes, 64 << 20);
         assert_eq!(c.cache_control, "private, max-age=90");
-        assert_eq!((c.max_url_bytes, c.max_body_bytes, c.max_connections), (8192, 1 << 20, 10_000));
+        assert_eq!((c.links.max_url_bytes, c.max_body_bytes, c.max_connections), (8192, 1 << 20, 10_000));
         assert_eq!((c.header_timeout, c.idle_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
         assert_eq!((c.cache_entries, c.cache_bytes), (1_000_000, 256 << 20));
         assert_eq!((c.cache_ttl, c.cache_ttl_jitter), (Duration::from_secs(60), Duration::from_secs(15)));

@@ -25,6 +25,7 @@ pub mod code;
 pub mod config;
 pub mod hot;
 pub mod http;
+pub mod input;
 pub mod journal;
 pub mod lists;
 pub mod metrics;

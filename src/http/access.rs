@@ -177,6 +177,12 @@ impl Access {
     }
 }
 
+impl crate::input::Blocks for Access {
+    fn blocks(&self, host: &str) -> bool {
+        self.blocked(host)
+    }
+}
+
 /// Equal-length byte comparison whose time does not depend on where the
 /// inputs differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -18,21 +18,14 @@ use serde_json::{Map, Value};
 use super::problem::{Body, Problem};
 use super::router::{route, Route};
 use super::App;
-use crate::code::validate_alias;
-use crate::store::{Cursor, Link, Lookup, NewLink, Patch, WriteError, REDIRECT_STATUSES};
-use crate::{clock, metrics, target};
+use crate::store::{Cursor, Link, Lookup, NewLink, Patch, WriteError};
+use crate::{clock, input, metrics};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 const MAX_BATCH: usize = 1000;
-/// Longest accepted lifetime of a link: 100 years.
-const MAX_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
-/// Largest click limit: what a JSON number holds exactly.
-const MAX_CLICKS: u64 = 1 << 53;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
-const CREATE_FIELDS: &[&str] = &["url", "alias", "ttl_seconds", "expires_at", "max_clicks", "redirect"];
-const PATCH_FIELDS: &[&str] = &["url", "ttl_seconds", "expires_at", "max_clicks", "redirect", "disabled"];
 
 /// Marks, through the request's extensions, that its body was read.
 #[derive(Clone)]
@@ -270,101 +263,18 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, Problem> {
     }
 }
 
-fn check_fields(obj: &Map<String, Value>, known: &[&str]) -> Result<(), Problem> {
-    match obj.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(Problem::invalid(k.as_str(), format!("is not a known field (known: {})", known.join(", ")))),
-        None => Ok(()),
-    }
+/// The rules a target URL must meet on this server.
+fn rules(app: &App) -> input::Rules<'_> {
+    input::Rules { max_url_bytes: app.cfg.links.max_url_bytes, own_host: app.own_host.as_deref(), blocklist: &app.access }
 }
 
-fn present<'a>(obj: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
-    obj.get(field)
-}
-
-fn string_field<'a>(v: &'a Value, field: &str) -> Result<&'a str, Problem> {
-    v.as_str().ok_or_else(|| Problem::invalid(field, "must be a string"))
-}
-
-fn int_field(v: &Value, field: &str, min: u64, max: u64) -> Result<u64, Problem> {
-    match v.as_u64() {
-        Some(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(Problem::invalid(field, format!("must be an integer from {min} to {max}"))),
-    }
-}
-
-fn url_field(app: &App, v: &Value) -> Result<String, Problem> {
-    let raw = string_field(v, "url")?;
-    let url = target::validate(raw, app.cfg.max_url_bytes, app.own_host.as_deref()).map_err(|e| Problem::invalid("url", e.to_string()))?;
-    if let Some(host) = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_owned)) {
-        if app.access.blocked(&host) {
-            return Err(Problem::invalid("url", "points at a blocked domain"));
-        }
-    }
-    Ok(url)
-}
-
-fn redirect_field(v: &Value) -> Result<u16, Problem> {
-    match v.as_u64() {
-        Some(n) if REDIRECT_STATUSES.contains(&(n as u16)) && n < 1000 => Ok(n as u16),
-        _ => Err(Problem::invalid("redirect", "must be one of 301, 302, 307, 308")),
-    }
-}
-
-/// `ttl_seconds` or `expires_at` into unix ms; `Some(0)` for an explicit null.
-fn expiry(obj: &Map<String, Value>, now: i64) -> Result<Option<i64>, Problem> {
-    let ttl = present(obj, "ttl_seconds");
-    let at = present(obj, "expires_at");
-    if ttl.is_some_and(|v| !v.is_null()) && at.is_some_and(|v| !v.is_null()) {
-        return Err(Problem::invalid("expires_at", "cannot be combined with ttl_seconds; give one of them"));
-    }
-    if let Some(v) = ttl.filter(|v| !v.is_null()) {
-        let secs = int_field(v, "ttl_seconds", 1, MAX_TTL_SECONDS)?;
-        return Ok(Some(now + secs as i64 * 1000));
-    }
-    if let Some(v) = at.filter(|v| !v.is_null()) {
-        let text = string_field(v, "expires_at")?;
-        let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-            .map_err(|_| Problem::invalid("expires_at", "must be an RFC 3339 date-time such as 2030-01-31T12:00:00Z"))?;
-        let ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
-        if ms <= now {
-            return Err(Problem::invalid("expires_at", "must be in the future"));
-        }
-        if ms > now + MAX_TTL_SECONDS as i64 * 1000 {
-            return Err(Problem::invalid("expires_at", "must be within 100 years"));
-        }
-        return Ok(Some(ms));
-    }
-    if ttl.is_some() || at.is_some() {
-        return Ok(Some(0));
-    }
-    Ok(None)
+fn refused(e: input::Invalid) -> Problem {
+    Problem::invalid(e.field, e.reason)
 }
 
 /// Checks a create request body; pure, so the bulk paths share it.
 pub fn parse_create(app: &App, obj: &Map<String, Value>, now: i64) -> Result<NewLink, Problem> {
-    check_fields(obj, CREATE_FIELDS)?;
-    let url = match present(obj, "url") {
-        None | Some(Value::Null) => return Err(Problem::invalid("url", "is required")),
-        Some(v) => url_field(app, v)?,
-    };
-    let alias = match present(obj, "alias") {
-        None | Some(Value::Null) => None,
-        Some(v) => {
-            let a = string_field(v, "alias")?;
-            validate_alias(a).map_err(|e| Problem::invalid("alias", e.reason()))?;
-            Some(a.to_string())
-        }
-    };
-    let expires_ms = expiry(obj, now)?.unwrap_or(0);
-    let max_clicks = match present(obj, "max_clicks") {
-        None | Some(Value::Null) => 0,
-        Some(v) => int_field(v, "max_clicks", 1, MAX_CLICKS)?,
-    };
-    let redirect = match present(obj, "redirect") {
-        None | Some(Value::Null) => 302,
-        Some(v) => redirect_field(v)?,
-    };
-    Ok(NewLink { url, alias, expires_ms, max_clicks, redirect, disabled: false, idempotency: None })
+    input::new_link(obj, &rules(app), now, input::Source::Api).map_err(refused)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
@@ -435,25 +345,7 @@ async fn patch(app: &App, code: &str, req: Request<Incoming>) -> Result<Response
 /// A PATCH body as a change; refuses what the API refuses.
 pub fn parse_patch(app: &App, body: &[u8]) -> Result<Patch, Problem> {
     let obj = parse_object(body)?;
-    check_fields(&obj, PATCH_FIELDS)?;
-    let mut p = Patch::default();
-    if let Some(v) = present(&obj, "url") {
-        if v.is_null() {
-            return Err(Problem::invalid("url", "cannot be removed"));
-        }
-        p.url = Some(url_field(app, v)?);
-    }
-    p.expires_ms = expiry(&obj, clock::now_ms())?;
-    if let Some(v) = present(&obj, "max_clicks") {
-        p.max_clicks = Some(if v.is_null() { 0 } else { int_field(v, "max_clicks", 1, MAX_CLICKS)? });
-    }
-    if let Some(v) = present(&obj, "redirect") {
-        p.redirect = Some(if v.is_null() { 302 } else { redirect_field(v)? });
-    }
-    if let Some(v) = present(&obj, "disabled") {
-        p.disabled = Some(v.as_bool().ok_or_else(|| Problem::invalid("disabled", "must be true or false"))?);
-    }
-    Ok(p)
+    input::patch(&obj, &rules(app), clock::now_ms()).map_err(refused)
 }
 
 fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {

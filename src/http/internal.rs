@@ -47,7 +47,7 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
             // A peer is held to the public API's rules: a record it sends
             // must be one that API could have made here.
             if let Some(link) = &stored.link {
-                match crate::target::validate(&link.url, app.cfg.max_url_bytes, app.own_host.as_deref()) {
+                match crate::target::validate(&link.url, app.cfg.links.max_url_bytes, app.own_host.as_deref()) {
                     Ok(form) if form == link.url => {}
                     Ok(_) => return Err(Problem::invalid("url", "is not in the stored (ASCII) form")),
                     Err(e) => return Err(Problem::invalid("url", e.to_string())),

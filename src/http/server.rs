@@ -318,7 +318,7 @@ async fn serve_connection(stream: TcpStream, svc: Svc, mut stop: watch::Receiver
         .header_read_timeout(None)
         .keep_alive(true)
         .pipeline_flush(true)
-        .max_buf_size(MAX_HEAD_BYTES.max(cfg.max_url_bytes + 8192))
+        .max_buf_size(MAX_HEAD_BYTES.max(cfg.links.max_url_bytes + 8192))
         .max_headers(MAX_HEADERS);
     let overstayed = watchdog(svc.conn.clone(), cfg.header_timeout, cfg.idle_timeout);
     let io = TokioIo::new(Watched { stream, conn: svc.conn.clone() });

@@ -76,7 +76,11 @@ pub fn open_segments(dir: &Path, read_only: bool) -> Result<(Option<File>, Arc<S
     }
     let segments = Arc::new(Segments::default());
     for &n in &numbers {
-        let seg = Segment::open(dir, n).map_err(|e| OpenError::Damaged { file: segment::segment_path(dir, n), offset: 0, reason: e.to_string() })?;
+        let seg = Segment::open(dir, n).map_err(|e| OpenError::Damaged {
+            file: segment::segment_path(dir, n),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
         segments.insert(seg);
     }
     Ok((lock, segments, numbers))

@@ -21,6 +21,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
 use super::recovery::Recovered;
+use super::{
+    ApplyMode, Change, Created, Idem, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, Version, WriteError, ALIAS_ID,
+    IDEMPOTENCY_WINDOW_MS,
+};
 use crate::code::CODE_SPACE;
 use crate::journal::record::{self, Body, Put, Record};
 use crate::journal::scan::{Found, Scan};
@@ -28,10 +32,6 @@ use crate::journal::segment::{Segment, SEGMENT_HEADER_LEN};
 use crate::journal::snapshot::{SnapshotMeta, SnapshotWriter};
 use crate::journal::{Log, LogHandles, LogOptions};
 use crate::metrics as m;
-use super::{
-    ApplyMode, Change, Created, Idem, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, Version, WriteError, ALIAS_ID,
-    IDEMPOTENCY_WINDOW_MS,
-};
 
 const MAX_BATCH: usize = 1024;
 const CLICKS_PER_RECORD: usize = 256;
