@@ -48,10 +48,18 @@ pub struct ReplayRules {
     pub read_only: bool,
 }
 
+/// A data directory's log, opened.
+pub struct Opened {
+    /// Held while the process runs (none when opened read-only).
+    pub lock: Option<File>,
+    pub segments: Arc<Segments>,
+    /// Segment numbers, oldest first.
+    pub numbers: Vec<u32>,
+}
+
 /// Takes the directory's lock (one process per data directory), removes
-/// what interrupted writes left and maps every segment. Returns the
-/// segments and their numbers, oldest first.
-pub fn open_segments(dir: &Path, read_only: bool) -> Result<(Option<File>, Arc<Segments>, Vec<u32>), OpenError> {
+/// what interrupted writes left and maps every segment.
+pub fn open_segments(dir: &Path, read_only: bool) -> Result<Opened, OpenError> {
     if !read_only {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
@@ -83,7 +91,7 @@ pub fn open_segments(dir: &Path, read_only: bool) -> Result<(Option<File>, Arc<S
         })?;
         segments.insert(seg);
     }
-    Ok((lock, segments, numbers))
+    Ok(Opened { lock, segments, numbers })
 }
 
 /// Replays one segment from `from`, calling `visit` with every intact

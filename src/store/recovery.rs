@@ -48,7 +48,7 @@ impl Recovered {
 
 pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
     let dir = &opts.dir;
-    let (lock, segments, numbers) = open::open_segments(dir, opts.read_only)?;
+    let open::Opened { lock, segments, numbers } = open::open_segments(dir, opts.read_only)?;
     let key = load_or_create_key(dir, opts.read_only)?;
     // Sizing the index from the newest snapshot (about 18 bytes an entry)
     // spares the rehashing that growing one entry at a time would cost.
