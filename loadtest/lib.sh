@@ -2,7 +2,10 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
-SHORTD="$ROOT/target/release/shortd"
+# SHORTD=/path/to/shortd measures another build (e.g. the previous one)
+# as it is; otherwise the scripts build and use this checkout's.
+SHORTD_GIVEN=${SHORTD:+yes}
+SHORTD="${SHORTD:-$ROOT/target/release/shortd}"
 
 need() {
   # need COMMAND PACKAGE: install a Debian package when a command is missing.
@@ -21,6 +24,7 @@ need_oha() {
 }
 
 build_shortd() {
+  [ -n "$SHORTD_GIVEN" ] && return 0
   (cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example fixed_rate)
 }
 

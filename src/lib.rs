@@ -8,9 +8,11 @@
 //!   memory-mapped `journal`) -> a 30x with a prebuilt `Location`. Each
 //!   click lands in the worker's buffer in `clicks` and reaches the store
 //!   through one aggregator thread, which also feeds `hot` (heavy hitters).
-//! - `/api/v1/...` goes to `http::api`, which validates input (`code` for
-//!   aliases, `target` for URLs) and sends changes to the store's single
-//!   writer thread (`journal::writer`: group commit, snapshots, compaction).
+//! - `/api/v1/...` goes to `http::api`, which validates input (`input` for
+//!   the fields, `code` for aliases, `target` for URLs) and sends changes to
+//!   the store's single writer thread (`store::writer`: the link rules,
+//!   snapshots, compaction), which appends through `journal::log` (group
+//!   commit). `journal` is bytes only; `store` owns what records mean.
 //! - `metrics` names every metric and renders `/metrics`; `config` holds
 //!   every setting; `cli` has the offline commands (export, import, check).
 //! - `cluster` spreads links over several nodes: gossip membership, a
