@@ -12,10 +12,6 @@ use std::time::Duration;
 use common::{poll_until, Body, Server};
 use serde_json::json;
 
-fn hangup(s: &Server) {
-    assert!(Command::new("kill").arg("-HUP").arg(s.pid().to_string()).status().unwrap().success());
-}
-
 fn create_with_key(s: &Server, key: &str) -> u16 {
     let auth = format!("Bearer {key}");
     s.send_json("POST", "/api/v1/links", &[("Authorization", &auth)], &json!({"url": "https://example.com/k"})).status
@@ -30,13 +26,13 @@ fn api_key_file_is_reloaded_on_sighup() {
     assert_eq!(create_with_key(&s, "first-key-0001"), 201);
     assert_eq!(create_with_key(&s, "second-key-002"), 401);
     std::fs::write(&keys, "second-key-002\n").unwrap();
-    hangup(&s);
+    s.hangup();
     let switched = poll_until(Duration::from_secs(5), || (create_with_key(&s, "second-key-002") == 201).then_some(()));
     assert!(switched.is_some(), "the new key was not accepted after SIGHUP");
     assert_eq!(create_with_key(&s, "first-key-0001"), 401, "a removed key still works");
     // A broken file on reload keeps the keys in force.
     std::fs::write(&keys, "short\n").unwrap();
-    hangup(&s);
+    s.hangup();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(create_with_key(&s, "second-key-002"), 201);
     assert_eq!(s.get("/healthz").status, 200);
@@ -171,7 +167,7 @@ fn blocked_domains_and_the_shortener_itself_are_refused() {
     let ok = s.create(json!({"url": "https://good.example/"}));
     assert!(ok["short_url"].as_str().unwrap().starts_with("http://sho.rt/"));
     std::fs::write(&list, "evil.example\ngood.example\n").unwrap();
-    hangup(&s);
+    s.hangup();
     let reloaded = poll_until(Duration::from_secs(5), || {
         (s.post_json("/api/v1/links", &json!({"url": "https://good.example/2"})).status == 400).then_some(())
     });

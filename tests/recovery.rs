@@ -893,6 +893,56 @@ fn a_failed_snapshot_leaves_no_temporary_file() {
     }
 }
 
+/// Click totals whose append fails (no room to roll to a new segment) stay
+/// pending and are logged once there is room: a copy of the directory taken
+/// then (what `kill -9` would leave, no snapshot since) has them.
+#[test]
+fn click_totals_survive_a_failed_append_and_land_once_there_is_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let fs = match Tmpfs::mount(&mnt) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("NOTE: skipping the failed-append clicks test: cannot mount a tmpfs ({e})");
+            return;
+        }
+    };
+    let ballast = mnt.join("ballast");
+    std::fs::write(&ballast, vec![1u8; 512 << 10]).unwrap();
+    let dir = mnt.join("data");
+    let store = open(opts(&dir));
+    let rt = rt();
+    let first = rt.block_on(store.create(new_link("https://example.com/clicked".into()))).unwrap().link;
+    for i in 0..100_000 {
+        if rt.block_on(store.create(new_link(format!("https://example.com/fill/{i}/{}", "f".repeat(200))))).is_err() {
+            break;
+        }
+    }
+    store.add_clicks(&first.code, 5);
+    store.persist_clicks();
+    assert!(rt.block_on(store.sync()).is_err() || store.poisoned().is_none(), "the sync after a failed append");
+    std::fs::remove_file(&ballast).unwrap();
+    // The next round carries the totals that the failed one could not log.
+    let logged = (0..50).any(|_| {
+        store.persist_clicks();
+        let ok = rt.block_on(store.sync()).is_ok();
+        if !ok {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ok
+    });
+    assert!(logged, "nothing could be logged after room was made: {:?}", store.poisoned());
+    let copy = tmp.path().join("copy");
+    disk::copy_dir(&dir, &copy);
+    store.close();
+    drop(store);
+    drop(fs);
+    let reopened = open(opts(&copy));
+    assert_eq!(reopened.clicks(&first.code), 5, "click totals from before the failed append were lost");
+    reopened.close();
+}
+
 /// Damage early in the newest segment with intact records after it is not a
 /// torn tail: those records may be acknowledged links, so the start stops,
 /// and `repair` keeps every intact record.

@@ -13,10 +13,6 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shortd");
 
-fn hangup(s: &Server) {
-    assert!(Command::new("kill").arg("-HUP").arg(s.pid().to_string()).status().unwrap().success());
-}
-
 fn create_status(s: &Server, key: Option<&str>) -> u16 {
     let auth = key.map(|k| format!("Bearer {k}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
@@ -58,7 +54,7 @@ fn a_key_file_emptied_or_left_with_only_a_comment_keeps_the_api_closed() {
 
     for (i, emptied) in ["", "# every key rotated out\n"].into_iter().enumerate() {
         std::fs::write(&keys, emptied).unwrap();
-        hangup(&s);
+        s.hangup();
         let closed = poll_until(Duration::from_secs(5), || (create_status(&s, Some("operator-key-0001")) == 401).then_some(()));
         assert!(closed.is_some(), "step {i}: the old key still works after the file was emptied");
         assert_eq!(create_status(&s, None), 401, "step {i}: a request without a key was let in (loopback-open fallback)");
@@ -67,7 +63,7 @@ fn a_key_file_emptied_or_left_with_only_a_comment_keeps_the_api_closed() {
     assert!(s.log().contains("holds no key"), "the empty reload is not logged as an error:\n{}", s.log());
 
     std::fs::write(&keys, "operator-key-0002\n").unwrap();
-    hangup(&s);
+    s.hangup();
     let open = poll_until(Duration::from_secs(5), || (create_status(&s, Some("operator-key-0002")) == 201).then_some(()));
     assert!(open.is_some(), "a new key was not taken after the file was filled again");
 }

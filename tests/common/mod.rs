@@ -376,6 +376,12 @@ impl Server {
     }
 
     /// SIGKILL, as in a crash; waits for the process to be gone.
+    /// SIGHUP: reload the key file and the blocklist.
+    pub fn hangup(&self) {
+        let sent = Command::new("kill").arg("-HUP").arg(self.pid().to_string()).status().expect("running kill -HUP");
+        assert!(sent.success(), "kill -HUP {} failed", self.pid());
+    }
+
     pub fn kill(&mut self) {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
