@@ -21,6 +21,8 @@ use super::scan::next_record;
 use super::segment::{self, Loc, Segment, Segments};
 
 const LOCK_FILE: &str = "lock";
+const LOCK_TRIES: usize = 20;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Why a data directory could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +192,15 @@ fn lock_dir(dir: &Path) -> Result<File, OpenError> {
             OpenError::Io { path: path.clone(), source: e }
         }
     })?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        .map_err(|_| OpenError::Invalid(format!("data directory {} is in use by another shortd process", dir.display())))?;
-    Ok(file)
+    // A lock belongs to the open file, which a child forked by this
+    // process (between fork and exec) briefly shares: a reopen right after
+    // a close can meet that for microseconds. Another shortd holds it for
+    // good, so a short retry tells the two apart.
+    for _ in 0..LOCK_TRIES {
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+            return Ok(file);
+        }
+        std::thread::sleep(LOCK_RETRY);
+    }
+    Err(OpenError::Invalid(format!("data directory {} is in use by another shortd process", dir.display())))
 }
