@@ -15,6 +15,8 @@
 //!   commit). `journal` is bytes only; `store` owns what records mean.
 //! - `metrics` names every metric and renders `/metrics`; `config` holds
 //!   every setting; `cli` has the offline commands (export, import, check).
+//! - `links` is the seam the handlers call: this node's store and cache,
+//!   or the cluster.
 //! - `cluster` spreads links over several nodes: gossip membership, a
 //!   consistent-hash ring, forwarding, replication and rebalancing.
 
@@ -29,6 +31,7 @@ pub mod hot;
 pub mod http;
 pub mod input;
 pub mod journal;
+pub mod links;
 pub mod lists;
 pub mod metrics;
 pub mod store;

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use compact_str::CompactString;
 use dashmap::DashMap;
 use http::{HeaderValue, StatusCode};
@@ -27,7 +28,7 @@ use parking_lot::Mutex;
 
 pub use coalesce::{Coalescer, Role};
 
-use crate::store::Hasher;
+use crate::store::{Hasher, Lookup};
 
 /// Most evictions one insert performs.
 const MAX_EVICTIONS_PER_INSERT: usize = 64;
@@ -65,6 +66,24 @@ impl Entry {
             fresh_until_ms: 0,
             refreshing: AtomicU32::new(0),
             referenced: AtomicBool::new(false),
+        }
+    }
+
+    /// The entry for what the store (or a peer) holds: deleted, missing
+    /// and unservable links all answer 410.
+    pub fn from_lookup(found: Lookup) -> Entry {
+        match found {
+            Lookup::Missing | Lookup::Deleted => Entry::new(HeaderValue::from_static(""), StatusCode::GONE, 0, 0, true),
+            Lookup::Live(link) => {
+                let status = StatusCode::from_u16(link.redirect).unwrap_or(StatusCode::FOUND);
+                match HeaderValue::from_maybe_shared(Bytes::from(link.url)) {
+                    Ok(location) => Entry::new(location, status, link.expires_ms, link.max_clicks, link.disabled),
+                    Err(_) => {
+                        tracing::error!(code = %link.code, "stored URL is not a valid header value");
+                        Entry::new(HeaderValue::from_static(""), StatusCode::GONE, 0, 0, true)
+                    }
+                }
+            }
         }
     }
 

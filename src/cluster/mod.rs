@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,11 +43,11 @@ use self::ids::Ids;
 use self::peer::Peers;
 use self::ring::Ring;
 use self::wire::{ClickPush, SyncPage, SyncRequest, WireRecord};
+use crate::cache::{Cache, Entry};
 use crate::clock;
 use crate::code::CodeKey;
 use crate::config::ClusterConfig;
-use crate::http::App;
-use crate::store::{ApplyMode, Created, Link, NewLink, Patch, Stored, Version, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS};
+use crate::store::{ApplyMode, Created, Link, NewLink, Patch, Store, Stored, Version, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS};
 
 const CLICK_PUSH_EVERY: Duration = Duration::from_millis(200);
 /// Codes per click push: at most about 90 bytes of JSON each, so a push
@@ -91,7 +91,8 @@ pub struct Cluster {
     view: RwLock<Arc<View>>,
     ids: Ids,
     key: CodeKey,
-    app: OnceLock<Weak<App>>,
+    store: Arc<Store>,
+    cache: Arc<Cache>,
     state: Mutex<State>,
     syncing: AtomicBool,
     resync: Notify,
@@ -144,7 +145,13 @@ pub fn parse_mode(s: &str) -> Option<ApplyMode> {
 impl Cluster {
     /// Starts gossip on `listen` (the bound HTTP address, UDP on the same
     /// port). Codes are permuted with a key derived from the cluster key.
-    pub fn start(cfg: ClusterConfig, listen: SocketAddr, data_dir: &std::path::Path) -> Result<Arc<Cluster>, String> {
+    pub fn start(
+        cfg: ClusterConfig,
+        listen: SocketAddr,
+        data_dir: &std::path::Path,
+        store: Arc<Store>,
+        cache: Arc<Cache>,
+    ) -> Result<Arc<Cluster>, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("shortd-cluster")
@@ -167,7 +174,8 @@ impl Cluster {
             view: RwLock::new(Arc::new(view)),
             ids,
             key,
-            app: OnceLock::new(),
+            store,
+            cache,
             state: Mutex::new(State::Joining),
             syncing: AtomicBool::new(false),
             resync: Notify::new(),
@@ -182,8 +190,7 @@ impl Cluster {
 
     /// Starts the background work: membership, joining and rebalancing,
     /// hint handoff and click pushes.
-    pub fn run(self: &Arc<Self>, app: &Arc<App>) {
-        let _ = self.app.set(Arc::downgrade(app));
+    pub fn run(self: &Arc<Self>) {
         let me = self.clone();
         self.rt.spawn(async move { me.watch_members().await });
         let me = self.clone();
@@ -202,10 +209,6 @@ impl Cluster {
             tokio::time::sleep(self.cfg.gossip_interval * 2).await;
         });
         self.gossip.shutdown();
-    }
-
-    pub(crate) fn app(&self) -> Option<Arc<App>> {
-        self.app.get()?.upgrade()
     }
 
     pub fn me(&self) -> &str {
@@ -234,13 +237,12 @@ impl Cluster {
     /// Runs `f` on the cluster runtime, where peer connections live.
     async fn on_rt<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, WriteError>
     where
-        F: FnOnce(Arc<Cluster>, Arc<App>) -> Fut + Send + 'static,
+        F: FnOnce(Arc<Cluster>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, WriteError>> + Send + 'static,
         T: Send + 'static,
     {
-        let app = self.app().ok_or_else(|| WriteError::Unavailable("shutting down".into()))?;
         let me = self.clone();
-        self.rt.spawn(async move { f(me, app).await }).await.map_err(|e| WriteError::Unavailable(format!("cluster task failed: {e}")))?
+        self.rt.spawn(async move { f(me).await }).await.map_err(|e| WriteError::Unavailable(format!("cluster task failed: {e}")))?
     }
 
     // ---- reads ----
@@ -251,7 +253,7 @@ impl Cluster {
         let mut answered = false;
         for h in self.in_order(&view, code) {
             if h == self.me() {
-                if let Some(s) = self.app().and_then(|a| a.store.stored(code)) {
+                if let Some(s) = self.store.stored(code) {
                     return Ok(Some(s));
                 }
                 answered |= self.state() == State::Up;
@@ -269,7 +271,7 @@ impl Cluster {
         }
         // No holder answered: a copy kept here (as a former holder, or with
         // a hint) is better than nothing.
-        match self.app().and_then(|a| a.store.stored(code)) {
+        match self.store.stored(code) {
             Some(s) => Ok(Some(s)),
             None => Err(()),
         }
@@ -317,7 +319,7 @@ impl Cluster {
         if lead {
             let me = self.clone();
             let code = CompactString::from(code);
-            let generation = self.app().map_or(0, |a| a.cache.generation());
+            let generation = self.cache.generation();
             self.rt.spawn(async move {
                 crate::metrics::forwarded_read();
                 let got = me.fetch(&code).await;
@@ -334,16 +336,15 @@ impl Cluster {
     pub fn refresh(self: &Arc<Self>, code: &str) {
         let (me, code) = (self.clone(), CompactString::from(code));
         self.rt.spawn(async move {
-            let Some(app) = me.app() else { return };
-            let stale = app.cache.peek(&code);
+            let stale = me.cache.peek(&code);
             if let (Ok(found), generation) = me.fetch_shared(&code).await {
                 let found = found.map_or(crate::store::Lookup::Missing, Stored::into_lookup);
-                app.cache.insert(&code, crate::http::redirect::entry_for(found), generation, clock::now_ms());
+                me.cache.insert(&code, Entry::from_lookup(found), generation, clock::now_ms());
             }
             // Not replaced (no holder answered, or an invalidation raced):
             // the next request tries again rather than trusting it forever.
             if let Some(stale) = stale {
-                if app.cache.peek(&code).is_some_and(|now| Arc::ptr_eq(&now, &stale)) {
+                if me.cache.peek(&code).is_some_and(|now| Arc::ptr_eq(&now, &stale)) {
                     stale.retry_refresh();
                 }
             }
@@ -354,10 +355,10 @@ impl Cluster {
     /// code, else from a holder.
     pub async fn read(self: &Arc<Self>, code: &str) -> Result<Option<Stored>, WriteError> {
         if self.authoritative(code) {
-            return Ok(self.app().and_then(|a| a.store.stored(code)));
+            return Ok(self.store.stored(code));
         }
         let code = CompactString::from(code);
-        self.on_rt(move |me, _| async move {
+        self.on_rt(move |me| async move {
             me.fetch(&code).await.map_err(|()| WriteError::Unavailable("no node that holds this link answered".into()))
         })
         .await
@@ -380,7 +381,7 @@ impl Cluster {
             }
         }
         let idem = new.idempotency.clone();
-        let created = self.on_rt(move |me, app| async move { me.create_here(&app, new).await }).await?;
+        let created = self.on_rt(move |me| async move { me.create_here(new).await }).await?;
         if let Some((key, hash)) = idem {
             let mut m = self.idem.lock();
             let cutoff = clock::now_ms() - IDEMPOTENCY_WINDOW_MS;
@@ -390,7 +391,7 @@ impl Cluster {
         Ok(created)
     }
 
-    async fn create_here(&self, app: &App, new: NewLink) -> Result<Created, WriteError> {
+    async fn create_here(&self, new: NewLink) -> Result<Created, WriteError> {
         for _ in 0..64 {
             let (code, id) = match &new.alias {
                 Some(alias) => (CompactString::from(alias.as_str()), ALIAS_ID),
@@ -418,7 +419,7 @@ impl Cluster {
                 clicks: 0,
             };
             let stored = Stored { code, link: Some(link.clone()), version: Version { ms: now, origin: self.origin } };
-            match self.write(app, stored, ApplyMode::Create).await {
+            match self.write(stored, ApplyMode::Create).await {
                 Ok(()) => return Ok(Created { link, replayed: false }),
                 Err(WriteError::Taken) if new.alias.is_none() => continue,
                 Err(e) => return Err(e),
@@ -429,12 +430,12 @@ impl Cluster {
 
     /// Sends a change to its coordinator: the first reachable holder, or
     /// this node when none answers.
-    async fn write(&self, app: &App, stored: Stored, mode: ApplyMode) -> Result<(), WriteError> {
+    async fn write(&self, stored: Stored, mode: ApplyMode) -> Result<(), WriteError> {
         let view = self.view();
         let body = Bytes::from(serde_json::to_vec(&WireRecord::from(&stored)).unwrap_or_default());
         for h in self.in_order(&view, &stored.code) {
             if h == self.me() {
-                return self.coordinate(app, stored, mode).await;
+                return self.coordinate(stored, mode).await;
             }
             let Some(m) = view.member(h).filter(|m| m.state.reachable()) else { continue };
             if !self.peers.available(h) {
@@ -447,7 +448,7 @@ impl Cluster {
                 Err(_) => continue,
             }
         }
-        self.coordinate(app, stored, mode).await
+        self.coordinate(stored, mode).await
     }
 
     /// A forwarded write waits one peer timeout: the coordinator's own
@@ -463,20 +464,20 @@ impl Cluster {
     }
 
     /// Applies a change here and replicates it to the other holders.
-    pub async fn coordinate(&self, app: &App, stored: Stored, mode: ApplyMode) -> Result<(), WriteError> {
+    pub async fn coordinate(&self, stored: Stored, mode: ApplyMode) -> Result<(), WriteError> {
         if !self.authoritative(&stored.code) {
             // Not caught up on this code: a claim checked against this
             // store alone could overwrite a link it has not pulled yet.
-            self.catch_up_on(app, &stored.code).await;
+            self.catch_up_on(&stored.code).await;
         }
-        app.store.apply(stored.clone(), mode).await?;
-        app.cache.invalidate(&stored.code);
+        self.store.apply(stored.clone(), mode).await?;
+        self.cache.invalidate(&stored.code);
         self.replicate(&stored).await;
         Ok(())
     }
 
     pub async fn coordinate_on_rt(self: &Arc<Self>, stored: Stored, mode: ApplyMode) -> Result<(), WriteError> {
-        self.on_rt(move |me, app| async move { me.coordinate(&app, stored, mode).await }).await
+        self.on_rt(move |me| async move { me.coordinate(stored, mode).await }).await
     }
 
     /// Sends a record to every other holder; one that cannot take it gets
@@ -530,7 +531,7 @@ impl Cluster {
     /// coordinator validates again.
     pub async fn update(self: &Arc<Self>, code: &str, patch: Patch, body: Bytes) -> Result<Link, WriteError> {
         let code = CompactString::from(code);
-        self.on_rt(move |me, app| async move {
+        self.on_rt(move |me| async move {
             match me.forward(&code, Method::PATCH, Some(body)).await {
                 Some(Ok(answer)) => serde_json::from_slice::<WireRecord>(&answer)
                     .ok()
@@ -538,7 +539,7 @@ impl Cluster {
                     .and_then(|s| s.link)
                     .ok_or_else(|| WriteError::Unavailable("a peer sent an unreadable link".into())),
                 Some(Err(e)) => Err(e),
-                None => me.update_here(&app, &code, patch).await,
+                None => me.update_here(&code, patch).await,
             }
         })
         .await
@@ -546,10 +547,10 @@ impl Cluster {
 
     pub async fn delete(self: &Arc<Self>, code: &str) -> Result<(), WriteError> {
         let code = CompactString::from(code);
-        self.on_rt(move |me, app| async move {
+        self.on_rt(move |me| async move {
             match me.forward(&code, Method::DELETE, None).await {
                 Some(r) => r.map(drop),
-                None => me.delete_here(&app, &code).await,
+                None => me.delete_here(&code).await,
             }
         })
         .await
@@ -579,10 +580,10 @@ impl Cluster {
 
     /// Brings a record here first when this node lacks it (it may be
     /// catching up, or standing in for unreachable holders).
-    async fn catch_up_on(&self, app: &App, code: &str) {
-        if app.store.stored(code).is_none() || !self.authoritative(code) {
+    async fn catch_up_on(&self, code: &str) {
+        if self.store.stored(code).is_none() || !self.authoritative(code) {
             if let Some(s) = self.fetch_from_others(code).await {
-                let _ = app.store.apply(s, ApplyMode::Newer).await;
+                let _ = self.store.apply(s, ApplyMode::Newer).await;
             }
         }
     }
@@ -599,22 +600,22 @@ impl Cluster {
         None
     }
 
-    pub async fn update_here(self: &Arc<Self>, app: &App, code: &str, patch: Patch) -> Result<Link, WriteError> {
-        self.catch_up_on(app, code).await;
-        let link = app.store.update(code, patch).await?;
-        app.cache.invalidate(code);
-        if let Some(s) = app.store.stored(code) {
+    pub async fn update_here(self: &Arc<Self>, code: &str, patch: Patch) -> Result<Link, WriteError> {
+        self.catch_up_on(code).await;
+        let link = self.store.update(code, patch).await?;
+        self.cache.invalidate(code);
+        if let Some(s) = self.store.stored(code) {
             self.replicate(&s).await;
         }
         self.invalidate_elsewhere(code);
         Ok(link)
     }
 
-    pub async fn delete_here(self: &Arc<Self>, app: &App, code: &str) -> Result<(), WriteError> {
-        self.catch_up_on(app, code).await;
-        app.store.delete(code).await?;
-        app.cache.invalidate(code);
-        if let Some(s) = app.store.stored(code) {
+    pub async fn delete_here(self: &Arc<Self>, code: &str) -> Result<(), WriteError> {
+        self.catch_up_on(code).await;
+        self.store.delete(code).await?;
+        self.cache.invalidate(code);
+        if let Some(s) = self.store.stored(code) {
             self.replicate(&s).await;
         }
         self.invalidate_elsewhere(code);
@@ -623,12 +624,12 @@ impl Cluster {
 
     pub async fn update_here_on_rt(self: &Arc<Self>, code: &str, patch: Patch) -> Result<Link, WriteError> {
         let code = CompactString::from(code);
-        self.on_rt(move |me, app| async move { me.update_here(&app, &code, patch).await }).await
+        self.on_rt(move |me| async move { me.update_here(&code, patch).await }).await
     }
 
     pub async fn delete_here_on_rt(self: &Arc<Self>, code: &str) -> Result<(), WriteError> {
         let code = CompactString::from(code);
-        self.on_rt(move |me, app| async move { me.delete_here(&app, &code).await }).await
+        self.on_rt(move |me| async move { me.delete_here(&code).await }).await
     }
 
     /// Drops the code from every other node's cache, so a change or delete
@@ -819,7 +820,6 @@ impl Cluster {
     /// `view`'s ring (only those it did not hold under `previous`).
     /// Returns whether every peer answered, and how many were asked.
     async fn pull(&self, view: &View, previous: Option<&[String]>, only: Option<&HashSet<String>>) -> (bool, usize) {
-        let Some(app) = self.app() else { return (false, 0) };
         let mut complete = true;
         let mut moved = 0u64;
         let from = |m: &&Member| m.id != self.me() && m.state.reachable() && only.is_none_or(|o| o.contains(&m.id));
@@ -848,9 +848,9 @@ impl Cluster {
                 };
                 for rec in page.records.into_iter().filter_map(WireRecord::into_stored) {
                     let code = rec.code.clone();
-                    if let Ok(true) = app.store.apply(rec, ApplyMode::Newer).await {
+                    if let Ok(true) = self.store.apply(rec, ApplyMode::Newer).await {
                         moved += 1;
-                        app.cache.invalidate(&code);
+                        self.cache.invalidate(&code);
                     }
                 }
                 match page.next {
@@ -867,12 +867,12 @@ impl Cluster {
     }
 
     /// Serves a peer's `pull`: one page of the records it should hold.
-    pub fn sync_page(&self, app: &App, req: &SyncRequest) -> SyncPage {
+    pub fn sync_page(&self, req: &SyncRequest) -> SyncPage {
         let ring = Ring::new(&req.members, req.vnodes.clamp(1, 4096));
         let previous = req.previous.as_ref().map(|p| Ring::new(p, req.vnodes.clamp(1, 4096)));
         let r = req.replicas.clamp(1, 5);
         let cursor = req.cursor.as_deref().and_then(crate::store::Cursor::decode);
-        let (records, next) = app.store.records(cursor, SYNC_PAGE, SYNC_SCAN, |code| {
+        let (records, next) = self.store.records(cursor, SYNC_PAGE, SYNC_SCAN, |code| {
             ring.holds(&req.node, code, r) && previous.as_ref().is_none_or(|p| !p.holds(&req.node, code, r))
         });
         SyncPage { records: records.iter().map(WireRecord::from).collect(), next: next.map(|c| c.encode()) }
@@ -883,7 +883,6 @@ impl Cluster {
         let mut tick = tokio::time::interval(HINT_EVERY);
         loop {
             tick.tick().await;
-            let Some(app) = self.app() else { continue };
             let view = self.view();
             let targets: Vec<(String, Vec<CompactString>)> =
                 self.hints.lock().iter().map(|(n, codes)| (n.clone(), codes.iter().cloned().collect())).collect();
@@ -897,7 +896,7 @@ impl Cluster {
                     if let Some(set) = self.hints.lock().get_mut(&node) {
                         set.remove(&code);
                     }
-                    let delivered = match app.store.stored(&code) {
+                    let delivered = match self.store.stored(&code) {
                         Some(s) => {
                             let body = Bytes::from(serde_json::to_vec(&WireRecord::from(&s)).unwrap_or_default());
                             self.put_to(&view, &node, &code, &body, None, self.cfg.peer_timeout).await

@@ -90,13 +90,7 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
                 }
                 (Route::Link(code), _) => {
                     let code = code.to_owned();
-                    match &app.cluster {
-                        Some(c) => c.delete(&code).await?,
-                        None => {
-                            app.store.delete(&code).await?;
-                            app.cache.invalidate(&code);
-                        }
-                    }
+                    app.links.delete(&code).await?;
                     Ok(empty(StatusCode::NO_CONTENT))
                 }
                 (Route::HotStats, _) => Ok(hot(app, &req)?),
@@ -121,12 +115,12 @@ fn ready(app: &App) -> Response<Body> {
         p.retry_after = Some(1);
         return p.into_response();
     }
-    if let Some(c) = app.cluster.as_ref().filter(|c| c.state() == crate::cluster::gossip::State::Joining) {
+    if let Some(node) = app.links.joining() {
         let mut p = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "joining",
             "Joining",
-            format!("node {} is still pulling its share of the links", c.me()),
+            format!("node {node} is still pulling its share of the links"),
         );
         p.retry_after = Some(1);
         return p.into_response();
@@ -299,10 +293,7 @@ async fn create(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Pro
         let canonical = serde_json::to_vec(&meaningful).unwrap_or_default();
         new.idempotency = Some((key, xxhash_rust::xxh3::xxh3_64(&canonical)));
     }
-    let created = match &app.cluster {
-        Some(c) => c.create(new).await?,
-        None => app.store.create(new).await?,
-    };
+    let created = app.links.create(new).await?;
     if !created.replayed {
         metrics::link_created();
     }
@@ -317,11 +308,7 @@ async fn create(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Pro
 }
 
 async fn get(app: &App, code: &str) -> Result<Response<Body>, Problem> {
-    let found = match &app.cluster {
-        Some(c) => c.read(code).await?.map_or(Lookup::Missing, crate::store::Stored::into_lookup),
-        None => app.store.lookup(code),
-    };
-    match found {
+    match app.links.get(code).await? {
         Lookup::Live(link) => Ok(json(StatusCode::OK, &view(app, &link))),
         Lookup::Deleted => Err(Problem::gone(code)),
         Lookup::Missing => Err(Problem::not_found(&format!("link {code}"))),
@@ -331,14 +318,7 @@ async fn get(app: &App, code: &str) -> Result<Response<Body>, Problem> {
 async fn patch(app: &App, code: &str, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
     let body = read_body(app, req, true).await?;
     let p = parse_patch(app, &body)?;
-    let link = match &app.cluster {
-        Some(c) => c.update(code, p, body).await?,
-        None => {
-            let link = app.store.update(code, p).await?;
-            app.cache.invalidate(code);
-            link
-        }
-    };
+    let link = app.links.update(code, p, body).await?;
     Ok(json(StatusCode::OK, &view(app, &link)))
 }
 
@@ -392,15 +372,9 @@ async fn batch(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Result<Re
         let parsed = parse_object(line.as_bytes()).and_then(|obj| parse_create(app, &obj, now));
         pending.push((
             line_no,
-            match (parsed, &app.cluster) {
-                // In a cluster each create goes to its code's holders, one by one.
-                (Ok(new), Some(c)) => {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let _ = tx.send(c.create(new).await);
-                    Ok(rx)
-                }
-                (Ok(new), None) => app.store.create_queued(new).map_err(Problem::from),
-                (Err(p), _) => Err(p),
+            match parsed {
+                Ok(new) => app.links.create_queued(new).await.map_err(Problem::from),
+                Err(p) => Err(p),
             },
         ));
     }

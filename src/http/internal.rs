@@ -18,7 +18,7 @@ use crate::store::WriteError;
 const INTERNAL_BODY_LIMIT: usize = 64 << 20;
 
 pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
-    let Some(cluster) = &app.cluster else { return Err(Problem::not_found("this path")) };
+    let Some(cluster) = app.links.cluster() else { return Err(Problem::not_found("this path")) };
     let given = req.headers().get(KEY_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
     if !super::access::constant_time_eq(given, cluster.cfg.cluster_key.as_bytes()) {
         return Err(Problem::new(
@@ -87,9 +87,8 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
             let sync: SyncRequest = serde_json::from_slice(&body).map_err(|e| Problem::invalid("body", e.to_string()))?;
             // A scan of up to SYNC_SCAN records: off the worker, which
             // keeps serving redirects meanwhile.
-            let (cluster, app) =
-                (cluster.clone(), cluster.app().ok_or_else(|| Problem::from(WriteError::Unavailable("shutting down".into())))?);
-            let page = tokio::task::spawn_blocking(move || cluster.sync_page(&app, &sync))
+            let cluster = cluster.clone();
+            let page = tokio::task::spawn_blocking(move || cluster.sync_page(&sync))
                 .await
                 .map_err(|e| Problem::from(WriteError::Unavailable(format!("sync page failed: {e}"))))?;
             Ok(json(StatusCode::OK, &page))
@@ -111,7 +110,7 @@ fn record_of(app: &App, code: &str) -> Result<Response<Body>, Problem> {
 
 /// `GET /api/v1/cluster`.
 pub fn cluster_view(app: &App) -> Response<Body> {
-    let Some(c) = &app.cluster else {
+    let Some(c) = app.links.cluster() else {
         return json(StatusCode::OK, &serde_json::json!({"node_id": null, "members": [], "rebalancing": false}));
     };
     json(StatusCode::OK, &view_of(c))
@@ -127,7 +126,7 @@ fn view_of(c: &Cluster) -> serde_json::Value {
 /// `DELETE /api/v1/cluster/members/{id}`: the member leaves the ring and
 /// its share moves to the others.
 pub async fn remove_member(app: &App, id: &str) -> Result<Response<Body>, Problem> {
-    let Some(c) = &app.cluster else { return Err(Problem::not_found("clustering is off on this node; member")) };
+    let Some(c) = app.links.cluster() else { return Err(Problem::not_found("clustering is off on this node; member")) };
     match c.remove_member(id).await {
         Ok(()) => Ok(empty(StatusCode::NO_CONTENT)),
         Err(reason) if reason.starts_with("no member") => Err(Problem::not_found(&format!("member {id}"))),

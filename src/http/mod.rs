@@ -24,6 +24,7 @@ use crate::clicks::{ClickBuffer, ClickSink};
 use crate::clock;
 use crate::config::Config;
 use crate::hot::HotKeys;
+use crate::links::Links;
 use crate::metrics::{Metrics, WorkerStats};
 use crate::store::{Store, StoreOptions};
 
@@ -32,7 +33,7 @@ pub struct App {
     pub cfg: Config,
     pub access: access::Access,
     pub store: Arc<Store>,
-    pub cache: Cache,
+    pub cache: Arc<Cache>,
     pub hot: Arc<HotKeys>,
     pub metrics: Arc<Metrics>,
     pub cache_control: HeaderValue,
@@ -40,8 +41,8 @@ pub struct App {
     pub public_base: String,
     /// The public host, which targets may not point at.
     pub own_host: Option<String>,
-    /// Peers sharing the links; `None` on a single node.
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Where links are read and written: this node, or the cluster.
+    pub links: Links,
     shutting_down: AtomicBool,
 }
 
@@ -64,9 +65,18 @@ impl App {
             scrub_rate: cfg.scrub_rate,
             scrub_interval: cfg.scrub_interval,
         })?);
-        let cluster = match &cfg.cluster {
-            Some(c) => Some(crate::cluster::Cluster::start(c.clone(), cfg.listen, &cfg.data_dir).map_err(server::StartError::Cluster)?),
-            None => None,
+        let cache = Arc::new(Cache::new(CacheConfig {
+            max_entries: cfg.cache_entries,
+            max_bytes: cfg.cache_bytes,
+            ttl: cfg.cache_ttl,
+            jitter: cfg.cache_ttl_jitter,
+        }));
+        let links = match &cfg.cluster {
+            Some(c) => Links::Clustered(
+                crate::cluster::Cluster::start(c.clone(), cfg.listen, &cfg.data_dir, store.clone(), cache.clone())
+                    .map_err(server::StartError::Cluster)?,
+            ),
+            None => Links::Local { store: store.clone(), cache: cache.clone() },
         };
         let mut public_base = cfg.public_url().to_string();
         if !public_base.ends_with('/') {
@@ -74,12 +84,7 @@ impl App {
         }
         Ok(App {
             access: access::Access::new(&cfg).map_err(server::StartError::Access)?,
-            cache: Cache::new(CacheConfig {
-                max_entries: cfg.cache_entries,
-                max_bytes: cfg.cache_bytes,
-                ttl: cfg.cache_ttl,
-                jitter: cfg.cache_ttl_jitter,
-            }),
+            cache,
             cache_control: HeaderValue::from_str(&cfg.cache_control)
                 .map_err(|_| server::StartError::Access("--cache-control is not a header value".into()))?,
             own_host: cfg.public_url().host_str().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_string()),
@@ -87,7 +92,7 @@ impl App {
             hot: Arc::new(HotKeys::default()),
             metrics,
             store,
-            cluster,
+            links,
             cfg,
             shutting_down: AtomicBool::new(false),
         })

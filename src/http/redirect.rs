@@ -78,9 +78,10 @@ pub fn decide(app: &App, worker: &Worker, code: &str, head: bool) -> Answer {
         }
         Hit::StaleRefresh(e) => {
             bump(&stats.cache_hits);
-            match &app.cluster {
-                Some(c) if !c.authoritative(code) => c.refresh(code),
-                _ => drop(load(app, code, now)),
+            if app.links.held_here(code) {
+                drop(load(app, code, now));
+            } else {
+                app.links.refresh(code);
             }
             e
         }
@@ -88,7 +89,7 @@ pub fn decide(app: &App, worker: &Worker, code: &str, head: bool) -> Answer {
             bump(&stats.cache_misses);
             // In a cluster, a node that does not hold the code asks a
             // holder even if it has a copy (a former holder's may be old).
-            if app.cluster.as_ref().is_some_and(|c| !c.authoritative(code)) {
+            if !app.links.held_here(code) {
                 return Answer::Elsewhere;
             }
             match load(app, code, now) {
@@ -112,8 +113,8 @@ fn answer_for(app: &App, worker: &Worker, code: &str, head: bool, entry: &Entry)
         if !allowed {
             return Answer::Gone;
         }
-        if let Some(c) = app.cluster.as_ref().filter(|_| !head) {
-            c.on_clicks(code, 1);
+        if !head {
+            app.links.on_click(code);
         }
     } else if !head {
         worker.clicks.borrow_mut().count(code);
@@ -154,32 +155,14 @@ pub fn respond(app: &App, answer: Answer, head: bool) -> Response<Body> {
 /// The redirect for a code held by other nodes: fetched once (however many
 /// requests wait for it), then cached here like any other.
 async fn fetch_elsewhere(app: &App, worker: &Worker, code: &str, head: bool) -> Answer {
-    let Some(cluster) = &app.cluster else { return Answer::NotFound };
-    let (fetched, generation) = cluster.fetch_shared(code).await;
+    let (fetched, generation) = app.links.fetch_shared(code).await;
     match fetched {
         Ok(Some(stored)) => {
-            let entry = app.cache.insert(code, entry_for(stored.into_lookup()), generation, worker.now_ms());
+            let entry = app.cache.insert(code, Entry::from_lookup(stored.into_lookup()), generation, worker.now_ms());
             answer_for(app, worker, code, head, &entry)
         }
         Ok(None) => Answer::NotFound,
         Err(()) => Answer::Unavailable,
-    }
-}
-
-/// The cache entry for what the store (or a peer) holds.
-pub fn entry_for(found: Lookup) -> Entry {
-    match found {
-        Lookup::Missing | Lookup::Deleted => Entry::new(HeaderValue::from_static(""), StatusCode::GONE, 0, 0, true),
-        Lookup::Live(link) => {
-            let status = StatusCode::from_u16(link.redirect).unwrap_or(StatusCode::FOUND);
-            match HeaderValue::from_maybe_shared(Bytes::from(link.url)) {
-                Ok(location) => Entry::new(location, status, link.expires_ms, link.max_clicks, link.disabled),
-                Err(_) => {
-                    tracing::error!(code = %link.code, "stored URL is not a valid header value");
-                    Entry::new(HeaderValue::from_static(""), StatusCode::GONE, 0, 0, true)
-                }
-            }
-        }
     }
 }
 
@@ -196,7 +179,7 @@ fn load(app: &App, code: &str, now: i64) -> Option<Arc<Entry>> {
         if let Lookup::Missing = found {
             return None;
         }
-        Some(app.cache.insert(code, entry_for(found), generation, now))
+        Some(app.cache.insert(code, Entry::from_lookup(found), generation, now))
     });
     if role != crate::cache::Role::Leader {
         crate::metrics::coalesced_wait();

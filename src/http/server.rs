@@ -115,7 +115,7 @@ impl Server {
         // over UDP, and a default public URL names it).
         cfg.listen = addr;
         let app = Arc::new(App::open(cfg)?);
-        let aggregator = Aggregator::start(app.store.clone(), app.hot.clone(), app.cluster.clone());
+        let aggregator = Aggregator::start(app.store.clone(), app.hot.clone(), app.links.cluster().cloned());
         let (stop, _) = watch::channel(false);
         // Each worker has its own share of the connection limit: the kernel
         // queues a connection on one worker's listener, and only that worker
@@ -131,8 +131,8 @@ impl Server {
                 .map_err(StartError::Thread)?;
             workers.push(handle);
         }
-        if let Some(cluster) = &app.cluster {
-            cluster.run(&app);
+        if let Some(cluster) = app.links.cluster() {
+            cluster.run();
         }
         tracing::info!(%addr, workers = app.cfg.workers, data_dir = %app.cfg.data_dir.display(), "shortd serving");
         Ok(Server { app, addr, stop, workers, aggregator })
@@ -150,7 +150,7 @@ impl Server {
     /// persists clicks, writes a snapshot and closes the store.
     pub fn shutdown(mut self) {
         self.app.begin_shutdown();
-        if let Some(cluster) = &self.app.cluster {
+        if let Some(cluster) = self.app.links.cluster() {
             cluster.leave();
         }
         let _ = self.stop.send(true);

@@ -1,0 +1,136 @@
+//! The one seam between the HTTP edge and where links live (groupcache's
+//! `PeerPicker` idea): `Local` is this node's store and cache, `Clustered`
+//! hands each call to the cluster, which decides which node answers. The
+//! handlers in `http/` call these methods and never ask which one it is.
+//!
+//! The redirect hit path does not come here: it reads the cache first, and
+//! only a miss (or a stale entry) asks `held_here`, `refresh` or
+//! `fetch_shared`. The one exception is `on_click` for links with a click
+//! limit, which are counted in the store on every hit anyway.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::cache::Cache;
+use crate::cluster::{Cluster, SharedFetch};
+use crate::store::{Created, Link, Lookup, NewLink, Patch, Store, Stored, WriteError};
+
+/// A create waiting for its answer (the batch API queues many at once).
+pub type Queued = oneshot::Receiver<Result<Created, WriteError>>;
+
+pub enum Links {
+    /// A single node: the store holds every link.
+    Local { store: Arc<Store>, cache: Arc<Cache> },
+    /// Several nodes share the links.
+    Clustered(Arc<Cluster>),
+}
+
+impl Links {
+    pub async fn create(&self, new: NewLink) -> Result<Created, WriteError> {
+        match self {
+            Links::Local { store, .. } => store.create(new).await,
+            Links::Clustered(c) => c.create(new).await,
+        }
+    }
+
+    /// Starts a create without waiting for it. A single node queues it to
+    /// the writer (which commits a batch together); a cluster sends each to
+    /// its code's holders, one by one.
+    pub async fn create_queued(&self, new: NewLink) -> Result<Queued, WriteError> {
+        match self {
+            Links::Local { store, .. } => store.create_queued(new),
+            Links::Clustered(c) => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(c.create(new).await);
+                Ok(rx)
+            }
+        }
+    }
+
+    /// A link for the API.
+    pub async fn get(&self, code: &str) -> Result<Lookup, WriteError> {
+        match self {
+            Links::Local { store, .. } => Ok(store.lookup(code)),
+            Links::Clustered(c) => Ok(c.read(code).await?.map_or(Lookup::Missing, Stored::into_lookup)),
+        }
+    }
+
+    /// Applies a PATCH; `body` is the client's JSON, which a cluster
+    /// forwards to the code's coordinator.
+    pub async fn update(&self, code: &str, patch: Patch, body: Bytes) -> Result<Link, WriteError> {
+        match self {
+            Links::Local { store, cache } => {
+                let link = store.update(code, patch).await?;
+                cache.invalidate(code);
+                Ok(link)
+            }
+            Links::Clustered(c) => c.update(code, patch, body).await,
+        }
+    }
+
+    pub async fn delete(&self, code: &str) -> Result<(), WriteError> {
+        match self {
+            Links::Local { store, cache } => {
+                store.delete(code).await?;
+                cache.invalidate(code);
+                Ok(())
+            }
+            Links::Clustered(c) => c.delete(code).await,
+        }
+    }
+
+    /// Whether this node's store answers for `code` (always, on a single
+    /// node); if not, a redirect asks a holder.
+    #[inline]
+    pub fn held_here(&self, code: &str) -> bool {
+        match self {
+            Links::Local { .. } => true,
+            Links::Clustered(c) => c.authoritative(code),
+        }
+    }
+
+    /// Re-fetches, in the background, a cached code held elsewhere.
+    pub fn refresh(&self, code: &str) {
+        if let Links::Clustered(c) = self {
+            c.refresh(code);
+        }
+    }
+
+    /// A code held elsewhere, fetched once however many ask at the same
+    /// time, with the cache generation to insert it under. A single node
+    /// holds everything, so there is nothing elsewhere.
+    pub async fn fetch_shared(&self, code: &str) -> SharedFetch {
+        match self {
+            Links::Local { .. } => (Ok(None), 0),
+            Links::Clustered(c) => c.fetch_shared(code).await,
+        }
+    }
+
+    /// A served click on a link with a click limit: its other holders
+    /// hear of it.
+    #[inline]
+    pub fn on_click(&self, code: &str) {
+        if let Links::Clustered(c) = self {
+            c.on_clicks(code, 1);
+        }
+    }
+
+    /// This node's id while it is still pulling its share of the links.
+    pub fn joining(&self) -> Option<&str> {
+        match self {
+            Links::Clustered(c) if c.state() == crate::cluster::gossip::State::Joining => Some(c.me()),
+            _ => None,
+        }
+    }
+
+    /// The cluster, for node-to-node requests, membership and the
+    /// server's start and stop; `None` on a single node.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match self {
+            Links::Local { .. } => None,
+            Links::Clustered(c) => Some(c),
+        }
+    }
+}
