@@ -795,6 +795,20 @@ fn compaction_keeps_exactly_the_live_records() {
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
+    /// A fresh 2 MiB tmpfs at `tmp/mnt`, or None (with a note naming
+    /// `test`) where no tmpfs can be mounted here.
+    fn fresh(tmp: &Path, test: &str) -> Option<(Tmpfs, PathBuf)> {
+        let mnt = tmp.join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        match Tmpfs::mount(&mnt) {
+            Ok(fs) => Some((fs, mnt)),
+            Err(e) => {
+                eprintln!("NOTE: skipping the {test} test: cannot mount a tmpfs ({e})");
+                None
+            }
+        }
+    }
+
     fn mount(at: &Path) -> Result<Tmpfs, String> {
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
@@ -824,15 +838,7 @@ impl Drop for Tmpfs {
 /// mounted.
 fn fill_a_small_disk() -> Option<Vec<String>> {
     let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let fs = match Tmpfs::mount(&mnt) {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("NOTE: skipping the full-disk test: cannot mount a tmpfs ({e})");
-            return None;
-        }
-    };
+    let (fs, mnt) = Tmpfs::fresh(tmp.path(), "full-disk")?;
     let dir = mnt.join("data");
     let o = opts(&dir);
     let store = open(o.clone());
@@ -899,15 +905,7 @@ fn a_failed_snapshot_leaves_no_temporary_file() {
 #[test]
 fn click_totals_survive_a_failed_append_and_land_once_there_is_room() {
     let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let fs = match Tmpfs::mount(&mnt) {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("NOTE: skipping the failed-append clicks test: cannot mount a tmpfs ({e})");
-            return;
-        }
-    };
+    let Some((fs, mnt)) = Tmpfs::fresh(tmp.path(), "failed-append clicks") else { return };
     let ballast = mnt.join("ballast");
     std::fs::write(&ballast, vec![1u8; 512 << 10]).unwrap();
     let dir = mnt.join("data");
