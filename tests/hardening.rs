@@ -12,29 +12,24 @@ use std::time::Duration;
 use common::{poll_until, Body, Server};
 use serde_json::json;
 
-fn create_with_key(s: &Server, key: &str) -> u16 {
-    let auth = format!("Bearer {key}");
-    s.send_json("POST", "/api/v1/links", &[("Authorization", &auth)], &json!({"url": "https://example.com/k"})).status
-}
-
 #[test]
 fn api_key_file_is_reloaded_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.txt");
     std::fs::write(&keys, "# operators\nfirst-key-0001\n").unwrap();
     let s = Server::start(&["--api-key-file", keys.to_str().unwrap()]);
-    assert_eq!(create_with_key(&s, "first-key-0001"), 201);
-    assert_eq!(create_with_key(&s, "second-key-002"), 401);
+    assert_eq!(s.create_status(Some("first-key-0001")), 201);
+    assert_eq!(s.create_status(Some("second-key-002")), 401);
     std::fs::write(&keys, "second-key-002\n").unwrap();
     s.hangup();
-    let switched = poll_until(Duration::from_secs(5), || (create_with_key(&s, "second-key-002") == 201).then_some(()));
+    let switched = poll_until(Duration::from_secs(5), || (s.create_status(Some("second-key-002")) == 201).then_some(()));
     assert!(switched.is_some(), "the new key was not accepted after SIGHUP");
-    assert_eq!(create_with_key(&s, "first-key-0001"), 401, "a removed key still works");
+    assert_eq!(s.create_status(Some("first-key-0001")), 401, "a removed key still works");
     // A broken file on reload keeps the keys in force.
     std::fs::write(&keys, "short\n").unwrap();
     s.hangup();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(create_with_key(&s, "second-key-002"), 201);
+    assert_eq!(s.create_status(Some("second-key-002")), 201);
     assert_eq!(s.get("/healthz").status, 200);
 }
 

@@ -13,12 +13,6 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shortd");
 
-fn create_status(s: &Server, key: Option<&str>) -> u16 {
-    let auth = key.map(|k| format!("Bearer {k}"));
-    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-    s.send_json("POST", "/api/v1/links", &headers, &json!({"url": "https://example.com/door"})).status
-}
-
 /// Runs `shortd serve ARGS` on a fresh data directory and waits (bounded)
 /// for it to exit; returns its exit success and what it printed.
 fn serve_expecting_exit(args: &[&str]) -> (bool, String) {
@@ -49,22 +43,22 @@ fn a_key_file_emptied_or_left_with_only_a_comment_keeps_the_api_closed() {
     let keys = dir.path().join("keys.txt");
     std::fs::write(&keys, "operator-key-0001\n").unwrap();
     let s = Server::start(&["--api-key-file", keys.to_str().unwrap()]);
-    assert_eq!(create_status(&s, Some("operator-key-0001")), 201);
-    assert_eq!(create_status(&s, None), 401);
+    assert_eq!(s.create_status(Some("operator-key-0001")), 201);
+    assert_eq!(s.create_status(None), 401);
 
     for (i, emptied) in ["", "# every key rotated out\n"].into_iter().enumerate() {
         std::fs::write(&keys, emptied).unwrap();
         s.hangup();
-        let closed = poll_until(Duration::from_secs(5), || (create_status(&s, Some("operator-key-0001")) == 401).then_some(()));
+        let closed = poll_until(Duration::from_secs(5), || (s.create_status(Some("operator-key-0001")) == 401).then_some(()));
         assert!(closed.is_some(), "step {i}: the old key still works after the file was emptied");
-        assert_eq!(create_status(&s, None), 401, "step {i}: a request without a key was let in (loopback-open fallback)");
+        assert_eq!(s.create_status(None), 401, "step {i}: a request without a key was let in (loopback-open fallback)");
         assert_eq!(s.get("/api/v1/links").status, 401, "step {i}: listing links without a key");
     }
     assert!(s.log().contains("holds no key"), "the empty reload is not logged as an error:\n{}", s.log());
 
     std::fs::write(&keys, "operator-key-0002\n").unwrap();
     s.hangup();
-    let open = poll_until(Duration::from_secs(5), || (create_status(&s, Some("operator-key-0002")) == 201).then_some(()));
+    let open = poll_until(Duration::from_secs(5), || (s.create_status(Some("operator-key-0002")) == 201).then_some(()));
     assert!(open.is_some(), "a new key was not taken after the file was filled again");
 }
 
@@ -74,7 +68,7 @@ fn a_server_started_with_an_empty_key_file_is_closed_not_loopback_open() {
     let keys = dir.path().join("keys.txt");
     std::fs::write(&keys, "# no keys yet\n").unwrap();
     let s = Server::start(&["--api-key-file", keys.to_str().unwrap()]);
-    assert_eq!(create_status(&s, None), 401);
+    assert_eq!(s.create_status(None), 401);
 }
 
 #[test]

@@ -455,6 +455,14 @@ impl Server {
         self.send(method, path, &all, Body::Bytes(&bytes))
     }
 
+    /// The status of a create, sent with `Authorization: Bearer KEY` or
+    /// without any key.
+    pub fn create_status(&self, key: Option<&str>) -> u16 {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        self.send_json("POST", "/api/v1/links", &headers, &serde_json::json!({"url": "https://example.com/key-check"})).status
+    }
+
     /// Creates a link, asserting 201, and returns it.
     pub fn create(&self, body: Value) -> Value {
         let r = self.post_json("/api/v1/links", &body);
