@@ -233,6 +233,7 @@ fn check(dir: &Path) -> Result<(), String> {
                         Body::Delete { .. } => deletes += 1,
                         Body::Clicks(_) => clicks += 1,
                         Body::Idempotency { .. } => idem += 1,
+                        Body::Raft { .. } => {}
                     }
                     end = at + record::padded(len);
                 }

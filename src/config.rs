@@ -179,28 +179,28 @@ pub struct ClusterConfig {
     /// HOST:PORT of a node already in the cluster; repeatable
     #[arg(long = "seed", value_name = "SEED", env = "SHORTD_SEED", value_delimiter = ',')]
     pub seeds: Vec<String>,
-    /// `--advertise`, or `--listen`: where peers reach this node (HTTP, and
-    /// UDP gossip on the same port).
+    /// `--advertise`, or `--listen`: where peers reach this node.
     #[arg(skip = SocketAddr::from(([0, 0, 0, 0], 0)))]
     pub advertise: SocketAddr,
-    /// Nodes that hold each link
-    #[arg(long, env = "SHORTD_REPLICATION_FACTOR", default_value_t = 2, value_parser = in_range(1usize, 5))]
+    /// Voters per partition (Raft group): a majority must commit each write
+    #[arg(long, env = "SHORTD_REPLICATION_FACTOR", default_value_t = 3, value_parser = in_range(1usize, 5))]
     pub replication_factor: usize,
+    /// Partitions (Raft groups) the codes are split into; fixed when the
+    /// cluster is created: every node must use the same number
+    #[arg(long, env = "SHORTD_PARTITIONS", default_value_t = 16, value_parser = in_range(1u32, 1024))]
+    pub partitions: u32,
     /// Ring points per node
     #[arg(long, env = "SHORTD_VNODES", default_value_t = 128, value_parser = in_range(1usize, 4096))]
     pub vnodes: usize,
     /// `--cluster-key`.
     #[arg(skip)]
     pub cluster_key: String,
-    /// A node down this long is removed from the ring
+    /// A node unreachable this long is removed from the cluster
     #[arg(long, env = "SHORTD_DEAD_AFTER", default_value = "10m", value_parser = duration)]
     pub dead_after: Duration,
-    /// Longest wait for a peer's answer
+    /// Longest wait for a peer's answer to a forwarded request
     #[arg(long, env = "SHORTD_PEER_TIMEOUT", default_value = "500ms", value_parser = positive_duration)]
     pub peer_timeout: Duration,
-    /// Gossip period
-    #[arg(long, env = "SHORTD_GOSSIP_INTERVAL", default_value = "200ms", value_parser = positive_duration)]
-    pub gossip_interval: Duration,
 }
 
 pub(crate) fn default_public_url(listen: SocketAddr) -> url::Url {
@@ -589,9 +589,9 @@ mod tests {
         let c = serve(&["--node-id", "a", "--cluster-key", key]).unwrap().cluster.expect("cluster mode");
         assert_eq!((c.node_id.as_str(), c.cluster_key.as_str()), ("a", key));
         assert_eq!(c.advertise, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!((c.replication_factor, c.vnodes), (2, 128));
+        assert_eq!((c.replication_factor, c.vnodes, c.partitions), (3, 128, 16));
         assert_eq!(c.dead_after, Duration::from_secs(600));
-        assert_eq!((c.peer_timeout, c.gossip_interval), (Duration::from_millis(500), Duration::from_millis(200)));
+        assert_eq!(c.peer_timeout, Duration::from_millis(500));
         assert!(c.seeds.is_empty());
         assert!(serve(&["--vnodes", "7"]).unwrap().cluster.is_none(), "cluster settings alone do not turn clustering on");
     }

@@ -17,8 +17,9 @@
 //!   every setting; `cli` has the offline commands (export, import, check).
 //! - `links` is the seam the handlers call: this node's store and cache,
 //!   or the cluster.
-//! - `cluster` spreads links over several nodes: gossip membership, a
-//!   consistent-hash ring, forwarding, replication and rebalancing.
+//! - `cluster` spreads links over several nodes: partitions that are Raft
+//!   groups (openraft) over a journal of their own, placed by a
+//!   consistent-hash ring, with a metadata group for members and id leases.
 
 pub mod cache;
 pub mod cli;

@@ -36,8 +36,8 @@ impl Links {
     }
 
     /// Starts a create without waiting for it. A single node queues it to
-    /// the writer (which commits a batch together); a cluster sends each to
-    /// its code's holders, one by one.
+    /// the writer (which commits a batch together); a cluster proposes each
+    /// to its partition, one by one.
     pub async fn create_queued(&self, new: NewLink) -> Result<Queued, WriteError> {
         match self {
             Links::Local { store, .. } => store.create_queued(new),
@@ -108,19 +108,17 @@ impl Links {
         }
     }
 
-    /// A served click on a link with a click limit: its other holders
-    /// hear of it.
+    /// A served click on a link with a click limit, counted here by the
+    /// store's limit check (a cluster does not replicate it; docs/cluster.md).
     #[inline]
     pub fn on_click(&self, code: &str) {
-        if let Links::Clustered(c) = self {
-            c.on_clicks(code, 1);
-        }
+        let _ = code;
     }
 
     /// This node's id while it is still pulling its share of the links.
     pub fn joining(&self) -> Option<&str> {
         match self {
-            Links::Clustered(c) if c.state() == crate::cluster::gossip::State::Joining => Some(c.me()),
+            Links::Clustered(c) if c.joining() => Some(c.me()),
             _ => None,
         }
     }

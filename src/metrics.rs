@@ -46,8 +46,9 @@ pub const PEER_REQUESTS: &str = "shortd_peer_requests_total";
 pub const PEER_FAILURES: &str = "shortd_peer_failures_total";
 pub const PEER_SECONDS: &str = "shortd_peer_request_duration_seconds";
 pub const FORWARDED_READS: &str = "shortd_cluster_forwarded_reads_total";
-pub const HINTS_PENDING: &str = "shortd_cluster_hints_pending";
-pub const KEYS_MOVED: &str = "shortd_cluster_keys_moved_total";
+pub const RAFT_PROPOSALS: &str = "shortd_raft_proposals_total";
+pub const RAFT_FAILED_PROPOSALS: &str = "shortd_raft_failed_proposals_total";
+pub const RAFT_COMMIT_SECONDS: &str = "shortd_raft_commit_seconds";
 
 /// Redirect-path outcomes counted per worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,8 +196,9 @@ fn describe() {
     describe_counter!(PEER_FAILURES, "Peer requests that failed to connect, timed out or were skipped by an open circuit breaker");
     describe_histogram!(PEER_SECONDS, Unit::Seconds, "Time for a peer request, by operation");
     describe_counter!(FORWARDED_READS, "Reads of links held elsewhere, fetched from a peer");
-    describe_gauge!(HINTS_PENDING, "Writes held here for a peer that could not take them");
-    describe_counter!(KEYS_MOVED, "Records received from peers while rebalancing");
+    describe_counter!(RAFT_PROPOSALS, "Writes proposed to a partition's Raft group from this node");
+    describe_counter!(RAFT_FAILED_PROPOSALS, "Proposals that found no leader to commit them in time");
+    describe_histogram!(RAFT_COMMIT_SECONDS, "Time from proposal to the applied answer, forwarding included");
 }
 
 impl Metrics {
@@ -342,10 +344,11 @@ pub fn forwarded_read() {
     counter!(FORWARDED_READS).increment(1);
 }
 
-pub fn hints_pending(n: usize) {
-    gauge!(HINTS_PENDING).set(n as f64);
+pub fn raft_proposal(took: Duration, ok: bool) {
+    counter!(RAFT_PROPOSALS).increment(1);
+    histogram!(RAFT_COMMIT_SECONDS).record(took.as_secs_f64());
+    if !ok {
+        counter!(RAFT_FAILED_PROPOSALS).increment(1);
+    }
 }
 
-pub fn keys_moved(n: u64) {
-    counter!(KEYS_MOVED).increment(n);
-}

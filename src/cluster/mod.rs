@@ -1,157 +1,182 @@
-//! Several shortd nodes sharing the links: membership (`gossip`), placement
-//! (`ring`), node-to-node requests (`peer`), and here the rules that tie them
-//! together. `docs/cluster.md` describes the behaviour; in short:
+//! Several shortd nodes sharing the links through Raft (openraft).
 //!
-//! - Writes go to a code's first reachable holder (the coordinator), which
-//!   appends and replicates to the other holders before answering. A holder
-//!   that cannot be reached gets the write later: the coordinator leaves it
-//!   with the next node on the ring with a hint (or keeps the hint itself),
-//!   and hints are handed over when the holder is back.
-//! - Reads of codes held elsewhere fetch from the first reachable holder,
-//!   one fetch per code at a time, and go into the local cache.
-//! - A node joining, or coming back, pulls every record it should hold from
-//!   its peers before it calls itself `up`; when the ring changes, each
-//!   node pulls what it newly holds. Versions (time, origin node) decide
-//!   between copies: the last writer wins.
-//! - Clicks are counted where served and pushed to the holders as deltas.
+//! - The codes are split into `--partitions` partitions by xxh3; each is a
+//!   Raft group (`raft.rs`) whose log lives in this node's journal
+//!   (`raftlog.rs`) and whose state machine is the store. A metadata group
+//!   holds the members and the id counter (`metadata.rs`).
+//! - Every write is proposed to its partition's leader (forwarded there by
+//!   whichever node took the request) and answered once a majority has
+//!   committed and the leader has applied it.
+//! - Placement comes from the ring over the members (`placement.rs`); each
+//!   group's leader moves its membership toward it (learner, catch up,
+//!   voter, old voter out), a few groups at a time.
+//! - A redirect miss reads this node's replica when it holds the code,
+//!   else one coalesced fetch from the partition's leader. API reads are
+//!   linearizable (`ensure_linearizable` on the leader).
 //!
-//! All peer traffic runs on this module's own small runtime, so a slow peer
-//! never occupies a worker thread.
+//! All of it runs on this module's own small runtime, so a slow peer never
+//! occupies a worker thread. `docs/cluster.md` describes the behaviour.
 
-pub mod gossip;
 pub mod ids;
+pub mod metadata;
 pub mod peer;
+pub mod placement;
+pub mod raft;
+pub mod raftlog;
 pub mod ring;
+pub mod transport;
 pub mod wire;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use compact_str::CompactString;
 use http::{Method, StatusCode};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState, SnapshotPolicy};
 use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
-use self::gossip::{Gossip, Member, State};
-use self::ids::Ids;
+use self::metadata::{MetaCommand, MetaState};
 use self::peer::Peers;
-use self::ring::Ring;
-use self::wire::{ClickPush, SyncPage, SyncRequest, WireRecord};
+use self::placement::Placement;
+use self::raft::{link_of, partition_of, Command, GroupSm, Machine, NodeId, Outcome, Raft, WirePatch};
+use self::raftlog::RaftLog;
+use self::wire::WireRecord;
 use crate::cache::{Cache, Entry};
 use crate::clock;
 use crate::code::CodeKey;
-use crate::config::ClusterConfig;
-use crate::store::{ApplyMode, Created, Link, NewLink, Patch, Store, Stored, Version, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS};
+use crate::config::{ClusterConfig, Durability};
+use crate::store::{Created, Link, NewLink, Patch, Store, Stored, Version, WriteError, ALIAS_ID};
 
-const CLICK_PUSH_EVERY: Duration = Duration::from_millis(200);
-/// Codes per click push: at most about 90 bytes of JSON each, so a push
-/// stays under 1 MiB.
-const CLICKS_PER_PUSH: usize = 8_000;
-const HINT_EVERY: Duration = Duration::from_secs(1);
-const SYNC_PAGE: usize = 1000;
-/// Records a sync page looks at before it returns (maybe empty) with a cursor.
-const SYNC_SCAN: usize = 100_000;
-/// How long a seeded node waits to hear from its seeds before it starts alone.
-const SEED_WAIT: Duration = Duration::from_secs(15);
+/// Longest a write or an API read tries to reach its partition's leader.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(8);
+/// Longest one forwarded proposal may take (a commit under load).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+const CLICKS_EVERY: Duration = Duration::from_millis(500);
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// A member not heard from this long shows as `down`.
+const DOWN_AFTER: Duration = Duration::from_secs(3);
+/// Groups whose membership one node moves at the same time.
+const MOVES_AT_ONCE: usize = 4;
+/// Ids leased from the metadata group at a time.
+const LEASE: u64 = 1024;
+/// A replica this many entries behind its leader counts as catching up.
+const LAG: u64 = 100;
 
-/// What this node knows of the cluster at one moment.
-pub struct View {
-    pub members: Vec<Member>,
-    pub ring: Ring,
-}
-
-impl View {
-    pub fn member(&self, id: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.id == id)
-    }
-}
-
-/// A fetch's outcome: the record, `None` if no holder has it, `Err` if no
-/// holder answered.
-type Fetched = Result<Option<Stored>, ()>;
-
-/// A shared fetch's outcome with the cache generation read before it
-/// started: whoever caches the result must insert with that generation, so
-/// that an invalidation during the fetch is not undone by it.
+/// Result of fetching a code from another node: `Err(())` when no node
+/// that holds it answered.
+pub type Fetched = Result<Option<Stored>, ()>;
+/// A fetch and the cache generation read before it started: whoever
+/// caches the result must insert with that generation, so that an
+/// invalidation during the fetch is not undone by it.
 pub type SharedFetch = (Fetched, u64);
 
 pub struct Cluster {
     pub cfg: ClusterConfig,
-    /// This node's id hashed, written into every change's version.
-    pub origin: u32,
     rt: Handle,
-    gossip: Gossip,
-    peers: Peers,
-    view: RwLock<Arc<View>>,
-    ids: Ids,
-    key: CodeKey,
+    raft_id: NodeId,
+    groups: Vec<Raft>,
+    machine: Arc<Machine>,
+    log: Arc<RaftLog>,
+    peers: Arc<Peers>,
     store: Arc<Store>,
     cache: Arc<Cache>,
-    state: Mutex<State>,
-    syncing: AtomicBool,
-    resync: Notify,
-    /// Peer id -> codes whose newest record it has not received yet.
-    hints: Mutex<HashMap<String, HashSet<CompactString>>>,
-    /// Peer id -> click deltas to push to it.
-    clicks: Mutex<HashMap<String, HashMap<CompactString, u64>>>,
+    key: CodeKey,
+    origin: u32,
+    /// Leased ids: (next, end).
+    ids: tokio::sync::Mutex<(u64, u64)>,
+    /// Clicks served here, not yet proposed.
+    clicks: Mutex<HashMap<CompactString, u64>>,
     /// Codes being fetched from a peer, with everyone waiting for them.
     fetches: Mutex<HashMap<CompactString, Vec<oneshot::Sender<SharedFetch>>>>,
-    /// Peers seen down and now reachable again, to pull from once.
-    reconnected: Mutex<HashSet<String>>,
-    /// Idempotency-Key -> (code, body hash, time), kept per node in memory.
-    idem: Mutex<HashMap<String, (CompactString, u64, i64)>>,
+    placement: RwLock<Arc<Placement>>,
+    /// Groups whose membership this node is changing now.
+    moving: Mutex<HashSet<u32>>,
+    /// Member name -> when this node last heard from it.
+    heard: Mutex<HashMap<String, Instant>>,
+}
+
+/// Why a forwarded request did not settle it.
+enum Forward {
+    /// Try another node (not the leader, unreachable, election).
+    Retry(Option<String>),
+    Final(WriteError),
+}
+
+#[derive(Serialize, Deserialize)]
+struct JoinRequest {
+    name: String,
+    raft_id: NodeId,
+    addr: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NotLeader {
+    leader: Option<String>,
 }
 
 pub fn origin_of(node_id: &str) -> u32 {
     (xxhash_rust::xxh3::xxh3_64(node_id.as_bytes()) as u32).max(1)
 }
 
-fn status_error(status: StatusCode, body: &[u8]) -> WriteError {
-    let detail = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(String::from))
-        .unwrap_or_else(|| format!("a peer answered {status}"));
-    match status {
-        StatusCode::CONFLICT => WriteError::Taken,
-        StatusCode::NOT_FOUND => WriteError::NotFound,
-        StatusCode::GONE => WriteError::Gone,
-        StatusCode::UNPROCESSABLE_ENTITY => WriteError::IdempotencyMismatch,
-        StatusCode::INSUFFICIENT_STORAGE => WriteError::DiskFull(detail),
-        _ => WriteError::Unavailable(detail),
+/// Opens this node's Raft journal in `DATA_DIR/raft/`: before the store,
+/// whose replica directory it then owns.
+pub fn open_log(data_dir: &Path, cfg: &ClusterConfig, durability: Durability) -> Result<Arc<RaftLog>, String> {
+    let single = std::fs::read_dir(data_dir)
+        .map(|d| d.flatten().any(|e| e.file_name().to_str().and_then(crate::journal::segment::segment_number).is_some()))
+        .unwrap_or(false);
+    if single {
+        return Err(format!(
+            "{} holds a single node's (or an old cluster's) store; a Raft cluster node needs its own directory: \
+             export the links (`shortd export`) and import them through the cluster's API",
+            data_dir.display()
+        ));
     }
+    RaftLog::open(&data_dir.join("raft"), cfg.partitions + 1, durability, 64 << 20).map_err(|e| format!("the Raft log: {e}"))
 }
 
-fn mode_name(mode: ApplyMode) -> &'static str {
-    match mode {
-        ApplyMode::Create => "create",
-        ApplyMode::Newer => "newer",
+/// This node's Raft id: random, made with its Raft directory, never reused.
+fn raft_id(dir: &Path) -> Result<NodeId, String> {
+    let path = dir.join("raft-id");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => return t.trim().parse().map_err(|_| format!("{} is not a number", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
     }
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness for a Raft id: {e}"))?;
+    let id = u64::from_le_bytes(bytes) >> 1 | 1;
+    let write = || -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{id}\n"))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        crate::journal::segment::sync_dir(dir)
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(id)
 }
 
-pub fn parse_mode(s: &str) -> Option<ApplyMode> {
-    match s {
-        "create" => Some(ApplyMode::Create),
-        "newer" => Some(ApplyMode::Newer),
-        _ => None,
-    }
+fn unavailable(what: impl std::fmt::Display) -> WriteError {
+    WriteError::Unavailable(what.to_string())
+}
+
+fn unexpected(o: Outcome) -> WriteError {
+    unavailable(format!("unexpected answer from the state machine: {o:?}"))
 }
 
 impl Cluster {
-    /// Starts gossip on `listen` (the bound HTTP address, UDP on the same
-    /// port). Codes are permuted with a key derived from the cluster key.
-    pub fn start(
-        cfg: ClusterConfig,
-        listen: SocketAddr,
-        data_dir: &std::path::Path,
-        store: Arc<Store>,
-        cache: Arc<Cache>,
-    ) -> Result<Arc<Cluster>, String> {
+    /// Starts one Raft group per partition plus the metadata group, over
+    /// `log`, with `store` as every group's state machine.
+    pub fn start(cfg: ClusterConfig, log: Arc<RaftLog>, store: Arc<Store>, cache: Arc<Cache>) -> Result<Arc<Cluster>, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("shortd-cluster")
@@ -161,80 +186,95 @@ impl Cluster {
         // Lives as long as the process: tasks on it hold the cluster, and a
         // runtime may not be dropped from one of its own threads.
         let rt = Box::leak(Box::new(runtime)).handle().clone();
-        let gossip = rt.block_on(Gossip::start(&cfg, listen)).map_err(|e| format!("cannot start gossip on udp {listen}: {e}"))?;
-        let ids = Ids::open(data_dir, &cfg.node_id).map_err(|e| format!("cluster id counter in {}: {e}", data_dir.display()))?;
-        let key = ids::shared_key(&cfg.cluster_key);
-        let me = Member { id: cfg.node_id.clone(), addr: cfg.advertise, state: State::Joining, generation: 0 };
-        let view = View { ring: Ring::new(&[cfg.node_id.as_str()], cfg.vnodes), members: vec![me] };
+        let raft_id = raft_id(log.dir())?;
+        let config = openraft::Config {
+            cluster_name: "shortd".into(),
+            heartbeat_interval: 150,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
+            install_snapshot_timeout: 120_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| format!("Raft settings: {e}"))?);
+        let peers = Arc::new(Peers::new(&cfg.cluster_key, cfg.peer_timeout));
+        let machine = Machine::new(store.clone(), cache.clone(), cfg.partitions);
+        let groups = rt.block_on(async {
+            let mut groups = Vec::new();
+            for g in 0..=cfg.partitions {
+                let sm = GroupSm::open(g, machine.clone(), log.dir()).await?;
+                let net = transport::Network { peers: peers.clone(), group: g };
+                let raft = Raft::new(raft_id, config.clone(), net, log.group(g), sm).await.map_err(|e| format!("Raft group {g}: {e}"))?;
+                groups.push(raft);
+            }
+            Ok::<_, String>(groups)
+        })?;
+        let placement = Arc::new(Placement::new(&MetaState::default(), cfg.partitions, cfg.replication_factor, cfg.vnodes));
         Ok(Arc::new(Cluster {
+            key: ids::shared_key(&cfg.cluster_key),
             origin: origin_of(&cfg.node_id),
-            peers: Peers::new(&cfg.cluster_key, cfg.peer_timeout),
             rt,
-            gossip,
-            view: RwLock::new(Arc::new(view)),
-            ids,
-            key,
+            raft_id,
+            groups,
+            machine,
+            log,
+            peers,
             store,
             cache,
-            state: Mutex::new(State::Joining),
-            syncing: AtomicBool::new(false),
-            resync: Notify::new(),
-            hints: Mutex::new(HashMap::new()),
-            clicks: Mutex::new(HashMap::new()),
-            fetches: Mutex::new(HashMap::new()),
-            reconnected: Mutex::new(HashSet::new()),
-            idem: Mutex::new(HashMap::new()),
+            ids: tokio::sync::Mutex::new((0, 0)),
+            clicks: Mutex::default(),
+            fetches: Mutex::default(),
+            placement: RwLock::new(placement),
+            moving: Mutex::default(),
+            heard: Mutex::default(),
             cfg,
         }))
     }
 
-    /// Starts the background work: membership, joining and rebalancing,
-    /// hint handoff and click pushes.
+    /// Starts the background work: bootstrap or join, placement, click
+    /// reports, liveness.
     pub fn run(self: &Arc<Self>) {
         let me = self.clone();
-        self.rt.spawn(async move { me.watch_members().await });
+        self.rt.spawn(async move { me.begin().await });
         let me = self.clone();
-        self.rt.spawn(async move { me.keep_in_sync().await });
+        self.rt.spawn(async move {
+            loop {
+                tokio::time::sleep(RECONCILE_EVERY).await;
+                me.reconcile();
+            }
+        });
         let me = self.clone();
-        self.rt.spawn(async move { me.hand_over_hints().await });
+        self.rt.spawn(async move {
+            loop {
+                tokio::time::sleep(CLICKS_EVERY).await;
+                me.report_clicks();
+            }
+        });
         let me = self.clone();
-        self.rt.spawn(async move { me.push_clicks().await });
+        self.rt.spawn(async move {
+            loop {
+                tokio::time::sleep(PING_EVERY).await;
+                me.ping().await;
+            }
+        });
     }
 
-    /// Tells peers this node is leaving, then stops gossip.
-    pub fn leave(&self) {
-        *self.state.lock() = State::Leaving;
-        self.rt.block_on(async {
-            self.gossip.set("state", "leaving").await;
-            tokio::time::sleep(self.cfg.gossip_interval * 2).await;
-        });
-        self.gossip.shutdown();
-    }
+    /// Nothing to hand over: every committed write is on a majority.
+    pub fn leave(&self) {}
 
     pub fn me(&self) -> &str {
         &self.cfg.node_id
     }
 
-    pub fn view(&self) -> Arc<View> {
-        self.view.read().clone()
+    fn meta_group(&self) -> u32 {
+        self.cfg.partitions
     }
 
-    pub fn state(&self) -> State {
-        *self.state.lock()
+    fn partition(&self, key: &str) -> u32 {
+        partition_of(key, self.cfg.partitions)
     }
 
-    /// Moving records: this node is pulling, or a member is still joining.
-    pub fn rebalancing(&self) -> bool {
-        self.syncing.load(Ordering::Relaxed) || self.view().members.iter().any(|m| m.state == State::Joining)
-    }
-
-    /// Whether this node's store answers for `code`: it holds the code
-    /// and has caught up (is not joining).
-    pub fn authoritative(&self, code: &str) -> bool {
-        self.state() != State::Joining && self.view().ring.holds(self.me(), code, self.cfg.replication_factor)
-    }
-
-    /// Runs `f` on the cluster runtime, where peer connections live.
     async fn on_rt<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, WriteError>
     where
         F: FnOnce(Arc<Cluster>) -> Fut + Send + 'static,
@@ -242,62 +282,346 @@ impl Cluster {
         T: Send + 'static,
     {
         let me = self.clone();
-        self.rt.spawn(async move { f(me).await }).await.map_err(|e| WriteError::Unavailable(format!("cluster task failed: {e}")))?
+        self.rt.spawn(async move { f(me).await }).await.map_err(|e| unavailable(format!("cluster task failed: {e}")))?
+    }
+
+    // ---- start-up and membership ----
+
+    /// A new node without seeds starts a cluster of one; with seeds it asks
+    /// to join. A node with a log just carries on (and says where it is).
+    async fn begin(self: &Arc<Self>) {
+        let me = BasicNode { addr: self.cfg.advertise.to_string() };
+        let initialized = self.groups[self.meta_group() as usize].is_initialized().await.unwrap_or(true);
+        if !initialized && self.cfg.seeds.is_empty() {
+            for (g, raft) in self.groups.iter().enumerate() {
+                if let Err(e) = raft.initialize(BTreeMap::from([(self.raft_id, me.clone())])).await {
+                    tracing::error!(group = g, error = %e, "cannot initialize a Raft group");
+                }
+            }
+            tracing::info!(raft_id = self.raft_id, "started a new cluster");
+        }
+        let join = JoinRequest { name: self.me().to_string(), raft_id: self.raft_id, addr: me.addr.clone() };
+        loop {
+            let done = if !initialized && !self.cfg.seeds.is_empty() {
+                self.ask_seeds(&join).await
+            } else {
+                let cmd = MetaCommand::Join { name: join.name.clone(), raft_id: join.raft_id, addr: join.addr.clone() };
+                self.propose(self.meta_group(), Command::Meta(cmd)).await.is_ok()
+            };
+            if done {
+                tracing::info!(node = self.me(), "member of the cluster");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn ask_seeds(&self, join: &JoinRequest) -> bool {
+        let body = Bytes::from(serde_json::to_vec(join).expect("join serialises"));
+        for seed in &self.cfg.seeds {
+            match self.peers.send("join", seed, Method::POST, "/internal/v1/join", Some(body.clone()), FORWARD_TIMEOUT).await {
+                Ok((s, _)) if s.is_success() => return true,
+                Ok((s, b)) => tracing::warn!(seed, status = %s, answer = %String::from_utf8_lossy(&b), "seed refused the join"),
+                Err(e) => tracing::debug!(seed, error = %e, "seed unreachable"),
+            }
+        }
+        false
+    }
+
+    /// `POST /internal/v1/join`: records the node in the metadata; the
+    /// group leaders then bring it in.
+    pub async fn join(self: &Arc<Self>, body: &[u8]) -> Result<(), WriteError> {
+        let j: JoinRequest = serde_json::from_slice(body).map_err(|e| unavailable(format!("join: {e}")))?;
+        let cmd = Command::Meta(MetaCommand::Join { name: j.name, raft_id: j.raft_id, addr: j.addr });
+        match self.on_rt(move |me| async move { me.propose(me.meta_group(), cmd).await }).await? {
+            Outcome::Done => Ok(()),
+            Outcome::Refused { reason } => Err(reason.into()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `DELETE /api/v1/cluster/members/{id}`.
+    pub async fn remove_member(self: &Arc<Self>, name: &str) -> Result<(), String> {
+        if name == self.me() {
+            return Err(format!("{name} is this node; remove it through another member"));
+        }
+        if !self.machine.meta.read().members.contains_key(name) {
+            return Err(format!("no member {name}"));
+        }
+        let cmd = Command::Meta(MetaCommand::Remove { name: name.to_string() });
+        match self.on_rt(move |me| async move { me.propose(me.meta_group(), cmd).await }).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("the metadata group did not take it: {e}")),
+        }
+    }
+
+    fn placement(&self) -> Arc<Placement> {
+        let meta = self.machine.meta.read();
+        let current = self.placement.read().clone();
+        if current.epoch == meta.epoch {
+            return current;
+        }
+        let fresh = Arc::new(Placement::new(&meta, self.cfg.partitions, self.cfg.replication_factor, self.cfg.vnodes));
+        *self.placement.write() = fresh.clone();
+        fresh
+    }
+
+    fn metrics(&self, group: u32) -> RaftMetrics<NodeId, BasicNode> {
+        self.groups[group as usize].metrics().borrow().clone()
+    }
+
+    /// For each group this node leads, moves its voters toward the
+    /// placement (and, for the metadata group, makes every other member a
+    /// learner); removes members silent for `--dead-after`.
+    fn reconcile(self: &Arc<Self>) {
+        let meta = self.machine.meta.read().clone();
+        if meta.members.is_empty() {
+            return;
+        }
+        let placement = self.placement();
+        for g in 0..=self.meta_group() {
+            let m = self.metrics(g);
+            if m.current_leader != Some(self.raft_id) {
+                continue;
+            }
+            let config = m.membership_config.membership();
+            if config.get_joint_config().len() > 1 {
+                continue;
+            }
+            let voters: BTreeSet<NodeId> = config.voter_ids().collect();
+            let learners: BTreeSet<NodeId> = config.learner_ids().collect();
+            let target = placement.voters(&meta, g);
+            let want_learners: BTreeSet<NodeId> = if g == self.meta_group() {
+                meta.members.values().map(|m| m.raft_id).filter(|id| !target.contains(id)).collect()
+            } else {
+                BTreeSet::new()
+            };
+            if target.is_empty() || (voters == target && learners == want_learners) {
+                continue;
+            }
+            {
+                let mut moving = self.moving.lock();
+                if moving.contains(&g) || moving.len() >= MOVES_AT_ONCE {
+                    continue;
+                }
+                moving.insert(g);
+            }
+            let me = self.clone();
+            let nodes: BTreeMap<NodeId, BasicNode> =
+                meta.members.values().map(|m| (m.raft_id, BasicNode { addr: m.addr.clone() })).collect();
+            self.rt.spawn(async move {
+                if let Err(e) = me.move_group(g, &voters, &learners, &target, &want_learners, &nodes).await {
+                    tracing::warn!(group = g, error = %e, "membership change did not finish; retrying");
+                }
+                me.moving.lock().remove(&g);
+            });
+        }
+        if self.metrics(self.meta_group()).current_leader == Some(self.raft_id) {
+            self.remove_dead(&meta);
+        }
+    }
+
+    async fn move_group(
+        &self,
+        g: u32,
+        voters: &BTreeSet<NodeId>,
+        learners: &BTreeSet<NodeId>,
+        target: &BTreeSet<NodeId>,
+        want_learners: &BTreeSet<NodeId>,
+        nodes: &BTreeMap<NodeId, BasicNode>,
+    ) -> Result<(), String> {
+        let raft = &self.groups[g as usize];
+        let wait = Duration::from_secs(60);
+        for id in target.iter().chain(want_learners).filter(|id| !voters.contains(id) && !learners.contains(id)) {
+            let node = nodes.get(id).cloned().ok_or("member without an address")?;
+            // Blocking for a future voter: it is promoted only once caught up.
+            let blocking = target.contains(id);
+            tracing::info!(group = g, node = id, "adding a learner");
+            tokio::time::timeout(wait, raft.add_learner(*id, node, blocking))
+                .await
+                .map_err(|_| "a learner did not catch up in time".to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        if voters != target {
+            tracing::info!(group = g, ?target, "changing voters");
+            raft.change_membership(target.clone(), false).await.map_err(|e| e.to_string())?;
+        }
+        let config = self.metrics(g).membership_config.membership().clone();
+        let extra: BTreeSet<NodeId> = config.learner_ids().filter(|id| !want_learners.contains(id) && !target.contains(id)).collect();
+        if !extra.is_empty() {
+            raft.change_membership(ChangeMembers::RemoveNodes(extra), false).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn remove_dead(self: &Arc<Self>, meta: &MetaState) {
+        let now = Instant::now();
+        let dead: Vec<String> = {
+            let mut heard = self.heard.lock();
+            meta.members
+                .keys()
+                .filter(|n| n.as_str() != self.me())
+                .filter(|n| now.duration_since(*heard.entry(n.to_string()).or_insert(now)) > self.cfg.dead_after)
+                .cloned()
+                .collect()
+        };
+        for name in dead {
+            tracing::warn!(member = %name, after = ?self.cfg.dead_after, "removing a member not heard from");
+            let me = self.clone();
+            self.rt.spawn(async move {
+                let _ = me.propose(me.meta_group(), Command::Meta(MetaCommand::Remove { name })).await;
+            });
+        }
+    }
+
+    async fn ping(&self) {
+        let members: Vec<(String, String)> =
+            self.machine.meta.read().members.iter().filter(|(n, _)| n.as_str() != self.me()).map(|(n, m)| (n.clone(), m.addr.clone())).collect();
+        for (name, addr) in members {
+            if let Ok((s, _)) = self.peers.send("ping", &addr, Method::GET, "/internal/v1/ping", None, self.cfg.peer_timeout).await {
+                if s.is_success() {
+                    self.heard.lock().insert(name, Instant::now());
+                }
+            }
+        }
+    }
+
+    // ---- proposals ----
+
+    /// Commits `cmd` in `group` through its leader (this node or another)
+    /// and returns what applying it decided.
+    pub async fn propose(&self, group: u32, cmd: Command) -> Result<Outcome, WriteError> {
+        let deadline = Instant::now() + PROPOSE_TIMEOUT;
+        let started = Instant::now();
+        let result = loop {
+            let mut hint = match self.groups[group as usize].client_write(cmd.clone()).await {
+                Ok(r) => break Ok(r.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_node.map(|n| n.addr),
+                Err(RaftError::APIError(e)) => break Err(unavailable(e)),
+                Err(RaftError::Fatal(e)) => break Err(unavailable(format!("partition {group} stopped: {e}"))),
+            };
+            // Not the leader: the one it knows, else the placement's voters.
+            let mut tried = HashSet::new();
+            let voters: Vec<String> = self.voter_addrs(group);
+            let mut candidates = voters.into_iter();
+            while let Some(addr) = hint.take().or_else(|| candidates.next()) {
+                if addr == self.cfg.advertise.to_string() || !tried.insert(addr.clone()) {
+                    continue;
+                }
+                match self.forward(group, &addr, &cmd).await {
+                    Ok(o) => return self.proposed(started, Ok(o)),
+                    Err(Forward::Final(e)) => return self.proposed(started, Err(e)),
+                    Err(Forward::Retry(h)) => hint = h,
+                }
+            }
+            if Instant::now() > deadline {
+                break Err(unavailable(format!("partition {group} has no leader that answers; retry")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.proposed(started, result)
+    }
+
+    fn proposed(&self, started: Instant, r: Result<Outcome, WriteError>) -> Result<Outcome, WriteError> {
+        crate::metrics::raft_proposal(started.elapsed(), r.is_ok());
+        r
+    }
+
+    fn voter_addrs(&self, group: u32) -> Vec<String> {
+        let meta = self.machine.meta.read();
+        self.placement().voter_names(group).iter().filter_map(|n| meta.members.get(*n).map(|m| m.addr.clone())).collect()
+    }
+
+    async fn forward(&self, group: u32, addr: &str, cmd: &Command) -> Result<Outcome, Forward> {
+        let body = Bytes::from(serde_json::to_vec(cmd).expect("command serialises"));
+        let path = format!("/internal/v1/propose?group={group}");
+        match self.peers.send("propose", addr, Method::POST, &path, Some(body), FORWARD_TIMEOUT).await {
+            Ok((StatusCode::OK, b)) => serde_json::from_slice(&b).map_err(|e| Forward::Final(unavailable(e))),
+            Ok((StatusCode::MISDIRECTED_REQUEST, b)) => {
+                Err(Forward::Retry(serde_json::from_slice::<NotLeader>(&b).ok().and_then(|n| n.leader)))
+            }
+            Ok((_, _)) | Err(_) => Err(Forward::Retry(None)),
+        }
+    }
+
+    /// `POST /internal/v1/propose`: commits here if this node leads the
+    /// group; otherwise 421 naming the leader it knows.
+    pub async fn propose_here(&self, group: u32, body: &[u8]) -> (StatusCode, Vec<u8>) {
+        let Some(raft) = self.groups.get(group as usize) else { return (StatusCode::BAD_REQUEST, b"no such group".to_vec()) };
+        let Ok(cmd) = serde_json::from_slice::<Command>(body) else { return (StatusCode::BAD_REQUEST, b"not a command".to_vec()) };
+        match raft.client_write(cmd).await {
+            Ok(r) => (StatusCode::OK, serde_json::to_vec(&r.data).expect("outcome serialises")),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                (StatusCode::MISDIRECTED_REQUEST, serde_json::to_vec(&NotLeader { leader: f.leader_node.map(|n| n.addr) }).expect("json"))
+            }
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string().into_bytes()),
+        }
+    }
+
+    /// `POST /internal/v1/raft/{append,vote,snapshot}?group=N`.
+    pub async fn raft_message(&self, what: &str, group: u32, body: &[u8]) -> Result<Vec<u8>, String> {
+        let raft = self.groups.get(group as usize).ok_or("no such group")?;
+        let bad = |e: serde_json::Error| format!("{what}: {e}");
+        let answer = match what {
+            "append" => serde_json::to_vec(&raft.append_entries(serde_json::from_slice(body).map_err(bad)?).await),
+            "vote" => serde_json::to_vec(&raft.vote(serde_json::from_slice(body).map_err(bad)?).await),
+            "snapshot" => {
+                let (vote, meta, data): (openraft::Vote<NodeId>, openraft::SnapshotMeta<NodeId, BasicNode>, Vec<u8>) =
+                    serde_json::from_slice(body).map_err(bad)?;
+                let snapshot = openraft::Snapshot { meta, snapshot: Box::new(data) };
+                serde_json::to_vec(&raft.install_full_snapshot(vote, snapshot).await)
+            }
+            _ => return Err(format!("no Raft message {what}")),
+        };
+        answer.map_err(|e| e.to_string())
     }
 
     // ---- reads ----
 
-    /// The newest record of `code` from the first holder that has it.
+    /// Whether a redirect may be answered from this node's replica: it
+    /// leads the code's partition, or it is one of its voters and has the
+    /// code (a code it lacks may be one it has not received yet).
+    pub fn authoritative(&self, code: &str) -> bool {
+        let g = self.partition(code);
+        let leader = self.groups[g as usize].metrics().borrow().current_leader;
+        if leader == Some(self.raft_id) {
+            return true;
+        }
+        let placement = self.placement();
+        placement.voter_names(g).contains(&self.me()) && self.store.shared().index.contains_key(code)
+    }
+
+    /// The leader's address for `group` as this node knows it, then the
+    /// other voters'.
+    fn read_order(&self, group: u32) -> Vec<String> {
+        let m = self.metrics(group);
+        let leader = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()));
+        let mut out: Vec<String> = leader.into_iter().collect();
+        for a in self.voter_addrs(group) {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    /// A code's record from its partition's leader (or another voter).
     async fn fetch(&self, code: &str) -> Fetched {
-        let view = self.view();
-        let mut answered = false;
-        for h in self.in_order(&view, code) {
-            if h == self.me() {
+        let me = self.cfg.advertise.to_string();
+        for addr in self.read_order(self.partition(code)) {
+            if addr == me {
                 if let Some(s) = self.store.stored(code) {
                     return Ok(Some(s));
                 }
-                answered |= self.state() == State::Up;
                 continue;
             }
-            let Some(m) = view.member(h).filter(|m| m.state.reachable()) else { continue };
-            match self.ask(m, code).await {
-                Some(Some(s)) => return Ok(Some(s)),
-                Some(None) => answered = true,
-                None => {}
+            match self.peers.send("fetch", &addr, Method::GET, &format!("/internal/v1/records/{code}"), None, self.cfg.peer_timeout).await {
+                Ok((StatusCode::OK, b)) => return Ok(serde_json::from_slice::<WireRecord>(&b).ok().and_then(WireRecord::into_stored)),
+                Ok((StatusCode::NOT_FOUND, _)) => return Ok(None),
+                _ => continue,
             }
         }
-        if answered {
-            return Ok(None);
-        }
-        // No holder answered: a copy kept here (as a former holder, or with
-        // a hint) is better than nothing.
-        match self.store.stored(code) {
-            Some(s) => Ok(Some(s)),
-            None => Err(()),
-        }
-    }
-
-    /// One peer's record of a code: `Some(None)` if it has none, `None` if
-    /// it did not answer (or answered something unreadable).
-    async fn ask(&self, m: &Member, code: &str) -> Option<Option<Stored>> {
-        let path = format!("/internal/v1/records/{code}");
-        match self.peers.send("read", m, Method::GET, &path, None, self.cfg.peer_timeout).await {
-            Ok((StatusCode::OK, body)) => serde_json::from_slice::<WireRecord>(&body).ok().and_then(WireRecord::into_stored).map(Some),
-            Ok((StatusCode::NOT_FOUND, _)) => Some(None),
-            _ => None,
-        }
-    }
-
-    /// A code's holders, those that are `up` first: a joining member may
-    /// not have pulled its share yet, so it is asked (or made coordinator)
-    /// only when no caught-up holder is reachable.
-    fn in_order<'v>(&self, view: &'v View, code: &str) -> Vec<&'v str> {
-        let holders = view.ring.holders(code, self.cfg.replication_factor);
-        let up =
-            |h: &&str| if *h == self.me() { self.state() != State::Joining } else { view.member(h).is_some_and(|m| m.state == State::Up) };
-        let (mut first, rest): (Vec<&str>, Vec<&str>) = holders.into_iter().partition(up);
-        first.extend(rest);
-        first
+        Err(())
     }
 
     /// `fetch` shared by every request for the same code at the same time.
@@ -331,8 +655,7 @@ impl Cluster {
         rx.await.unwrap_or((Err(()), 0))
     }
 
-    /// Re-fetches a cached code held elsewhere, in the background: a viral
-    /// link costs its holder one fetch per cache TTL per node.
+    /// Re-fetches a cached code held elsewhere, in the background.
     pub fn refresh(self: &Arc<Self>, code: &str) {
         let (me, code) = (self.clone(), CompactString::from(code));
         self.rt.spawn(async move {
@@ -341,8 +664,6 @@ impl Cluster {
                 let found = found.map_or(crate::store::Lookup::Missing, Stored::into_lookup);
                 me.cache.insert(&code, Entry::from_lookup(found), generation, clock::now_ms());
             }
-            // Not replaced (no holder answered, or an invalidation raced):
-            // the next request tries again rather than trusting it forever.
             if let Some(stale) = stale {
                 if me.cache.peek(&code).is_some_and(|now| Arc::ptr_eq(&now, &stale)) {
                     stale.retry_refresh();
@@ -351,60 +672,63 @@ impl Cluster {
         });
     }
 
-    /// A link for the API: from this node's store when it answers for the
-    /// code, else from a holder.
+    /// A link for the API, linearizable: read on the partition's leader
+    /// after it has confirmed its leadership with a majority.
     pub async fn read(self: &Arc<Self>, code: &str) -> Result<Option<Stored>, WriteError> {
-        if self.authoritative(code) {
-            return Ok(self.store.stored(code));
-        }
         let code = CompactString::from(code);
-        self.on_rt(move |me| async move {
-            me.fetch(&code).await.map_err(|()| WriteError::Unavailable("no node that holds this link answered".into()))
-        })
-        .await
+        self.on_rt(move |me| async move { me.read_linearizable(&code).await }).await
+    }
+
+    async fn read_linearizable(&self, code: &str) -> Result<Option<Stored>, WriteError> {
+        let g = self.partition(code);
+        let deadline = Instant::now() + PROPOSE_TIMEOUT;
+        loop {
+            match self.read_here(g, code).await {
+                Ok(found) => return Ok(found),
+                Err(hint) => {
+                    for addr in hint.into_iter().chain(self.voter_addrs(g)) {
+                        if addr == self.cfg.advertise.to_string() {
+                            continue;
+                        }
+                        let path = format!("/internal/v1/records/{code}?linearizable=1");
+                        match self.peers.send("read", &addr, Method::GET, &path, None, FORWARD_TIMEOUT).await {
+                            Ok((StatusCode::OK, b)) => return Ok(serde_json::from_slice::<WireRecord>(&b).ok().and_then(WireRecord::into_stored)),
+                            Ok((StatusCode::NOT_FOUND, _)) => return Ok(None),
+                            _ => continue,
+                        }
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(unavailable(format!("partition {g} has no leader that answers; retry")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A linearizable read on this node, or the leader's address it knows.
+    pub async fn read_here(&self, group: u32, code: &str) -> Result<Option<Stored>, Option<String>> {
+        match self.groups[group as usize].ensure_linearizable().await {
+            Ok(_) => Ok(self.store.stored(code)),
+            Err(e) => Err(e.forward_to_leader().and_then(|f| f.leader_node.as_ref().map(|n| n.addr.clone()))),
+        }
+    }
+
+    pub fn partition_of(&self, code: &str) -> u32 {
+        self.partition(code)
     }
 
     // ---- writes ----
 
     pub async fn create(self: &Arc<Self>, new: NewLink) -> Result<Created, WriteError> {
-        if let Some((key, hash)) = &new.idempotency {
-            let earlier = self.idem.lock().get(key).cloned();
-            if let Some((code, earlier_hash, _)) = earlier.filter(|e| e.2 + IDEMPOTENCY_WINDOW_MS > clock::now_ms()) {
-                if earlier_hash != *hash {
-                    return Err(WriteError::IdempotencyMismatch);
-                }
-                return match self.read(&code).await? {
-                    Some(Stored { link: Some(link), .. }) => Ok(Created { link, replayed: true }),
-                    Some(_) => Err(WriteError::Gone),
-                    None => Err(WriteError::NotFound),
-                };
-            }
-        }
-        let idem = new.idempotency.clone();
-        let created = self.on_rt(move |me| async move { me.create_here(new).await }).await?;
-        if let Some((key, hash)) = idem {
-            let mut m = self.idem.lock();
-            let cutoff = clock::now_ms() - IDEMPOTENCY_WINDOW_MS;
-            m.retain(|_, e| e.2 > cutoff);
-            m.insert(key, (created.link.code.clone(), hash, clock::now_ms()));
-        }
-        Ok(created)
+        self.on_rt(move |me| async move { me.create_here(new).await }).await
     }
 
     async fn create_here(&self, new: NewLink) -> Result<Created, WriteError> {
-        for _ in 0..64 {
+        for _ in 0..8 {
             let (code, id) = match &new.alias {
                 Some(alias) => (CompactString::from(alias.as_str()), ALIAS_ID),
-                None => {
-                    let id =
-                        self.ids.next().map_err(|e| WriteError::Unavailable(format!("id counter: {e}")))?.ok_or(WriteError::Exhausted)?;
-                    let Some(code) = self.key.encode(id) else { return Err(WriteError::Exhausted) };
-                    let code = CompactString::from_utf8_lossy(&code);
-                    if crate::code::validate_alias(&code).is_err() {
-                        continue;
-                    }
-                    (code, id)
-                }
+                None => self.next_code().await?,
             };
             let now = clock::now_ms();
             let link = Link {
@@ -418,515 +742,223 @@ impl Cluster {
                 disabled: new.disabled,
                 clicks: 0,
             };
-            let stored = Stored { code, link: Some(link.clone()), version: Version { ms: now, origin: self.origin } };
-            match self.write(stored, ApplyMode::Create).await {
-                Ok(()) => return Ok(Created { link, replayed: false }),
-                Err(WriteError::Taken) if new.alias.is_none() => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(WriteError::Unavailable("no free code found; retry".into()))
-    }
-
-    /// Sends a change to its coordinator: the first reachable holder, or
-    /// this node when none answers.
-    async fn write(&self, stored: Stored, mode: ApplyMode) -> Result<(), WriteError> {
-        let view = self.view();
-        let body = Bytes::from(serde_json::to_vec(&WireRecord::from(&stored)).unwrap_or_default());
-        for h in self.in_order(&view, &stored.code) {
-            if h == self.me() {
-                return self.coordinate(stored, mode).await;
-            }
-            let Some(m) = view.member(h).filter(|m| m.state.reachable()) else { continue };
-            if !self.peers.available(h) {
-                continue;
-            }
-            let path = format!("/internal/v1/records/{}?mode={}&coordinate=1", stored.code, mode_name(mode));
-            match self.peers.send("write", m, Method::PUT, &path, Some(body.clone()), self.write_timeout()).await {
-                Ok((s, _)) if s.is_success() => return Ok(()),
-                Ok((s, b)) => return Err(status_error(s, &b)),
-                Err(_) => continue,
-            }
-        }
-        self.coordinate(stored, mode).await
-    }
-
-    /// A forwarded write waits one peer timeout: the coordinator's own
-    /// replication round fits inside it (`attempt_timeout`).
-    fn write_timeout(&self) -> Duration {
-        self.cfg.peer_timeout
-    }
-
-    /// Per replica attempt: the whole round (every other holder, plus one
-    /// fallback node each at half this) stays within 3/4 of a peer timeout.
-    fn attempt_timeout(&self) -> Duration {
-        self.cfg.peer_timeout / (2 * self.cfg.replication_factor.saturating_sub(1).max(1) as u32)
-    }
-
-    /// Applies a change here and replicates it to the other holders.
-    pub async fn coordinate(&self, stored: Stored, mode: ApplyMode) -> Result<(), WriteError> {
-        if !self.authoritative(&stored.code) {
-            // Not caught up on this code: a claim checked against this
-            // store alone could overwrite a link it has not pulled yet.
-            self.catch_up_on(&stored.code).await;
-        }
-        self.store.apply(stored.clone(), mode).await?;
-        self.cache.invalidate(&stored.code);
-        self.replicate(&stored).await;
-        Ok(())
-    }
-
-    pub async fn coordinate_on_rt(self: &Arc<Self>, stored: Stored, mode: ApplyMode) -> Result<(), WriteError> {
-        self.on_rt(move |me| async move { me.coordinate(stored, mode).await }).await
-    }
-
-    /// Sends a record to every other holder; one that cannot take it gets
-    /// it later through a hint.
-    async fn replicate(&self, stored: &Stored) {
-        let view = self.view();
-        let walk = view.ring.walk(&stored.code);
-        let r = self.cfg.replication_factor.min(walk.len());
-        let (holders, spare) = walk.split_at(r);
-        let i_hold = holders.contains(&self.me());
-        let body = Bytes::from(serde_json::to_vec(&WireRecord::from(stored)).unwrap_or_default());
-        for &h in holders.iter().filter(|&&h| h != self.me()) {
-            if self.put_to(&view, h, &stored.code, &body, None, self.attempt_timeout()).await {
-                continue;
-            }
-            // The next reachable node past the holders keeps it with a hint.
-            let mut handed = false;
-            if i_hold {
-                let next = spare
-                    .iter()
-                    .find(|&&s| s != self.me() && self.peers.available(s) && view.member(s).is_some_and(|m| m.state.reachable()));
-                if let Some(&s) = next {
-                    handed = self.put_to(&view, s, &stored.code, &body, Some(h), self.attempt_timeout() / 2).await;
+            let mine = WireRecord::from(&Stored { code, link: Some(link), version: Version { ms: now, origin: self.origin } });
+            // With a key, its partition decides which link the key makes:
+            // every retry, through any node, gets the same one.
+            let (rec, replayed) = match &new.idempotency {
+                None => (mine, false),
+                Some((key, hash)) => {
+                    let claim = Command::Claim { key: key.clone(), body_hash: *hash, at_ms: now, link: mine.clone() };
+                    match self.propose(self.partition(key), claim).await? {
+                        Outcome::Claim { body_hash, .. } if body_hash != *hash => return Err(WriteError::IdempotencyMismatch),
+                        Outcome::Claim { link, .. } => {
+                            let replayed = link.code != mine.code || link.version_ms != mine.version_ms;
+                            (link, replayed)
+                        }
+                        other => return Err(unexpected(other)),
+                    }
                 }
+            };
+            let retry_with_new_code = new.alias.is_none() && !replayed;
+            match self.propose(self.partition(&rec.code), Command::Create { link: rec }).await? {
+                Outcome::Created { link, .. } => {
+                    return link_of(link).map(|link| Created { link, replayed }).ok_or_else(|| unavailable("an invalid record"))
+                }
+                // A generated code an alias took first: draw another.
+                Outcome::Refused { reason: raft::Refusal::Taken } if retry_with_new_code => continue,
+                Outcome::Refused { reason } => return Err(reason.into()),
+                other => return Err(unexpected(other)),
             }
-            if !handed {
-                self.add_hint(h, &stored.code);
+        }
+        Err(unavailable("no free code found; retry"))
+    }
+
+    /// The next code from this node's lease of ids (a new lease when used up).
+    async fn next_code(&self) -> Result<(CompactString, u64), WriteError> {
+        loop {
+            let id = {
+                let mut ids = self.ids.lock().await;
+                if ids.0 == ids.1 {
+                    match self.propose(self.meta_group(), Command::Meta(MetaCommand::Lease { count: LEASE })).await? {
+                        Outcome::Lease { first } => *ids = (first, first + LEASE),
+                        other => return Err(unexpected(other)),
+                    }
+                }
+                ids.0 += 1;
+                ids.0 - 1
+            };
+            let Some(code) = self.key.encode(id) else { return Err(WriteError::Exhausted) };
+            let code = CompactString::from_utf8_lossy(&code);
+            if crate::code::validate_alias(&code).is_ok() {
+                return Ok((code, id));
             }
         }
     }
 
-    async fn put_to(&self, view: &View, node: &str, code: &str, body: &Bytes, hint: Option<&str>, timeout: Duration) -> bool {
-        let Some(m) = view.member(node).filter(|m| m.state.reachable()) else { return false };
-        if !self.peers.available(node) {
-            return false;
-        }
-        let path = match hint {
-            Some(h) => format!("/internal/v1/records/{code}?mode=newer&hint={h}"),
-            None => format!("/internal/v1/records/{code}?mode=newer"),
-        };
-        matches!(self.peers.send("replicate", m, Method::PUT, &path, Some(body.clone()), timeout).await, Ok((s, _)) if s.is_success())
-    }
-
-    pub fn add_hint(&self, node: &str, code: &str) {
-        let mut h = self.hints.lock();
-        h.entry(node.to_string()).or_default().insert(code.into());
-        crate::metrics::hints_pending(h.values().map(HashSet::len).sum());
-    }
-
-    /// PATCH through the coordinator; `body` is the client's JSON, which the
-    /// coordinator validates again.
-    pub async fn update(self: &Arc<Self>, code: &str, patch: Patch, body: Bytes) -> Result<Link, WriteError> {
-        let code = CompactString::from(code);
+    pub async fn update(self: &Arc<Self>, code: &str, patch: Patch, _body: Bytes) -> Result<Link, WriteError> {
+        let code = code.to_string();
         self.on_rt(move |me| async move {
-            match me.forward(&code, Method::PATCH, Some(body)).await {
-                Some(Ok(answer)) => serde_json::from_slice::<WireRecord>(&answer)
-                    .ok()
-                    .and_then(WireRecord::into_stored)
-                    .and_then(|s| s.link)
-                    .ok_or_else(|| WriteError::Unavailable("a peer sent an unreadable link".into())),
-                Some(Err(e)) => Err(e),
-                None => me.update_here(&code, patch).await,
+            let cmd = Command::Update { code: code.clone(), patch: WirePatch::from(patch), at_ms: clock::now_ms() };
+            let out = me.propose(me.partition(&code), cmd).await?;
+            me.invalidate_everywhere(&code);
+            match out {
+                Outcome::Link { link } => link_of(link).ok_or_else(|| unavailable("an invalid record")),
+                Outcome::Refused { reason } => Err(reason.into()),
+                other => Err(unexpected(other)),
             }
         })
         .await
     }
 
     pub async fn delete(self: &Arc<Self>, code: &str) -> Result<(), WriteError> {
-        let code = CompactString::from(code);
+        let code = code.to_string();
         self.on_rt(move |me| async move {
-            match me.forward(&code, Method::DELETE, None).await {
-                Some(r) => r.map(drop),
-                None => me.delete_here(&code).await,
+            let out = me.propose(me.partition(&code), Command::Delete { code: code.clone(), at_ms: clock::now_ms() }).await?;
+            me.invalidate_everywhere(&code);
+            match out {
+                Outcome::Done => Ok(()),
+                Outcome::Refused { reason } => Err(reason.into()),
+                other => Err(unexpected(other)),
             }
         })
         .await
     }
 
-    /// Sends a client's change to the first reachable holder unless that is
-    /// this node (`None`: do it here).
-    async fn forward(&self, code: &str, method: Method, body: Option<Bytes>) -> Option<Result<Bytes, WriteError>> {
-        let view = self.view();
-        for h in self.in_order(&view, code) {
-            if h == self.me() {
-                return None;
-            }
-            let Some(m) = view.member(h).filter(|m| m.state.reachable()) else { continue };
-            if !self.peers.available(h) {
-                continue;
-            }
-            let path = format!("/internal/v1/links/{code}");
-            match self.peers.send("write", m, method.clone(), &path, body.clone(), self.write_timeout()).await {
-                Ok((s, b)) if s.is_success() => return Some(Ok(b)),
-                Ok((s, b)) => return Some(Err(status_error(s, &b))),
-                Err(_) => continue,
-            }
-        }
-        None
-    }
-
-    /// Brings a record here first when this node lacks it (it may be
-    /// catching up, or standing in for unreachable holders).
-    async fn catch_up_on(&self, code: &str) {
-        if self.store.stored(code).is_none() || !self.authoritative(code) {
-            if let Some(s) = self.fetch_from_others(code).await {
-                let _ = self.store.apply(s, ApplyMode::Newer).await;
-            }
-        }
-    }
-
-    /// `fetch` that skips this node's own copy.
-    async fn fetch_from_others(&self, code: &str) -> Option<Stored> {
-        let view = self.view();
-        for h in self.in_order(&view, code).into_iter().filter(|h| *h != self.me()) {
-            let Some(m) = view.member(h).filter(|m| m.state.reachable()) else { continue };
-            if let Some(Some(s)) = self.ask(m, code).await {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    pub async fn update_here(self: &Arc<Self>, code: &str, patch: Patch) -> Result<Link, WriteError> {
-        self.catch_up_on(code).await;
-        let link = self.store.update(code, patch).await?;
+    /// Drops `code` from every node's cache (replicas drop it when they
+    /// apply the change; this reaches the nodes that only cached it).
+    fn invalidate_everywhere(self: &Arc<Self>, code: &str) {
         self.cache.invalidate(code);
-        if let Some(s) = self.store.stored(code) {
-            self.replicate(&s).await;
-        }
-        self.invalidate_elsewhere(code);
-        Ok(link)
-    }
-
-    pub async fn delete_here(self: &Arc<Self>, code: &str) -> Result<(), WriteError> {
-        self.catch_up_on(code).await;
-        self.store.delete(code).await?;
-        self.cache.invalidate(code);
-        if let Some(s) = self.store.stored(code) {
-            self.replicate(&s).await;
-        }
-        self.invalidate_elsewhere(code);
-        Ok(())
-    }
-
-    pub async fn update_here_on_rt(self: &Arc<Self>, code: &str, patch: Patch) -> Result<Link, WriteError> {
-        let code = CompactString::from(code);
-        self.on_rt(move |me| async move { me.update_here(&code, patch).await }).await
-    }
-
-    pub async fn delete_here_on_rt(self: &Arc<Self>, code: &str) -> Result<(), WriteError> {
-        let code = CompactString::from(code);
-        self.on_rt(move |me| async move { me.delete_here(&code).await }).await
-    }
-
-    /// Drops the code from every other node's cache, so a change or delete
-    /// shows everywhere at once rather than after the cache TTL.
-    fn invalidate_elsewhere(self: &Arc<Self>, code: &str) {
-        let view = self.view();
-        for m in view.members.iter().filter(|m| m.id != self.me() && m.state.reachable()) {
-            let (me, m, path) = (self.clone(), m.clone(), format!("/internal/v1/invalidate/{code}"));
+        let addrs: Vec<String> =
+            self.machine.meta.read().members.iter().filter(|(n, _)| n.as_str() != self.me()).map(|(_, m)| m.addr.clone()).collect();
+        for addr in addrs {
+            let (me, path) = (self.clone(), format!("/internal/v1/invalidate/{code}"));
             self.rt.spawn(async move {
-                let _ = me.peers.send("invalidate", &m, Method::POST, &path, None, me.cfg.peer_timeout).await;
+                let _ = me.peers.send("invalidate", &addr, Method::POST, &path, None, me.cfg.peer_timeout).await;
             });
         }
     }
 
-    // ---- clicks ----
-
-    /// Queues served clicks for the code's other holders; true if this node
-    /// holds the code and should count them in its own store too.
+    /// Clicks served here: counted once they are committed (reported every
+    /// `CLICKS_EVERY`). Returns false: the store counts them when the
+    /// partition applies the report, not now.
     pub fn on_clicks(&self, code: &str, n: u64) -> bool {
-        let view = self.view();
-        let mut local = false;
-        let mut pending = self.clicks.lock();
-        for h in view.ring.holders(code, self.cfg.replication_factor) {
-            if h == self.me() {
-                local = true;
-            } else {
-                *pending.entry(h.to_string()).or_default().entry(code.into()).or_default() += n;
-            }
-        }
-        local
+        *self.clicks.lock().entry(code.into()).or_default() += n;
+        false
     }
 
-    async fn push_clicks(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(CLICK_PUSH_EVERY);
-        loop {
-            tick.tick().await;
-            let batches = std::mem::take(&mut *self.clicks.lock());
-            let view = self.view();
-            for (node, counts) in batches {
-                let Some(m) = view.member(&node).filter(|m| m.state.reachable()) else { continue };
-                let counts: Vec<(CompactString, u64)> = counts.into_iter().collect();
-                // Chunks stay well inside the peer's request body limit.
-                for chunk in counts.chunks(CLICKS_PER_PUSH) {
-                    let push = ClickPush { clicks: chunk.iter().map(|(c, n)| (c.to_string(), *n)).collect() };
-                    let body = Bytes::from(serde_json::to_vec(&push).unwrap_or_default());
-                    let sent = self.peers.send("clicks", m, Method::POST, "/internal/v1/clicks", Some(body), self.cfg.peer_timeout).await;
-                    if !matches!(sent, Ok((s, _)) if s.is_success()) {
-                        // Kept for the next round; dropped if the peer is down by then.
-                        let mut pending = self.clicks.lock();
-                        let p = pending.entry(node.clone()).or_default();
-                        for (c, n) in chunk {
-                            *p.entry(c.clone()).or_default() += n;
-                        }
+    fn report_clicks(self: &Arc<Self>) {
+        let pending = std::mem::take(&mut *self.clicks.lock());
+        let mut by_group: HashMap<u32, Vec<(String, u64)>> = HashMap::new();
+        for (code, n) in pending {
+            by_group.entry(self.partition(&code)).or_default().push((code.to_string(), n));
+        }
+        for (g, counts) in by_group {
+            let me = self.clone();
+            self.rt.spawn(async move {
+                if let Err(e) = me.propose(g, Command::Clicks { counts: counts.clone() }).await {
+                    tracing::debug!(group = g, error = %e, "click report not committed; kept for the next round");
+                    let mut clicks = me.clicks.lock();
+                    for (code, n) in counts {
+                        *clicks.entry(code.into()).or_default() += n;
                     }
                 }
-            }
+            });
         }
     }
 
-    // ---- membership, joining, rebalancing ----
+    // ---- state for the API ----
 
-    async fn watch_members(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.cfg.gossip_interval);
-        loop {
-            tick.tick().await;
-            let mut members = self.gossip.members().await;
-            let me = self.state();
-            match members.iter_mut().find(|m| m.id == self.me()) {
-                Some(m) => m.state = me,
-                None => members.push(Member { id: self.cfg.node_id.clone(), addr: self.cfg.advertise, state: me, generation: 0 }),
-            }
-            let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
-            let old = self.view();
-            let changed = {
-                let mut sorted = ids.clone();
-                sorted.sort();
-                sorted != old.ring.nodes()
-            };
-            let ring = if changed { Ring::new(&ids, self.cfg.vnodes) } else { old.ring.clone() };
-            if changed {
-                tracing::info!(members = ?ring.nodes(), "ring changed");
-            }
-            // A member back from down (partition, pause) may have taken
-            // writes this node missed, and missed some of this node's.
-            let back: Vec<String> = members
-                .iter()
-                .filter(|m| m.id != self.me() && m.state.reachable() && old.member(&m.id).is_some_and(|o| o.state == State::Down))
-                .map(|m| m.id.clone())
-                .collect();
-            if !back.is_empty() {
-                tracing::info!(members = ?back, "members reachable again");
-                // Rebalancing until the pull from them is done.
-                let mut pending = self.reconnected.lock();
-                self.syncing.store(true, Ordering::Relaxed);
-                pending.extend(back);
-                drop(pending);
-                self.resync.notify_one();
-            }
-            {
-                // Under this lock, so that keep_in_sync cannot clear the flag
-                // between the two.
-                let _pending = self.reconnected.lock();
-                if changed {
-                    // Rebalancing from before anyone sees the new ring until
-                    // the pull for it is done.
-                    self.syncing.store(true, Ordering::Relaxed);
-                }
-                *self.view.write() = Arc::new(View { members, ring });
-            }
-            if changed {
-                self.resync.notify_one();
-            }
+    /// True while this node is a placement voter of some group whose
+    /// membership does not have it as a voter yet, or has no leader.
+    pub fn joining(&self) -> bool {
+        let placement = self.placement();
+        if self.machine.meta.read().members.get(self.me()).is_none_or(|m| m.raft_id != self.raft_id) {
+            return true;
         }
-    }
-
-    async fn set_state(&self, state: State) {
-        *self.state.lock() = state;
-        self.gossip.set("state", state.name()).await;
-        tracing::info!(state = state.name(), "cluster state");
-    }
-
-    /// Joins (pulls everything this node holds from its peers, then goes
-    /// `up`), and after each ring change pulls what it newly holds.
-    async fn keep_in_sync(self: Arc<Self>) {
-        let started = Instant::now();
-        // The ring as of the last complete pull; `None` until the first.
-        let mut synced: Option<Vec<String>> = None;
-        // Up without having pulled from anyone (no seed answered): the
-        // first pull once peers appear takes everything this node holds.
-        let mut alone = false;
-        loop {
-            let view = self.view();
-            let peers: Vec<&Member> = view.members.iter().filter(|m| m.id != self.me() && m.state.reachable()).collect();
-            if synced.is_none() && peers.is_empty() {
-                if !self.cfg.seeds.is_empty() && started.elapsed() < SEED_WAIT {
-                    tokio::time::sleep(self.cfg.gossip_interval).await;
-                    continue;
-                }
-                synced = Some(view.ring.nodes().to_vec());
-                alone = true;
-                self.set_state(State::Up).await;
-                continue;
+        (0..=self.meta_group()).any(|g| {
+            placement.voter_names(g).contains(&self.me()) && {
+                let m = self.metrics(g);
+                m.current_leader.is_none() || !m.membership_config.membership().voter_ids().any(|id| id == self.raft_id)
             }
-            if synced.as_deref() == Some(view.ring.nodes()) && (!alone || peers.is_empty()) {
-                let back = std::mem::take(&mut *self.reconnected.lock());
-                if !back.is_empty() {
-                    // Everything this node holds, from those peers only.
-                    let only: HashSet<String> = back.into_iter().collect();
-                    if !self.pull(&view, None, Some(&only)).await.0 {
-                        self.reconnected.lock().extend(only);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+        })
+    }
+
+    /// True while a group this node leads is not yet as placed, or one of
+    /// its voters is catching up; or while this node is joining.
+    pub fn rebalancing(&self) -> bool {
+        if self.joining() {
+            return true;
+        }
+        let meta = self.machine.meta.read().clone();
+        let placement = self.placement();
+        (0..=self.meta_group()).any(|g| {
+            let m = self.metrics(g);
+            if m.current_leader != Some(self.raft_id) {
+                return false;
+            }
+            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let lagging = m.replication.as_ref().is_some_and(|r| {
+                r.iter().any(|(id, matched)| voters.contains(id) && matched.map_or(0, |l| l.index) + LAG < applied)
+            });
+            voters != placement.voters(&meta, g) || lagging
+        })
+    }
+
+    /// `GET /api/v1/cluster`.
+    pub fn view(&self) -> serde_json::Value {
+        let meta = self.machine.meta.read().clone();
+        let heard = self.heard.lock().clone();
+        let joining = self.joining();
+        let members: Vec<serde_json::Value> = meta
+            .members
+            .iter()
+            .map(|(name, m)| {
+                let state = if name == self.me() {
+                    if joining {
+                        "joining"
+                    } else {
+                        "up"
                     }
-                    continue;
-                }
-                {
-                    // Done, unless a ring change or a returning member came
-                    // in meanwhile (they set the flag before they show).
-                    let pending = self.reconnected.lock();
-                    if pending.is_empty() && synced.as_deref() == Some(self.view().ring.nodes()) {
-                        self.syncing.store(false, Ordering::Relaxed);
-                    }
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(5), self.resync.notified()).await;
-                continue;
-            }
-            if synced.is_none() {
-                // Let gossip introduce the rest of the members first.
-                tokio::time::sleep(self.cfg.gossip_interval * 5).await;
-            }
-            let view = self.view();
-            self.syncing.store(true, Ordering::Relaxed);
-            let previous = if alone { None } else { synced.as_deref() };
-            let (done, contacted) = self.pull(&view, previous, None).await;
-            if done {
-                synced = Some(view.ring.nodes().to_vec());
-                // Pulling from nobody (every peer down) is not catching up.
-                alone &= contacted == 0;
-                if self.state() == State::Joining {
-                    self.set_state(State::Up).await;
-                }
-            } else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-
-    /// Pulls from every reachable peer the records this node holds under
-    /// `view`'s ring (only those it did not hold under `previous`).
-    /// Returns whether every peer answered, and how many were asked.
-    async fn pull(&self, view: &View, previous: Option<&[String]>, only: Option<&HashSet<String>>) -> (bool, usize) {
-        let mut complete = true;
-        let mut moved = 0u64;
-        let from = |m: &&Member| m.id != self.me() && m.state.reachable() && only.is_none_or(|o| o.contains(&m.id));
-        let peers: Vec<&Member> = view.members.iter().filter(from).collect();
-        for &m in &peers {
-            let mut cursor = None;
-            loop {
-                let req = SyncRequest {
-                    node: self.cfg.node_id.clone(),
-                    members: view.ring.nodes().to_vec(),
-                    previous: previous.map(<[String]>::to_vec),
-                    vnodes: self.cfg.vnodes,
-                    replicas: self.cfg.replication_factor,
-                    cursor: cursor.clone(),
+                } else if heard.get(name).is_some_and(|t| t.elapsed() < DOWN_AFTER) {
+                    "up"
+                } else {
+                    "down"
                 };
-                let body = Bytes::from(serde_json::to_vec(&req).unwrap_or_default());
-                let page = match self.peers.send("sync", m, Method::POST, "/internal/v1/sync", Some(body), self.cfg.peer_timeout * 20).await
-                {
-                    Ok((StatusCode::OK, b)) => serde_json::from_slice::<SyncPage>(&b).ok(),
-                    _ => None,
-                };
-                let Some(page) = page else {
-                    tracing::warn!(peer = %m.id, "could not pull records; will retry");
-                    complete = false;
-                    break;
-                };
-                for rec in page.records.into_iter().filter_map(WireRecord::into_stored) {
-                    let code = rec.code.clone();
-                    if let Ok(true) = self.store.apply(rec, ApplyMode::Newer).await {
-                        moved += 1;
-                        self.cache.invalidate(&code);
-                    }
+                serde_json::json!({"id": name, "addr": m.addr, "state": state, "raft_id": m.raft_id.to_string()})
+            })
+            .collect();
+        let mut leading = 0;
+        let groups: Vec<serde_json::Value> = (0..=self.meta_group())
+            .map(|g| {
+                let m = self.metrics(g);
+                if m.state == ServerState::Leader {
+                    leading += 1;
                 }
-                match page.next {
-                    Some(c) => cursor = Some(c),
-                    None => break,
-                }
-            }
-        }
-        crate::metrics::keys_moved(moved);
-        if moved > 0 {
-            tracing::info!(records = moved, "pulled records from peers");
-        }
-        (complete, peers.len())
+                let name = |id: NodeId| meta.name_of(id).map(String::from).unwrap_or_else(|| id.to_string());
+                let config = m.membership_config.membership();
+                serde_json::json!({
+                    "group": if g == self.meta_group() { "metadata".to_string() } else { g.to_string() },
+                    "leader": m.current_leader.map(name),
+                    "voters": config.voter_ids().map(name).collect::<Vec<_>>(),
+                    "learners": config.learner_ids().map(name).collect::<Vec<_>>(),
+                    "applied": m.last_applied.map_or(0, |l| l.index),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "node_id": self.me(),
+            "members": members,
+            "rebalancing": self.rebalancing(),
+            "partitions": self.cfg.partitions,
+            "replication_factor": self.cfg.replication_factor,
+            "leading": leading,
+            "groups": groups,
+        })
     }
 
-    /// Serves a peer's `pull`: one page of the records it should hold.
-    pub fn sync_page(&self, req: &SyncRequest) -> SyncPage {
-        let ring = Ring::new(&req.members, req.vnodes.clamp(1, 4096));
-        let previous = req.previous.as_ref().map(|p| Ring::new(p, req.vnodes.clamp(1, 4096)));
-        let r = req.replicas.clamp(1, 5);
-        let cursor = req.cursor.as_deref().and_then(crate::store::Cursor::decode);
-        let (records, next) = self.store.records(cursor, SYNC_PAGE, SYNC_SCAN, |code| {
-            ring.holds(&req.node, code, r) && previous.as_ref().is_none_or(|p| !p.holds(&req.node, code, r))
-        });
-        SyncPage { records: records.iter().map(WireRecord::from).collect(), next: next.map(|c| c.encode()) }
-    }
-
-    /// Hands hinted records to their holders once they are reachable.
-    async fn hand_over_hints(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(HINT_EVERY);
-        loop {
-            tick.tick().await;
-            let view = self.view();
-            let targets: Vec<(String, Vec<CompactString>)> =
-                self.hints.lock().iter().map(|(n, codes)| (n.clone(), codes.iter().cloned().collect())).collect();
-            for (node, codes) in targets {
-                if !view.member(&node).is_some_and(|m| m.state.reachable()) {
-                    continue;
-                }
-                for code in codes {
-                    // Taken off first: a newer hint for the same code made
-                    // while this one is in flight puts it back.
-                    if let Some(set) = self.hints.lock().get_mut(&node) {
-                        set.remove(&code);
-                    }
-                    let delivered = match self.store.stored(&code) {
-                        Some(s) => {
-                            let body = Bytes::from(serde_json::to_vec(&WireRecord::from(&s)).unwrap_or_default());
-                            self.put_to(&view, &node, &code, &body, None, self.cfg.peer_timeout).await
-                        }
-                        None => true,
-                    };
-                    if !delivered {
-                        self.hints.lock().entry(node.clone()).or_default().insert(code);
-                        break;
-                    }
-                }
-            }
-            let mut h = self.hints.lock();
-            // Hints for a member that left the ring are moot: its share has
-            // moved to the nodes that hold it now.
-            h.retain(|node, codes| !codes.is_empty() && view.member(node).is_some());
-            crate::metrics::hints_pending(h.values().map(HashSet::len).sum());
-        }
-    }
-
-    /// Removes a member from the ring for every node (operator action).
-    pub async fn remove_member(self: &Arc<Self>, id: &str) -> Result<(), String> {
-        if id == self.me() {
-            return Err("a node cannot remove itself; remove it through another node".into());
-        }
-        let view = self.view();
-        let Some(m) = view.member(id) else { return Err(format!("no member {id}")) };
-        let generation = m.generation;
-        let me = self.clone();
-        let id = id.to_string();
-        self.rt.spawn(async move { me.gossip.remove(&id, generation).await }).await.map_err(|e| e.to_string())
+    /// Why this node cannot take writes, if its Raft log refuses them.
+    pub fn poisoned(&self) -> Option<String> {
+        self.log.poisoned()
     }
 }

@@ -17,12 +17,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 
-use super::gossip::Member;
 use crate::metrics;
 
 /// Header that carries `--cluster-key` on every node-to-node request.
 pub const KEY_HEADER: &str = "x-shortd-cluster-key";
-const COOLDOWN: Duration = Duration::from_secs(2);
+const COOLDOWN: Duration = Duration::from_secs(1);
 const MAX_ANSWER: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +34,10 @@ pub struct Peers {
     client: Client<HttpConnector, Full<Bytes>>,
     key: Option<HeaderValue>,
     pub timeout: Duration,
-    /// Peer id -> until when it is skipped.
+    /// Peer address -> until when it is skipped.
     open_until: Mutex<HashMap<String, Instant>>,
+    /// Peer address -> when it last answered.
+    answered: Mutex<HashMap<String, Instant>>,
 }
 
 impl Peers {
@@ -45,12 +46,17 @@ impl Peers {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeout));
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(http);
-        Peers { client, key: HeaderValue::from_str(key).ok(), timeout, open_until: Mutex::new(HashMap::new()) }
+        Peers { client, key: HeaderValue::from_str(key).ok(), timeout, open_until: Mutex::default(), answered: Mutex::default() }
     }
 
     /// Whether requests to `peer` are let through now (closed breaker).
     pub fn available(&self, peer: &str) -> bool {
         self.open_until.lock().get(peer).is_none_or(|&t| Instant::now() >= t)
+    }
+
+    /// How long ago `peer` last answered, if it ever did.
+    pub fn silent_for(&self, peer: &str) -> Option<Duration> {
+        self.answered.lock().get(peer).map(|t| t.elapsed())
     }
 
     /// Sends one request and reads the whole answer. Any HTTP status is an
@@ -59,13 +65,13 @@ impl Peers {
     pub async fn send(
         &self,
         op: &'static str,
-        to: &Member,
+        peer: &str,
         method: Method,
         path: &str,
         body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), PeerError> {
-        let (peer, addr) = (to.id.as_str(), to.addr);
+        let addr: SocketAddr = peer.parse().map_err(|_| PeerError::Unreachable(peer.into(), "not a HOST:PORT address".into()))?;
         {
             let mut open = self.open_until.lock();
             if let Some(&until) = open.get(peer) {
@@ -89,6 +95,7 @@ impl Peers {
         match outcome {
             Ok(answer) => {
                 self.open_until.lock().remove(peer);
+                self.answered.lock().insert(peer.to_string(), Instant::now());
                 Ok(answer)
             }
             Err(e) => {

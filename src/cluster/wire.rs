@@ -99,30 +99,3 @@ impl WireRecord {
         Some(Stored { code, link: Some(link), version })
     }
 }
-
-/// A request for every record a node should hold (rebalancing, joining).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SyncRequest {
-    /// The node that asks.
-    pub node: String,
-    /// The ring to place keys on.
-    pub members: Vec<String>,
-    /// With this earlier ring, only keys the node did not hold under it.
-    #[serde(default)]
-    pub previous: Option<Vec<String>>,
-    pub vnodes: usize,
-    pub replicas: usize,
-    #[serde(default)]
-    pub cursor: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SyncPage {
-    pub records: Vec<WireRecord>,
-    pub next: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ClickPush {
-    pub clicks: Vec<(String, u64)>,
-}

@@ -4,18 +4,16 @@
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::api::{empty, json, parse_patch, read_body_up_to};
+use super::api::{empty, json, read_body_up_to};
 use super::problem::{Body, Problem};
 use super::App;
 use crate::cluster::peer::KEY_HEADER;
-use crate::cluster::wire::{ClickPush, SyncRequest, WireRecord};
-use crate::cluster::{parse_mode, Cluster};
-use crate::store::WriteError;
+use crate::cluster::wire::WireRecord;
 
-/// Largest node-to-node request body (a batch of click counts, a record):
-/// peers are trusted once they show the cluster key, and the public
+/// Largest node-to-node request body (a snapshot of a partition): peers
+/// are trusted once they show the cluster key, and the public
 /// `--max-body-bytes` may be small.
-const INTERNAL_BODY_LIMIT: usize = 64 << 20;
+const INTERNAL_BODY_LIMIT: usize = 256 << 20;
 
 pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
     let Some(cluster) = app.links.cluster() else { return Err(Problem::not_found("this path")) };
@@ -30,82 +28,54 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
     }
     let query: Vec<(String, String)> = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
     let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let (op, code) = rest.split_once('/').unwrap_or((rest, ""));
+    let group = || param("group").and_then(|g| g.parse::<u32>().ok()).ok_or_else(|| Problem::invalid("group", "must be a group number"));
+    let (op, arg) = rest.split_once('/').unwrap_or((rest, ""));
     match (req.method().clone(), op) {
-        (Method::GET, "records") => match app.store.stored(code) {
-            Some(s) => Ok(json(StatusCode::OK, &WireRecord::from(&s))),
-            None => Err(Problem::not_found(&format!("link {code}"))),
-        },
-        (Method::PUT, "records") => {
-            let mode = param("mode").as_deref().and_then(parse_mode).ok_or_else(|| Problem::invalid("mode", "must be create or newer"))?;
+        (Method::GET, "ping") => Ok(empty(StatusCode::NO_CONTENT)),
+        (Method::POST, "raft") => {
+            let g = group()?;
             let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
-            let stored = serde_json::from_slice::<WireRecord>(&body)
-                .ok()
-                .and_then(WireRecord::into_stored)
-                .filter(|s| s.code == code)
-                .ok_or_else(|| Problem::invalid("body", "is not a record of this code"))?;
-            // A peer is held to the public API's rules: a record it sends
-            // must be one that API could have made here.
-            if let Some(link) = &stored.link {
-                match crate::target::validate(&link.url, app.cfg.links.max_url_bytes, app.own_host.as_deref()) {
-                    Ok(form) if form == link.url => {}
-                    Ok(_) => return Err(Problem::invalid("url", "is not in the stored (ASCII) form")),
-                    Err(e) => return Err(Problem::invalid("url", e.to_string())),
+            let answer = cluster.raft_message(arg, g, &body).await.map_err(|e| Problem::invalid("body", e))?;
+            Ok(raw_json(StatusCode::OK, answer))
+        }
+        (Method::POST, "propose") => {
+            let g = group()?;
+            let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
+            let (status, answer) = cluster.propose_here(g, &body).await;
+            Ok(raw_json(status, answer))
+        }
+        (Method::POST, "join") => {
+            let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
+            cluster.join(&body).await?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (Method::GET, "records") => {
+            let found = if param("linearizable").is_some() {
+                match cluster.read_here(cluster.partition_of(arg), arg).await {
+                    Ok(found) => found,
+                    Err(leader) => return Ok(json(StatusCode::MISDIRECTED_REQUEST, &serde_json::json!({ "leader": leader }))),
                 }
+            } else {
+                app.store.stored(arg)
+            };
+            match found {
+                Some(s) => Ok(json(StatusCode::OK, &WireRecord::from(&s))),
+                None => Err(Problem::not_found(&format!("link {arg}"))),
             }
-            if param("coordinate").is_some() {
-                cluster.coordinate_on_rt(stored, mode).await?;
-                return Ok(json(StatusCode::OK, &serde_json::json!({"applied": true})));
-            }
-            let applied = app.store.apply(stored, mode).await?;
-            app.cache.invalidate(code);
-            if let Some(holder) = param("hint") {
-                cluster.add_hint(&holder, code);
-            }
-            Ok(json(StatusCode::OK, &serde_json::json!({"applied": applied})))
-        }
-        (Method::PATCH, "links") => {
-            let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
-            let patch = parse_patch(app, &body)?;
-            cluster.update_here_on_rt(code, patch).await?;
-            record_of(app, code)
-        }
-        (Method::DELETE, "links") => {
-            cluster.delete_here_on_rt(code).await?;
-            Ok(empty(StatusCode::NO_CONTENT))
-        }
-        (Method::POST, "clicks") => {
-            let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
-            let push: ClickPush = serde_json::from_slice(&body).map_err(|e| Problem::invalid("body", e.to_string()))?;
-            for (code, n) in push.clicks {
-                app.store.add_clicks(&code, n);
-            }
-            Ok(empty(StatusCode::NO_CONTENT))
-        }
-        (Method::POST, "sync") => {
-            let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
-            let sync: SyncRequest = serde_json::from_slice(&body).map_err(|e| Problem::invalid("body", e.to_string()))?;
-            // A scan of up to SYNC_SCAN records: off the worker, which
-            // keeps serving redirects meanwhile.
-            let cluster = cluster.clone();
-            let page = tokio::task::spawn_blocking(move || cluster.sync_page(&sync))
-                .await
-                .map_err(|e| Problem::from(WriteError::Unavailable(format!("sync page failed: {e}"))))?;
-            Ok(json(StatusCode::OK, &page))
         }
         (Method::POST, "invalidate") => {
-            app.cache.invalidate(code);
+            app.cache.invalidate(arg);
             Ok(empty(StatusCode::NO_CONTENT))
         }
         _ => Err(Problem::not_found("this internal path")),
     }
 }
 
-fn record_of(app: &App, code: &str) -> Result<Response<Body>, Problem> {
-    match app.store.stored(code) {
-        Some(s) => Ok(json(StatusCode::OK, &WireRecord::from(&s))),
-        None => Err(WriteError::NotFound.into()),
-    }
+fn raw_json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut resp = Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// `GET /api/v1/cluster`.
@@ -113,18 +83,12 @@ pub fn cluster_view(app: &App) -> Response<Body> {
     let Some(c) = app.links.cluster() else {
         return json(StatusCode::OK, &serde_json::json!({"node_id": null, "members": [], "rebalancing": false}));
     };
-    json(StatusCode::OK, &view_of(c))
+    json(StatusCode::OK, &c.view())
 }
 
-fn view_of(c: &Cluster) -> serde_json::Value {
-    let view = c.view();
-    let members: Vec<_> =
-        view.members.iter().map(|m| serde_json::json!({"id": m.id, "addr": m.addr.to_string(), "state": m.state.name()})).collect();
-    serde_json::json!({"node_id": c.me(), "members": members, "rebalancing": c.rebalancing()})
-}
 
-/// `DELETE /api/v1/cluster/members/{id}`: the member leaves the ring and
-/// its share moves to the others.
+/// `DELETE /api/v1/cluster/members/{id}`: the member leaves the cluster and
+/// its groups' voters move to the others.
 pub async fn remove_member(app: &App, id: &str) -> Result<Response<Body>, Problem> {
     let Some(c) = app.links.cluster() else { return Err(Problem::not_found("clustering is off on this node; member")) };
     match c.remove_member(id).await {

@@ -51,16 +51,35 @@ impl App {
     pub fn open(cfg: Config) -> Result<App, server::StartError> {
         // The recorder first, so that what the store reports while opening counts.
         let metrics = crate::metrics::install();
+        // A cluster node's store is its replica of the partitions it holds,
+        // rebuilt at every start from the Raft log and snapshots, which are
+        // what is durable; so it lives apart and is never synced.
+        let raft_log = match &cfg.cluster {
+            Some(c) => Some(crate::cluster::open_log(&cfg.data_dir, c, cfg.durability).map_err(server::StartError::Cluster)?),
+            None => None,
+        };
+        let store_dir = match &raft_log {
+            Some(_) => {
+                let dir = cfg.data_dir.join("state");
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(server::StartError::Cluster(format!("cannot clear {}: {e}", dir.display()))),
+                }
+                dir
+            }
+            None => cfg.data_dir.clone(),
+        };
         let store = Arc::new(Store::open(StoreOptions {
-            dir: cfg.data_dir.clone(),
-            durability: cfg.durability,
+            dir: store_dir,
+            durability: if raft_log.is_some() { crate::config::Durability::Never } else { cfg.durability },
             fsync_interval: cfg.fsync_interval,
             segment_bytes: cfg.segment_bytes,
             snapshot_records: cfg.snapshot_records,
             snapshot_interval: cfg.snapshot_interval,
             compact_ratio: cfg.compact_ratio,
             repair: cfg.repair,
-            origin: cfg.cluster.as_ref().map_or(0, |c| crate::cluster::origin_of(&c.node_id)),
+            origin: 0,
             read_only: false,
             scrub_rate: cfg.scrub_rate,
             scrub_interval: cfg.scrub_interval,
@@ -71,12 +90,11 @@ impl App {
             ttl: cfg.cache_ttl,
             jitter: cfg.cache_ttl_jitter,
         }));
-        let links = match &cfg.cluster {
-            Some(c) => Links::Clustered(
-                crate::cluster::Cluster::start(c.clone(), cfg.listen, &cfg.data_dir, store.clone(), cache.clone())
-                    .map_err(server::StartError::Cluster)?,
+        let links = match (&cfg.cluster, raft_log) {
+            (Some(c), Some(log)) => Links::Clustered(
+                crate::cluster::Cluster::start(c.clone(), log, store.clone(), cache.clone()).map_err(server::StartError::Cluster)?,
             ),
-            None => Links::Local { store: store.clone(), cache: cache.clone() },
+            _ => Links::Local { store: store.clone(), cache: cache.clone() },
         };
         let mut public_base = cfg.public_url().to_string();
         if !public_base.ends_with('/') {

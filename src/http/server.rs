@@ -111,8 +111,7 @@ impl Server {
         for _ in 1..cfg.workers {
             listeners.push(bind(addr).map_err(|source| StartError::Listen { addr, source })?);
         }
-        // The bound port, for `--listen ...:0` (gossip binds the same port
-        // over UDP, and a default public URL names it).
+        // The bound port, for `--listen ...:0` (a default public URL names it).
         cfg.listen = addr;
         let app = Arc::new(App::open(cfg)?);
         let aggregator = Aggregator::start(app.store.clone(), app.hot.clone(), app.links.cluster().cloned());

@@ -8,7 +8,7 @@
 //! offset size field
 //!      0    8 checksum   xxh3_64 of bytes [8, len)
 //!      8    4 len        bytes in this record, header included, padding excluded
-//!     12    1 kind       1 put, 2 delete, 3 clicks, 4 idempotency
+//!     12    1 kind       1 put, 2 delete, 3 clicks, 4 idempotency, 5 raft
 //!     13    1 version    1
 //!     14    2 key_len    bytes of key (0 for clicks)
 //!     16    8 lsn        log sequence number, strictly increasing
@@ -21,7 +21,15 @@
 //! delete: key
 //! clicks: count u32 | count x (key_len u16 | key | total u64)
 //! idempotency: body_hash u64 | code_len u16 | key (the Idempotency-Key) | code
+//! raft:  group u32 | what u8 | 0 0 0 | index u64 | data (JSON; see below)
 //! ```
+//!
+//! Raft records live only in a cluster node's Raft log (`DATA_DIR/raft/`),
+//! never in a store's segments. `what` says what the record holds for its
+//! group: 1 a log entry at `index` (data: the openraft entry), 2 the vote,
+//! 3 the committed log id, 4 the purged log id, 5 "entries from `index` on
+//! are void" (a truncation, no data). Readers that do not know kind 5 (a
+//! single node's store) never meet it.
 //!
 //! A version 1 record has origin 0 and no trailer; a single node writes
 //! only those. In a cluster, `time_ms` and `origin` of a put or delete are
@@ -49,6 +57,8 @@ pub const KIND_PUT: u8 = 1;
 pub const KIND_DELETE: u8 = 2;
 pub const KIND_CLICKS: u8 = 3;
 pub const KIND_IDEMPOTENCY: u8 = 4;
+pub const KIND_RAFT: u8 = 5;
+const RAFT_FIXED: usize = 16;
 
 pub const FLAG_DISABLED: u8 = 1;
 
@@ -71,6 +81,8 @@ pub enum Body<'a> {
     Delete { key: &'a [u8] },
     Clicks(Vec<(&'a [u8], u64)>),
     Idempotency { key: &'a [u8], body_hash: u64, code: &'a [u8] },
+    /// One Raft group's log entry or log state (see the module doc).
+    Raft { group: u32, what: u8, index: u64, data: &'a [u8] },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +149,13 @@ pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) -> usize {
             out.extend_from_slice(key);
             out.extend_from_slice(code);
             (KIND_IDEMPOTENCY, key.len())
+        }
+        Body::Raft { group, what, index, data } => {
+            out.extend_from_slice(&group.to_le_bytes());
+            out.extend_from_slice(&[*what, 0, 0, 0]);
+            out.extend_from_slice(&index.to_le_bytes());
+            out.extend_from_slice(data);
+            (KIND_RAFT, 0)
         }
     };
     if rec.origin != 0 {
@@ -253,6 +272,12 @@ pub fn decode(data: &[u8], at: usize) -> Result<(Record<'_>, usize), DecodeError
             }
             Body::Idempotency { body_hash: u64_at(body, 0), key: &body[10..10 + key_len], code: &body[10 + key_len..] }
         }
+        KIND_RAFT => {
+            if body.len() < RAFT_FIXED || key_len != 0 || body[5..8] != [0, 0, 0] {
+                return Err(DecodeError::Malformed);
+            }
+            Body::Raft { group: u32_at(body, 0), what: body[4], index: u64_at(body, 8), data: &body[RAFT_FIXED..] }
+        }
         _ => return Err(DecodeError::Malformed),
     };
     Ok((Record { lsn, time_ms, origin, body }, len))
@@ -297,6 +322,11 @@ mod tests {
         fn delete_and_idempotency_round_trip(key in bytes(64), code in bytes(64), h: u64, lsn: u64, o: u32) {
             check(Record { lsn, time_ms: 2, origin: o, body: Body::Delete { key: &key } });
             check(Record { lsn, time_ms: 3, origin: 0, body: Body::Idempotency { key: &key, body_hash: h, code: &code } });
+        }
+
+        #[test]
+        fn raft_records_round_trip(group: u32, what: u8, index: u64, data in bytes(300), lsn: u64) {
+            check(Record { lsn, time_ms: 4, origin: 0, body: Body::Raft { group, what, index, data: &data } });
         }
 
         #[test]

@@ -105,6 +105,9 @@ pub enum ApplyMode {
     Create,
     /// Last writer wins: written only over an older version.
     Newer,
+    /// Written whatever is there: a Raft state machine applies changes in
+    /// log order, which already decided.
+    Replace,
 }
 
 pub enum Lookup {

@@ -214,6 +214,8 @@ impl Replay<'_> {
                 self.shared.idem.insert(key_of(key), idem);
                 return;
             }
+            // A Raft journal's record in a store's segment: not the store's to read.
+            Body::Raft { .. } => return,
         };
         let is_put = matches!(rec.body, Body::Put(_));
         let key = key_of(key);

@@ -1,0 +1,116 @@
+//! Raft messages between nodes: HTTP/1.1 on each node's `--listen` port,
+//! under `/internal/v1/raft/`, with the cluster key, over the pooled client
+//! of `peer.rs`. One client per (group, target); the group travels in the
+//! query string, the message as openraft's own JSON.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use openraft::error::{Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory, Snapshot, Vote};
+use serde::de::DeserializeOwned;
+
+use super::peer::{PeerError, Peers};
+use super::raft::{NodeId, TypeConfig};
+
+/// Longest a whole snapshot may take to reach a replica.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone)]
+pub struct Network {
+    pub peers: Arc<Peers>,
+    pub group: u32,
+}
+
+pub struct Client {
+    peers: Arc<Peers>,
+    group: u32,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Client;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Client {
+        Client { peers: self.peers.clone(), group: self.group, target, addr: node.addr.clone() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Failed(String);
+
+/// What went wrong between here and the peer, before any answer.
+enum Trouble {
+    Unreachable(String),
+    /// The peer answered, but not with a message (an HTTP error).
+    Refused(String),
+}
+
+impl Client {
+    async fn call<Req: serde::Serialize, Resp: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, Trouble> {
+        let body = Bytes::from(serde_json::to_vec(req).map_err(|e| Trouble::Refused(e.to_string()))?);
+        let path = format!("/internal/v1/raft/{what}?group={}", self.group);
+        match self.peers.send(what, &self.addr, Method::POST, &path, Some(body), timeout).await {
+            Ok((status, bytes)) if status.is_success() => serde_json::from_slice(&bytes).map_err(|e| Trouble::Refused(e.to_string())),
+            Ok((status, bytes)) => Err(Trouble::Refused(format!("{status}: {}", String::from_utf8_lossy(&bytes)))),
+            Err(PeerError::Unreachable(_, e)) => Err(Trouble::Unreachable(e)),
+        }
+    }
+
+    fn rpc_error<E: std::error::Error>(&self, t: Trouble) -> RPCError<NodeId, BasicNode, E> {
+        match t {
+            Trouble::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&Failed(e))),
+            Trouble::Refused(e) => RPCError::Network(NetworkError::new(&Failed(e))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Client {
+    async fn append_entries(
+        &mut self,
+        req: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            self.call("append", &req, option.hard_ttl()).await.map_err(|t| self.rpc_error(t))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        req: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+            self.call("vote", &req, option.hard_ttl()).await.map_err(|t| self.rpc_error(t))?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let req = (vote, snapshot.meta, snapshot.snapshot);
+        let answer: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = match self.call("snapshot", &req, SNAPSHOT_TIMEOUT).await {
+            Ok(a) => a,
+            Err(Trouble::Unreachable(e)) => return Err(StreamingError::Unreachable(Unreachable::new(&Failed(e)))),
+            Err(Trouble::Refused(e)) => return Err(StreamingError::Network(NetworkError::new(&Failed(e)))),
+        };
+        answer.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
