@@ -48,7 +48,10 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // openraft narrates every election and replication hiccup at info and
+    // warn; the cluster logs what an operator needs. Name it to see more.
+    let level = if level.contains("openraft") { level.to_string() } else { format!("{level},openraft=error") };
+    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour codes only where a person watches a terminal: in a file, a
     // journal or a log shipper they are noise (and JSON never has them).
     let colour = format == LogFormat::Text && std::io::stderr().is_terminal();

@@ -1,8 +1,8 @@
 //! A network partition between real shortd nodes, each in a network
 //! namespace this test creates: one node is cut off, the other two go on
 //! serving every link and taking creates and changes, and after the
-//! partition heals the cut-off node receives what it missed (hinted handoff)
-//! and can stand in for a lost peer.
+//! partition heals the cut-off node receives what it missed (its groups' leaders
+//! replicate it) and can stand in for a lost peer.
 //!
 //! Needs root (or CAP_NET_ADMIN) and the `ip` tool; where the namespaces
 //! cannot be made, the test says so and passes without running.
@@ -83,7 +83,7 @@ impl Node {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &net.names[i - 1], env!("CARGO_BIN_EXE_shortd"), "serve", "--listen", &addr, "--data-dir"])
             .arg(dir.path())
-            .args(["--node-id", &format!("n{i}"), "--cluster-key", KEY, "--workers", "1", "--peer-timeout", "300ms"])
+            .args(["--node-id", &format!("n{i}"), "--cluster-key", KEY, "--workers", "1", "--peer-timeout", "300ms", "--partitions", "4"])
             // Clients here are not on loopback, so the API needs a key.
             .args(["--api-key", API_KEY]);
         if let Some(s) = seed {
@@ -185,11 +185,11 @@ fn a_partitioned_node_catches_up_when_the_partition_heals() {
         assert!(n1.redirects(code, url) && n2.redirects(code, url), "{code} during the partition");
     }
 
-    // Heal; the hints reach n3.
+    // Heal; the group leaders bring n3's replicas up to date.
     assert!(ip(&["link", "set", "vh3", "up"]));
     wait("every node sees all three up again", &[&n1, &n2, &n3], || [&n1, &n2, &n3].iter().all(|n| n.sees_up(&all)));
-    let no_hints = |n: &Node| n.call("GET", "/metrics", None).1.as_str().is_some_and(|m| m.contains("shortd_cluster_hints_pending 0"));
-    wait("no hints are pending", &[&n1, &n2], || no_hints(&n1) && no_hints(&n2));
+    let settled = |n: &Node| n.call("GET", "/api/v1/cluster", None).1["rebalancing"] == false;
+    wait("no replica is catching up", &[&n1, &n2, &n3], || [&n1, &n2, &n3].iter().all(|n| settled(n)));
 
     // With n1 gone, n2 and n3 hold everything between them.
     drop(n1);

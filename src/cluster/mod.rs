@@ -129,7 +129,7 @@ pub fn origin_of(node_id: &str) -> u32 {
 
 /// Opens this node's Raft journal in `DATA_DIR/raft/`: before the store,
 /// whose replica directory it then owns.
-pub fn open_log(data_dir: &Path, cfg: &ClusterConfig, durability: Durability) -> Result<Arc<RaftLog>, String> {
+pub fn open_log(data_dir: &Path, cfg: &ClusterConfig, durability: Durability, segment_bytes: u64) -> Result<Arc<RaftLog>, String> {
     let single = std::fs::read_dir(data_dir)
         .map(|d| d.flatten().any(|e| e.file_name().to_str().and_then(crate::journal::segment::segment_number).is_some()))
         .unwrap_or(false);
@@ -140,7 +140,7 @@ pub fn open_log(data_dir: &Path, cfg: &ClusterConfig, durability: Durability) ->
             data_dir.display()
         ));
     }
-    RaftLog::open(&data_dir.join("raft"), cfg.partitions + 1, durability, 64 << 20).map_err(|e| format!("the Raft log: {e}"))
+    RaftLog::open(&data_dir.join("raft"), cfg.partitions + 1, durability, segment_bytes).map_err(|e| format!("the Raft log: {e}"))
 }
 
 /// This node's Raft id: random, made with its Raft directory, never reused.

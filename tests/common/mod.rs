@@ -9,10 +9,12 @@
 //!
 //! Besides the server: the offline CLI commands (`cli`), creates and
 //! redirects from any thread (`create`, `redirect`, `assert_all_redirect`),
-//! and in `disk` byte-level access to a data directory.
+//! in `disk` byte-level access to a data directory, and in `cluster` nodes
+//! of a cluster on 127.0.0.x.
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod disk;
 
 use std::collections::HashSet;
