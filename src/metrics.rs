@@ -46,6 +46,7 @@ pub const PEER_REQUESTS: &str = "shortd_peer_requests_total";
 pub const PEER_FAILURES: &str = "shortd_peer_failures_total";
 pub const PEER_SECONDS: &str = "shortd_peer_request_duration_seconds";
 pub const FORWARDED_READS: &str = "shortd_cluster_forwarded_reads_total";
+pub const STALE_READS: &str = "shortd_cluster_stale_reads_total";
 pub const RAFT_PROPOSALS: &str = "shortd_raft_proposals_total";
 pub const RAFT_FAILED_PROPOSALS: &str = "shortd_raft_failed_proposals_total";
 pub const RAFT_COMMIT_SECONDS: &str = "shortd_raft_commit_seconds";
@@ -196,6 +197,7 @@ fn describe() {
     describe_counter!(PEER_FAILURES, "Peer requests that failed to connect, timed out or were skipped by an open circuit breaker");
     describe_histogram!(PEER_SECONDS, Unit::Seconds, "Time for a peer request, by operation");
     describe_counter!(FORWARDED_READS, "Reads of links held elsewhere, fetched from a peer");
+    describe_counter!(STALE_READS, "Redirects answered from this node's replica because no leader or voter answered");
     describe_counter!(RAFT_PROPOSALS, "Writes proposed to a partition's Raft group from this node");
     describe_counter!(RAFT_FAILED_PROPOSALS, "Proposals that found no leader to commit them in time");
     describe_histogram!(RAFT_COMMIT_SECONDS, "Time from proposal to the applied answer, forwarding included");
@@ -342,6 +344,10 @@ pub fn peer_request(op: &'static str, took: Duration, ok: bool) {
 
 pub fn forwarded_read() {
     counter!(FORWARDED_READS).increment(1);
+}
+
+pub fn stale_read() {
+    counter!(STALE_READS).increment(1);
 }
 
 pub fn raft_proposal(took: Duration, ok: bool) {

@@ -68,8 +68,9 @@ const DOWN_AFTER: Duration = Duration::from_secs(3);
 const MOVES_AT_ONCE: usize = 4;
 /// Ids leased from the metadata group at a time.
 const LEASE: u64 = 1024;
-/// A replica this many entries behind its leader counts as catching up.
-const LAG: u64 = 100;
+/// A follower's replica answers redirects while its leader showed it
+/// caught up this recently: the bound on how stale such a read can be.
+const FRESH_FOR: Duration = Duration::from_millis(500);
 
 /// Result of fetching a code from another node: `Err(())` when no node
 /// that holds it answered.
@@ -102,6 +103,9 @@ pub struct Cluster {
     moving: Mutex<HashSet<u32>>,
     /// Member name -> when this node last heard from it.
     heard: Mutex<HashMap<String, Instant>>,
+    /// Per group: when a leader last showed that this replica held every
+    /// committed entry, and that commit index (`caught_up`).
+    fresh: Vec<Mutex<(Option<Instant>, u64)>>,
 }
 
 /// Why a forwarded request did not settle it.
@@ -228,6 +232,7 @@ impl Cluster {
             placement: RwLock::new(placement),
             moving: Mutex::default(),
             heard: Mutex::default(),
+            fresh: (0..=cfg.partitions).map(|_| Mutex::new((None, 0))).collect(),
             cfg,
         }))
     }
@@ -563,7 +568,16 @@ impl Cluster {
         let raft = self.groups.get(group as usize).ok_or("no such group")?;
         let bad = |e: serde_json::Error| format!("{what}: {e}");
         let answer = match what {
-            "append" => serde_json::to_vec(&raft.append_entries(serde_json::from_slice(body).map_err(bad)?).await),
+            "append" => {
+                let req: openraft::raft::AppendEntriesRequest<raft::TypeConfig> = serde_json::from_slice(body).map_err(bad)?;
+                let last = req.entries.last().map(|e| e.log_id).or(req.prev_log_id).map_or(0, |l| l.index);
+                let commit = req.leader_commit.map_or(0, |l| l.index);
+                let answer = raft.append_entries(req).await;
+                if matches!(answer, Ok(openraft::raft::AppendEntriesResponse::Success)) && last >= commit {
+                    *self.fresh[group as usize].lock() = (Some(Instant::now()), commit);
+                }
+                serde_json::to_vec(&answer)
+            }
             "vote" => serde_json::to_vec(&raft.vote(serde_json::from_slice(body).map_err(bad)?).await),
             "snapshot" => {
                 let (vote, meta, data): (openraft::Vote<NodeId>, openraft::SnapshotMeta<NodeId, BasicNode>, Vec<u8>) =
@@ -579,16 +593,31 @@ impl Cluster {
     // ---- reads ----
 
     /// Whether a redirect may be answered from this node's replica: it
-    /// leads the code's partition, or it is one of its voters and has the
-    /// code (a code it lacks may be one it has not received yet).
+    /// leads the code's partition and a majority acknowledged it lately (a
+    /// leader lease), or its leader showed within `FRESH_FOR` that it holds
+    /// every committed entry and it has applied them, and it has the code
+    /// (a code it lacks may be one it has not received yet).
     pub fn authoritative(&self, code: &str) -> bool {
-        let g = self.partition(code);
-        let leader = self.groups[g as usize].metrics().borrow().current_leader;
+        self.fresh_replica(self.partition(code)) && (self.leads(self.partition(code)) || self.store.shared().index.contains_key(code))
+    }
+
+    fn leads(&self, g: u32) -> bool {
+        self.groups[g as usize].metrics().borrow().current_leader == Some(self.raft_id)
+    }
+
+    /// Whether this node's replica of group `g` is known to be current:
+    /// see `authoritative`.
+    pub fn fresh_replica(&self, g: u32) -> bool {
+        let (leader, quorum_ack, applied) = {
+            let m = self.groups[g as usize].metrics();
+            let m = m.borrow();
+            (m.current_leader, m.millis_since_quorum_ack, m.last_applied.map_or(0, |l| l.index))
+        };
         if leader == Some(self.raft_id) {
-            return true;
+            return quorum_ack.is_some_and(|ms| ms < FRESH_FOR.as_millis() as u64);
         }
-        let placement = self.placement();
-        placement.voter_names(g).contains(&self.me()) && self.store.shared().index.contains_key(code)
+        let (at, commit) = *self.fresh[g as usize].lock();
+        at.is_some_and(|t| t.elapsed() < FRESH_FOR) && applied >= commit
     }
 
     /// The leader's address for `group` as this node knows it, then the
@@ -606,13 +635,12 @@ impl Cluster {
     }
 
     /// A code's record from its partition's leader (or another voter).
+    /// When none answers, this node's own replica, however old: a redirect
+    /// that may be stale beats none (counted, docs/cluster.md).
     async fn fetch(&self, code: &str) -> Fetched {
         let me = self.cfg.advertise.to_string();
         for addr in self.read_order(self.partition(code)) {
             if addr == me {
-                if let Some(s) = self.store.stored(code) {
-                    return Ok(Some(s));
-                }
                 continue;
             }
             match self.peers.send("fetch", &addr, Method::GET, &format!("/internal/v1/records/{code}"), None, self.cfg.peer_timeout).await {
@@ -621,7 +649,13 @@ impl Cluster {
                 _ => continue,
             }
         }
-        Err(())
+        match self.store.stored(code) {
+            Some(s) => {
+                crate::metrics::stale_read();
+                Ok(Some(s))
+            }
+            None => Err(()),
+        }
     }
 
     /// `fetch` shared by every request for the same code at the same time.
@@ -899,7 +933,7 @@ impl Cluster {
             let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
             let applied = m.last_applied.map_or(0, |l| l.index);
             let lagging = m.replication.as_ref().is_some_and(|r| {
-                r.iter().any(|(id, matched)| voters.contains(id) && matched.map_or(0, |l| l.index) + LAG < applied)
+                r.iter().any(|(id, matched)| voters.contains(id) && matched.map_or(0, |l| l.index) < applied)
             });
             voters != placement.voters(&meta, g) || lagging
         })

@@ -55,8 +55,10 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
                     Ok(found) => found,
                     Err(leader) => return Ok(json(StatusCode::MISDIRECTED_REQUEST, &serde_json::json!({ "leader": leader }))),
                 }
-            } else {
+            } else if cluster.fresh_replica(cluster.partition_of(arg)) {
                 app.store.stored(arg)
+            } else {
+                return Ok(json(StatusCode::MISDIRECTED_REQUEST, &serde_json::json!({ "leader": null })));
             };
             match found {
                 Some(s) => Ok(json(StatusCode::OK, &WireRecord::from(&s))),
