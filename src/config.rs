@@ -608,7 +608,7 @@ mod tests {
                 || (!arg.get_default_values().is_empty() && !arg.is_hide_default_value_set());
             assert!(stated || no_default.contains(&long), "--{long} does not state its default");
         }
-        for shown in ["[default: 10ms]", "[default: \"private, max-age=90\"]", "[default: 67108864]", "[default: 0.5]", "[default: 2]"] {
+        for shown in ["[default: 10ms]", "[default: \"private, max-age=90\"]", "[default: 67108864]", "[default: 0.5]", "[default: 3]"] {
             assert!(help.contains(shown), "help lacks {shown}:\n{help}");
         }
     }

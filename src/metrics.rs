@@ -357,4 +357,3 @@ pub fn raft_proposal(took: Duration, ok: bool) {
         counter!(RAFT_FAILED_PROPOSALS).increment(1);
     }
 }
-

@@ -111,7 +111,9 @@ fn traffic(nodes: &[Node], up: &[usize], phase: &str, seen: &Seen) {
                                     .enumerate()
                                     .map(|(side, node)| {
                                         let (alias, url) = (alias.clone(), format!("https://example.com/{phase}/race/{n}/{side}"));
-                                        r.spawn(move || careful_create(node, &json!({"url": url, "alias": alias}), &format!("{alias}-{side}")))
+                                        r.spawn(move || {
+                                            careful_create(node, &json!({"url": url, "alias": alias}), &format!("{alias}-{side}"))
+                                        })
                                     })
                                     .collect();
                                 tries.into_iter().map(|t| t.join().unwrap()).collect()
@@ -164,7 +166,12 @@ fn check(nodes: &[Node], seen: &Seen) {
         assert_eq!(codes.iter().collect::<HashSet<_>>().len(), 1, "key {key} gave several codes: {codes:?}");
     }
     let links = seen.links.lock().unwrap().clone();
-    eprintln!("{} links acknowledged, {} aliases raced, {} keys sent four times", links.len(), seen.races.lock().unwrap().len(), seen.keys.lock().unwrap().len());
+    eprintln!(
+        "{} links acknowledged, {} aliases raced, {} keys sent four times",
+        links.len(),
+        seen.races.lock().unwrap().len(),
+        seen.keys.lock().unwrap().len()
+    );
     assert!(links.len() > 50, "only {} links acknowledged", links.len());
     for (code, url) in &links {
         for n in nodes {

@@ -15,4 +15,3 @@ pub fn shared_key(cluster_key: &str) -> CodeKey {
     }
     CodeKey::from_bytes(bytes)
 }
-

@@ -33,10 +33,18 @@ pub struct Member {
 pub enum MetaCommand {
     /// A node joins, or comes back with a new address or a new disk (a
     /// new Raft id under the same name replaces the old one).
-    Join { name: String, raft_id: NodeId, addr: String },
-    Remove { name: String },
+    Join {
+        name: String,
+        raft_id: NodeId,
+        addr: String,
+    },
+    Remove {
+        name: String,
+    },
     /// Reserves `count` ids for one node's generated codes.
-    Lease { count: u64 },
+    Lease {
+        count: u64,
+    },
 }
 
 impl MetaState {

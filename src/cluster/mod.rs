@@ -480,8 +480,15 @@ impl Cluster {
     }
 
     async fn ping(&self) {
-        let members: Vec<(String, String)> =
-            self.machine.meta.read().members.iter().filter(|(n, _)| n.as_str() != self.me()).map(|(n, m)| (n.clone(), m.addr.clone())).collect();
+        let members: Vec<(String, String)> = self
+            .machine
+            .meta
+            .read()
+            .members
+            .iter()
+            .filter(|(n, _)| n.as_str() != self.me())
+            .map(|(n, m)| (n.clone(), m.addr.clone()))
+            .collect();
         for (name, addr) in members {
             if let Ok((s, _)) = self.peers.send("ping", &addr, Method::GET, "/internal/v1/ping", None, self.cfg.peer_timeout).await {
                 if s.is_success() {
@@ -726,7 +733,9 @@ impl Cluster {
                         }
                         let path = format!("/internal/v1/records/{code}?linearizable=1");
                         match self.peers.send("read", &addr, Method::GET, &path, None, FORWARD_TIMEOUT).await {
-                            Ok((StatusCode::OK, b)) => return Ok(serde_json::from_slice::<WireRecord>(&b).ok().and_then(WireRecord::into_stored)),
+                            Ok((StatusCode::OK, b)) => {
+                                return Ok(serde_json::from_slice::<WireRecord>(&b).ok().and_then(WireRecord::into_stored))
+                            }
                             Ok((StatusCode::NOT_FOUND, _)) => return Ok(None),
                             _ => continue,
                         }
@@ -932,9 +941,10 @@ impl Cluster {
             }
             let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
             let applied = m.last_applied.map_or(0, |l| l.index);
-            let lagging = m.replication.as_ref().is_some_and(|r| {
-                r.iter().any(|(id, matched)| voters.contains(id) && matched.map_or(0, |l| l.index) < applied)
-            });
+            let lagging = m
+                .replication
+                .as_ref()
+                .is_some_and(|r| r.iter().any(|(id, matched)| voters.contains(id) && matched.map_or(0, |l| l.index) < applied));
             voters != placement.voters(&meta, g) || lagging
         })
     }

@@ -49,15 +49,33 @@ pub type Raft = openraft::Raft<TypeConfig>;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Command {
     /// Claim a code that nobody holds (an alias, or a code from a lease).
-    Create { link: WireRecord },
-    Update { code: String, patch: WirePatch, at_ms: i64 },
-    Delete { code: String, at_ms: i64 },
+    Create {
+        link: WireRecord,
+    },
+    Update {
+        code: String,
+        patch: WirePatch,
+        at_ms: i64,
+    },
+    Delete {
+        code: String,
+        at_ms: i64,
+    },
     /// Bind an Idempotency-Key to the link its first request would make.
-    Claim { key: String, body_hash: u64, at_ms: i64, link: WireRecord },
+    Claim {
+        key: String,
+        body_hash: u64,
+        at_ms: i64,
+        link: WireRecord,
+    },
     /// Clicks served by some node since it last reported.
-    Clicks { counts: Vec<(String, u64)> },
+    Clicks {
+        counts: Vec<(String, u64)>,
+    },
     /// One click on a link with a click limit, granted or not.
-    ClickLimited { code: String },
+    ClickLimited {
+        code: String,
+    },
     Meta(MetaCommand),
 }
 
@@ -207,7 +225,10 @@ impl Machine {
     }
 
     fn record(&self, code: &str) -> Result<WireRecord, WriteError> {
-        self.store.stored(code).map(|s| WireRecord::from(&s)).ok_or_else(|| WriteError::Unavailable(format!("{code} vanished while applied")))
+        self.store
+            .stored(code)
+            .map(|s| WireRecord::from(&s))
+            .ok_or_else(|| WriteError::Unavailable(format!("{code} vanished while applied")))
     }
 
     /// A partition's state as bytes: its records and claims (or, for the
@@ -289,14 +310,7 @@ impl GroupSm {
     /// installed into the store.
     pub async fn open(group: u32, machine: Arc<Machine>, dir: &Path) -> Result<GroupSm, String> {
         let path = dir.join(format!("group-{group}.snap"));
-        let mut sm = GroupSm {
-            group,
-            machine,
-            path,
-            applied: None,
-            membership: StoredMembership::default(),
-            current: Arc::default(),
-        };
+        let mut sm = GroupSm { group, machine, path, applied: None, membership: StoredMembership::default(), current: Arc::default() };
         if let Some(file) = read_snapshot(&sm.path)? {
             sm.machine.install(group, &file.data).await?;
             sm.applied = file.meta.last_log_id;
@@ -381,9 +395,11 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
                     self.membership = StoredMembership::new(Some(e.log_id), m);
                     Outcome::Done
                 }
-                EntryPayload::Normal(cmd) => self.machine.apply(cmd).await.map_err(|err| StorageError::IO {
-                    source: StorageIOError::apply(e.log_id, &io::Error::other(err.to_string())),
-                })?,
+                EntryPayload::Normal(cmd) => self
+                    .machine
+                    .apply(cmd)
+                    .await
+                    .map_err(|err| StorageError::IO { source: StorageIOError::apply(e.log_id, &io::Error::other(err.to_string())) })?,
             };
             self.applied = Some(e.log_id);
             out.push(outcome);

@@ -14,6 +14,9 @@
 //! segment opens with every group's vote, commit point and purge point, so
 //! removing old segments never loses them.
 
+// openraft's traits fix `StorageError` as the error type, large as it is.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::io;
@@ -54,10 +57,23 @@ pub struct GroupState {
 }
 
 enum Op {
-    Append { group: u32, entries: Vec<(u64, Vec<u8>)>, done: LogFlushed<TypeConfig> },
-    Vote { group: u32, data: Vec<u8>, done: tokio::sync::oneshot::Sender<io::Result<()>> },
+    Append {
+        group: u32,
+        entries: Vec<(u64, Vec<u8>)>,
+        done: LogFlushed<TypeConfig>,
+    },
+    Vote {
+        group: u32,
+        data: Vec<u8>,
+        done: tokio::sync::oneshot::Sender<io::Result<()>>,
+    },
     /// Committed, purged or truncated: durable with the next sync.
-    Mark { group: u32, what: u8, index: u64, data: Vec<u8> },
+    Mark {
+        group: u32,
+        what: u8,
+        index: u64,
+        data: Vec<u8>,
+    },
     /// Remove sealed segments whose entries are all purged.
     Prune,
 }
@@ -212,9 +228,7 @@ impl Writer {
         let mut failed = None;
         for op in &batch {
             let r = match op {
-                Op::Append { group, entries, .. } => {
-                    entries.iter().try_for_each(|(index, data)| self.append(*group, ENTRY, *index, data))
-                }
+                Op::Append { group, entries, .. } => entries.iter().try_for_each(|(index, data)| self.append(*group, ENTRY, *index, data)),
                 Op::Vote { group, data, .. } => {
                     must_sync = true;
                     self.append(*group, VOTE, 0, data)

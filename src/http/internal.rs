@@ -88,7 +88,6 @@ pub fn cluster_view(app: &App) -> Response<Body> {
     json(StatusCode::OK, &c.view())
 }
 
-
 /// `DELETE /api/v1/cluster/members/{id}`: the member leaves the cluster and
 /// its groups' voters move to the others.
 pub async fn remove_member(app: &App, id: &str) -> Result<Response<Body>, Problem> {

@@ -55,7 +55,9 @@ impl App {
         // rebuilt at every start from the Raft log and snapshots, which are
         // what is durable; so it lives apart and is never synced.
         let raft_log = match &cfg.cluster {
-            Some(c) => Some(crate::cluster::open_log(&cfg.data_dir, c, cfg.durability, cfg.segment_bytes).map_err(server::StartError::Cluster)?),
+            Some(c) => {
+                Some(crate::cluster::open_log(&cfg.data_dir, c, cfg.durability, cfg.segment_bytes).map_err(server::StartError::Cluster)?)
+            }
             None => None,
         };
         let store_dir = match &raft_log {

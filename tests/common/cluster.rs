@@ -29,7 +29,10 @@ impl Node {
         let root = tempfile::Builder::new().prefix("shortd-cluster-").tempdir().unwrap();
         let addr = format!("127.0.0.{host}:{}", free_port());
         let mut args: Vec<String> =
-            ["--node-id", id, "--cluster-key", KEY, "--workers", "1", "--durability", "always", "--segment-bytes", "4194304"].iter().map(|s| s.to_string()).collect();
+            ["--node-id", id, "--cluster-key", KEY, "--workers", "1", "--durability", "always", "--segment-bytes", "4194304"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         if let Some(s) = seed {
             args.extend(["--seed".to_string(), s.addr.clone()]);
         }
@@ -142,4 +145,3 @@ pub fn assert_all_redirect(links: &[(String, String)], nodes: &[&Node]) {
         }
     }
 }
-
