@@ -8,7 +8,7 @@
 //! offset size field
 //!      0    8 checksum   xxh3_64 of bytes [8, len)
 //!      8    4 len        bytes in this record, header included, padding excluded
-//!     12    1 kind       1 put, 2 delete, 3 clicks, 4 idempotency, 5 raft
+//!     12    1 kind       1 put, 2 delete, 3 clicks, 4 idempotency, 6 raft
 //!     13    1 version    1
 //!     14    2 key_len    bytes of key (0 for clicks)
 //!     16    8 lsn        log sequence number, strictly increasing
@@ -28,7 +28,7 @@
 //! never in a store's segments. `what` says what the record holds for its
 //! group: 1 a log entry at `index` (data: the openraft entry), 2 the vote,
 //! 3 the committed log id, 4 the purged log id, 5 "entries from `index` on
-//! are void" (a truncation, no data). Readers that do not know kind 5 (a
+//! are void" (a truncation, no data). Readers that do not know kind 6 (a
 //! single node's store) never meet it.
 //!
 //! A version 1 record has origin 0 and no trailer; a single node writes
@@ -57,7 +57,7 @@ pub const KIND_PUT: u8 = 1;
 pub const KIND_DELETE: u8 = 2;
 pub const KIND_CLICKS: u8 = 3;
 pub const KIND_IDEMPOTENCY: u8 = 4;
-pub const KIND_RAFT: u8 = 5;
+pub const KIND_RAFT: u8 = 6;
 const RAFT_FIXED: usize = 16;
 
 pub const FLAG_DISABLED: u8 = 1;
