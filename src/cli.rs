@@ -50,7 +50,7 @@ pub fn run(cli: Cli) -> ExitCode {
 fn init_logging(format: LogFormat, level: &str) {
     // openraft narrates every election and replication hiccup at info and
     // warn; the cluster logs what an operator needs. Name it to see more.
-    let level = if level.contains("openraft") { level.to_string() } else { format!("{level},openraft=error") };
+    let level = if level.contains("openraft") { level.to_string() } else { format!("{level},openraft=error,openraft::replication=off") };
     let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour codes only where a person watches a terminal: in a file, a
     // journal or a log shipper they are noise (and JSON never has them).

@@ -57,8 +57,12 @@ use crate::store::{Created, Link, NewLink, Patch, Store, Stored, Version, WriteE
 
 /// Longest a write or an API read tries to reach its partition's leader.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(8);
-/// Longest one forwarded proposal may take (a commit under load).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one forwarded proposal may take (a commit under load). A leader
+/// cut off by a partition drops packets rather than refusing them, so this
+/// is also how long a proposal waits before it tries the group's new
+/// leader; a retried proposal is harmless (a create retried with the same
+/// code and version is recognised, a PATCH re-applies the same change).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 const CLICKS_EVERY: Duration = Duration::from_millis(500);
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -193,9 +197,9 @@ impl Cluster {
         let raft_id = raft_id(log.dir())?;
         let config = openraft::Config {
             cluster_name: "shortd".into(),
-            heartbeat_interval: 150,
-            election_timeout_min: 1000,
-            election_timeout_max: 2000,
+            heartbeat_interval: 100,
+            election_timeout_min: 600,
+            election_timeout_max: 1200,
             install_snapshot_timeout: 120_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
             max_in_snapshot_log_to_keep: 1000,
@@ -384,9 +388,20 @@ impl Cluster {
             return;
         }
         let placement = self.placement();
+        let mut elected = false;
         for g in 0..=self.meta_group() {
             let m = self.metrics(g);
             if m.current_leader != Some(self.raft_id) {
+                // Leaders where the placement puts them (its first voter),
+                // so that writes and the cost of a crash spread over the
+                // nodes; openraft 0.9 has no leadership transfer, so the
+                // preferred node, once caught up, asks for an election.
+                let preferred = placement.voter_names(g).first() == Some(&self.me());
+                if preferred && !elected && m.current_leader.is_some() && self.fresh_replica(g) {
+                    elected = true;
+                    let raft = self.groups[g as usize].clone();
+                    self.rt.spawn(async move { raft.trigger().elect().await });
+                }
                 continue;
             }
             let config = m.membership_config.membership();
