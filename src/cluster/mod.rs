@@ -70,6 +70,8 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 const DOWN_AFTER: Duration = Duration::from_secs(3);
 /// Groups whose membership one node moves at the same time.
 const MOVES_AT_ONCE: usize = 4;
+/// Least time between two elections this node starts for one group.
+const ELECT_BACKOFF: Duration = Duration::from_secs(10);
 /// Ids leased from the metadata group at a time.
 const LEASE: u64 = 1024;
 /// A follower's replica answers redirects while its leader showed it
@@ -110,6 +112,8 @@ pub struct Cluster {
     /// Per group: when a leader last showed that this replica held every
     /// committed entry, and that commit index (`caught_up`).
     fresh: Vec<Mutex<(Option<Instant>, u64)>>,
+    /// Per group: when this node last asked to lead it.
+    elected: Mutex<Vec<Option<Instant>>>,
 }
 
 /// Why a forwarded request did not settle it.
@@ -237,6 +241,7 @@ impl Cluster {
             moving: Mutex::default(),
             heard: Mutex::default(),
             fresh: (0..=cfg.partitions).map(|_| Mutex::new((None, 0))).collect(),
+            elected: Mutex::new(vec![None; cfg.partitions as usize + 1]),
             cfg,
         }))
     }
@@ -396,9 +401,14 @@ impl Cluster {
                 // so that writes and the cost of a crash spread over the
                 // nodes; openraft 0.9 has no leadership transfer, so the
                 // preferred node, once caught up, asks for an election.
+                // An election it loses still costs the group its leader
+                // (Raft without pre-vote), so each group is tried at most
+                // once per ELECT_BACKOFF.
                 let preferred = placement.voter_names(g).first() == Some(&self.me());
-                if preferred && !elected && m.current_leader.is_some() && self.fresh_replica(g) {
+                let due = || self.elected.lock()[g as usize].is_none_or(|t| t.elapsed() > ELECT_BACKOFF);
+                if preferred && !elected && m.current_leader.is_some() && self.fresh_replica(g) && due() {
                     elected = true;
+                    self.elected.lock()[g as usize] = Some(Instant::now());
                     let raft = self.groups[g as usize].clone();
                     self.rt.spawn(async move { raft.trigger().elect().await });
                 }
