@@ -83,7 +83,7 @@ fn serve(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGHUP re-reads the key file and blocklist; once a minute, rate-limit
+/// SIGHUP re-reads the key file, the blocklist and the GeoIP database; once a minute, rate-limit
 /// state of quiet clients is dropped.
 fn reload_on_hangup(app: &crate::http::App) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
@@ -93,7 +93,10 @@ fn reload_on_hangup(app: &crate::http::App) {
         let mut prune = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tokio::select! {
-                _ = hup.recv() => app.access.reload(),
+                _ = hup.recv() => {
+                    app.access.reload();
+                    app.analytics.geo.reload();
+                }
                 _ = prune.tick() => app.access.prune(),
             }
         }
@@ -213,7 +216,7 @@ fn check(dir: &Path) -> Result<(), String> {
         .collect();
     numbers.sort_unstable();
     let mut problems = 0;
-    let (mut puts, mut deletes, mut clicks, mut idem, mut bytes) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut puts, mut deletes, mut clicks, mut idem, mut rollups, mut bytes) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for (i, &n) in numbers.iter().enumerate() {
         let seg = match Segment::open(dir, n) {
             Ok(s) => s,
@@ -233,6 +236,7 @@ fn check(dir: &Path) -> Result<(), String> {
                         Body::Delete { .. } => deletes += 1,
                         Body::Clicks(_) => clicks += 1,
                         Body::Idempotency { .. } => idem += 1,
+                        Body::Rollups(_) => rollups += 1,
                     }
                     end = at + record::padded(len);
                 }
@@ -258,7 +262,7 @@ fn check(dir: &Path) -> Result<(), String> {
         }
     }
     println!(
-        "segments: {}, data bytes: {bytes}, records: {puts} put, {deletes} delete, {clicks} clicks, {idem} idempotency; snapshots: {}",
+        "segments: {}, data bytes: {bytes}, records: {puts} put, {deletes} delete, {clicks} clicks, {idem} idempotency, {rollups} rollups; snapshots: {}",
         numbers.len(),
         snaps.len()
     );
