@@ -21,9 +21,7 @@ fn bench(c: &mut Criterion) {
     let worker = Rc::new(Worker::new(&uncached, agg.sink()));
     let headers = browser_headers();
     let get = Visit { head: false, headers: &headers, peer: "127.0.0.1:40000".parse().unwrap() };
-    c.bench_function("redirect/miss (index + mapped log, no cache)", |b| {
-        b.iter(|| black_box(now(serve(&uncached, &worker, &code, &get))))
-    });
+    c.bench_function("redirect/miss (index + mapped log, no cache)", |b| b.iter(|| black_box(now(serve(&uncached, &worker, &code, &get)))));
     c.bench_function("redirect/unknown code", |b| b.iter(|| black_box(now(serve(&uncached, &worker, "nosuch1", &get)))));
     drop(worker);
     agg.stop();
@@ -43,9 +41,12 @@ fn bench(c: &mut Criterion) {
 /// What a browser sends that analytics reads.
 fn browser_headers() -> http::HeaderMap {
     let mut h = http::HeaderMap::new();
-    h.insert(http::header::USER_AGENT, http::HeaderValue::from_static(
-        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
-    ));
+    h.insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+        ),
+    );
     h.insert(http::header::REFERER, http::HeaderValue::from_static("https://news.example.com/story/1"));
     h
 }

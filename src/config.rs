@@ -634,7 +634,8 @@ mod tests {
     fn help_states_every_default() {
         let mut cmd = Cli::command();
         let help = cmd.find_subcommand_mut("serve").unwrap().render_long_help().to_string();
-        let no_default = ["help", "config", "api-key", "api-key-file", "trusted-proxy", "blocklist", "node-id", "seed", "cluster-key", "geoip-db"];
+        let no_default =
+            ["help", "config", "api-key", "api-key-file", "trusted-proxy", "blocklist", "node-id", "seed", "cluster-key", "geoip-db"];
         let serve = Cli::command();
         for arg in serve.find_subcommand("serve").unwrap().get_arguments() {
             let long = arg.get_long().unwrap();

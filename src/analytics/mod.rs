@@ -92,7 +92,14 @@ impl Aggregation {
     /// Folds a batch's events into the rollups. `click(code, n, human)` is
     /// called for every event: `human` says the clicks count in the link's
     /// total (bots and clicks the hot path already counted do not).
-    pub fn fold(&mut self, a: &Analytics, visits: &Visits, rollups: &Rollups, now_sec: u32, mut click: impl FnMut(&str, u64, bool)) -> Folded {
+    pub fn fold(
+        &mut self,
+        a: &Analytics,
+        visits: &Visits,
+        rollups: &Rollups,
+        now_sec: u32,
+        mut click: impl FnMut(&str, u64, bool),
+    ) -> Folded {
         let mut out = Folded::default();
         for ev in &visits.events {
             out.lag_seconds = out.lag_seconds.max(now_sec.saturating_sub(ev.sec));

@@ -1,6 +1,6 @@
 //! The HTTP edge: sockets and connections (`server`), routing (`router`),
-//! the redirect hot path (`redirect`), the JSON API (`api`) and its errors
-//! (`problem`).
+//! the redirect hot path (`redirect`), the JSON API (`api`), click stats and
+//! QR codes (`stats`) and errors (`problem`).
 
 pub mod access;
 pub mod api;
@@ -9,6 +9,7 @@ pub mod problem;
 pub mod redirect;
 pub mod router;
 pub mod server;
+pub mod stats;
 
 /// How often each worker's coarse clock is refreshed.
 pub const CLOCK_TICK: std::time::Duration = std::time::Duration::from_millis(10);

@@ -53,10 +53,26 @@ pub struct SnapshotMeta {
 /// One entry as read back from a snapshot.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Entry<'a> {
-    Loc { key: &'a [u8], seg: u32, off: u32, live: bool },
-    Clicks { key: &'a [u8], total: u64 },
-    Idem { key: &'a [u8], body_hash: u64, at_ms: i64, code: &'a [u8] },
-    Live { seg: u32, bytes: u64 },
+    Loc {
+        key: &'a [u8],
+        seg: u32,
+        off: u32,
+        live: bool,
+    },
+    Clicks {
+        key: &'a [u8],
+        total: u64,
+    },
+    Idem {
+        key: &'a [u8],
+        body_hash: u64,
+        at_ms: i64,
+        code: &'a [u8],
+    },
+    Live {
+        seg: u32,
+        bytes: u64,
+    },
     /// One rollup's bytes (`record::decode_rollup` reads them).
     Rollup(&'a [u8]),
 }
