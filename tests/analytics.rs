@@ -262,7 +262,7 @@ fn qr_codes_hold_the_short_url_and_are_cacheable() {
             _ => row[x],
         }
     };
-    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| pixel(x, y));
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, pixel);
     let grids = img.detect_grids();
     assert_eq!(grids.len(), 1, "one QR code in the picture");
     let (_, content) = grids[0].decode().unwrap();

@@ -74,6 +74,7 @@ impl Geo {
 pub type Country = [u8; 2];
 
 /// The aggregator's cache of answers by address prefix.
+#[derive(Default)]
 pub struct PrefixCache {
     generation: u64,
     reader: Option<Arc<Reader>>,
@@ -84,12 +85,6 @@ pub struct PrefixCache {
 const CACHE_ENTRIES: usize = 64 * 1024;
 const V4_PREFIX: u8 = 24;
 const V6_PREFIX: u8 = 48;
-
-impl Default for PrefixCache {
-    fn default() -> Self {
-        PrefixCache { generation: 0, reader: None, answers: HashMap::default() }
-    }
-}
 
 fn masked(ip: IpAddr) -> (IpAddr, u8) {
     match ip {
