@@ -276,3 +276,35 @@ fn qr_codes_hold_the_short_url_and_are_cacheable() {
     assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
     assert!(svg.body.contains("<svg") && svg.header("etag").is_some_and(|e| e != etag));
 }
+
+#[test]
+fn export_and_import_carry_the_stats() {
+    let s = Server::start(&[]);
+    let code = s.create(json!({"url": "https://example.com/moved"}))["code"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        assert_eq!(visit(&s, &code, FIREFOX_LINUX, Some("https://lobste.rs/s/1"), "192.0.2.1"), 302);
+    }
+    assert_eq!(visit(&s, &code, BOTS[2], None, "192.0.2.1"), 302);
+    let before = wait_for_stats(&s, &code, 3, 1);
+    let mut s = s;
+    s.stop_gracefully();
+
+    let out = common::cli(&["export", "--data-dir", s.data_dir().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = String::from_utf8(out.stdout).unwrap();
+    assert!(lines.contains("\"stats\""), "{lines}");
+    let to = tempfile::tempdir().unwrap();
+    let file = to.path().join("links.jsonl");
+    std::fs::write(&file, &lines).unwrap();
+    let data = to.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let out = common::cli(&["import", "--data-dir", data.to_str().unwrap(), file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let moved = Server::start_at(&data, &[]);
+    let after = stats(&moved, &code);
+    for key in ["clicks", "bots", "referrers", "devices", "browsers", "os"] {
+        assert_eq!(after[key], before[key], "{key}");
+    }
+    assert_eq!(moved.link(&code)["clicks"], 3);
+}
