@@ -50,6 +50,10 @@ pub const STALE_READS: &str = "shortd_cluster_stale_reads_total";
 pub const RAFT_PROPOSALS: &str = "shortd_raft_proposals_total";
 pub const RAFT_FAILED_PROPOSALS: &str = "shortd_raft_failed_proposals_total";
 pub const RAFT_COMMIT_SECONDS: &str = "shortd_raft_commit_seconds";
+pub const BOTS: &str = "shortd_bot_visits_total";
+pub const BREAKDOWNS_DROPPED: &str = "shortd_analytics_dropped_breakdowns_total";
+pub const ANALYTICS_LAG: &str = "shortd_analytics_lag_seconds";
+pub const GEOIP_AGE: &str = "shortd_geoip_database_age_seconds";
 
 /// Redirect-path outcomes counted per worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,7 +195,7 @@ fn describe() {
     describe_counter!(SCRUB_DAMAGE, "Damaged files found by the scrub, by kind (segment, snapshot)");
     describe_gauge!(SCRUB_LAST_PASS, Unit::Seconds, "Unix time the last scrub pass finished");
     describe_gauge!(LINKS, "Live links in the store");
-    describe_counter!(CLICKS, "Clicks counted on redirects");
+    describe_counter!(CLICKS, "GET redirects answered, people and bots alike (bots alone: shortd_bot_visits_total)");
     describe_counter!(LINKS_CREATED, "Links created");
     describe_counter!(PEER_REQUESTS, "Requests to peer nodes, by operation");
     describe_counter!(PEER_FAILURES, "Peer requests that failed to connect, timed out or were skipped by an open circuit breaker");
@@ -201,6 +205,10 @@ fn describe() {
     describe_counter!(RAFT_PROPOSALS, "Writes proposed to a partition's Raft group from this node");
     describe_counter!(RAFT_FAILED_PROPOSALS, "Proposals that found no leader to commit them in time");
     describe_histogram!(RAFT_COMMIT_SECONDS, "Time from proposal to the applied answer, forwarding included");
+    describe_counter!(BOTS, "Redirects to bots and link-preview agents (not counted as clicks)");
+    describe_counter!(BREAKDOWNS_DROPPED, "Clicks counted without their breakdown because the worker's analytics buffer was full");
+    describe_gauge!(ANALYTICS_LAG, Unit::Seconds, "Age of the oldest click in the last batch the analytics aggregator folded");
+    describe_gauge!(GEOIP_AGE, Unit::Seconds, "Age of the loaded GeoIP database, from its build time");
 }
 
 impl Metrics {
@@ -356,4 +364,20 @@ pub fn raft_proposal(took: Duration, ok: bool) {
     if !ok {
         counter!(RAFT_FAILED_PROPOSALS).increment(1);
     }
+}
+
+pub fn bots(n: u64) {
+    counter!(BOTS).increment(n);
+}
+
+pub fn breakdown_dropped() {
+    counter!(BREAKDOWNS_DROPPED).increment(1);
+}
+
+pub fn analytics_lag(seconds: u32) {
+    gauge!(ANALYTICS_LAG).set(seconds as f64);
+}
+
+pub fn geoip_age_seconds(s: f64) {
+    gauge!(GEOIP_AGE).set(s);
 }

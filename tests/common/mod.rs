@@ -16,6 +16,7 @@
 
 pub mod cluster;
 pub mod disk;
+pub mod mmdb;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
