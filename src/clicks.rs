@@ -158,8 +158,8 @@ fn aggregate(
     pool: Sender<Batch>,
     stop: Arc<AtomicBool>,
 ) {
-    // In a cluster, clicks also go to the code's other holders, and only a
-    // holder counts them in its own store.
+    // In a cluster, clicks are reported to the code's partition and counted
+    // when it applies the report, not here.
     let count = |code: &str, n: u64| {
         if cluster.as_ref().is_none_or(|c| c.on_clicks(code, n)) {
             store.add_clicks(code, n);
