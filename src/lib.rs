@@ -17,6 +17,8 @@
 //!   every setting; `cli` has the offline commands (export, import, check).
 //! - `links` is the seam the handlers call: this node's store and cache,
 //!   or the cluster.
+//! - `ui` is the web UI at `/ui/`: static files embedded in the binary,
+//!   talking to the API from the browser.
 //! - `cluster` spreads links over several nodes: gossip membership, a
 //!   consistent-hash ring, forwarding, replication and rebalancing.
 
@@ -36,6 +38,7 @@ pub mod lists;
 pub mod metrics;
 pub mod store;
 pub mod target;
+pub mod ui;
 
 pub use config::{Cli, Command, Config};
 pub use http::server::Server;

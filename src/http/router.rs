@@ -1,7 +1,8 @@
 //! Maps method and path to a route without allocating.
 //!
 //! Everything that is not a fixed server path and looks like a code is a
-//! redirect; the API lives under `/api/v1/`.
+//! redirect; the API lives under `/api/v1/`, the web UI under `/ui/` (so
+//! `ui` is a reserved alias, see `code::RESERVED`).
 
 use http::Method;
 
@@ -17,6 +18,10 @@ pub enum Route<'a> {
     LinksBatch,
     Link(&'a str),
     HotStats,
+    /// `GET /`: the UI or `--root-redirect`.
+    Root,
+    /// The web UI: what follows `/ui` in the path (`""` for `/ui` itself).
+    Ui(&'a str),
     Cluster,
     ClusterMember(&'a str),
     /// Node-to-node requests under `/internal/v1/`.
@@ -28,7 +33,9 @@ impl Route<'_> {
     /// The methods a route answers, for 405's `Allow`.
     pub fn allow(&self) -> &'static str {
         match self {
-            Route::Redirect(_) | Route::Health | Route::Ready | Route::Metrics | Route::HotStats => "GET, HEAD",
+            Route::Redirect(_) | Route::Health | Route::Ready | Route::Metrics | Route::HotStats | Route::Root | Route::Ui(_) => {
+                "GET, HEAD"
+            }
             Route::Links => "GET, HEAD, POST",
             Route::LinksBatch => "POST",
             Route::Link(_) => "GET, HEAD, PATCH, DELETE",
@@ -40,7 +47,7 @@ impl Route<'_> {
 
     pub fn allows(&self, method: &Method) -> bool {
         match self {
-            Route::Redirect(_) | Route::Health | Route::Ready | Route::Metrics | Route::HotStats => {
+            Route::Redirect(_) | Route::Health | Route::Ready | Route::Metrics | Route::HotStats | Route::Root | Route::Ui(_) => {
                 method == Method::GET || method == Method::HEAD
             }
             Route::Links => method == Method::GET || method == Method::HEAD || method == Method::POST,
@@ -63,6 +70,8 @@ impl Route<'_> {
             Route::LinksBatch => "links_batch",
             Route::Link(_) => "link",
             Route::HotStats => "stats_hot",
+            Route::Root => "root",
+            Route::Ui(_) => "ui",
             Route::Cluster => "cluster",
             Route::ClusterMember(_) => "cluster_member",
             Route::Internal(_) => "internal",
@@ -81,7 +90,13 @@ pub fn route(path: &str) -> Route<'_> {
         "healthz" => return Route::Health,
         "readyz" => return Route::Ready,
         "metrics" => return Route::Metrics,
+        "" => return Route::Root,
         _ => {}
+    }
+    if let Some(ui) = rest.strip_prefix("ui") {
+        if ui.is_empty() || ui.starts_with('/') {
+            return Route::Ui(ui);
+        }
     }
     if let Some(internal) = rest.strip_prefix("internal/v1/") {
         return Route::Internal(internal);
@@ -124,7 +139,12 @@ mod tests {
         assert_eq!(route("/internal/v1/records/abc"), Route::Internal("records/abc"));
         assert_eq!(route("/internal"), Route::Redirect("internal"));
         assert_eq!(route("/api"), Route::Redirect("api"));
-        assert_eq!(route("/"), Route::NotFound);
+        assert_eq!(route("/"), Route::Root);
+        assert_eq!(route("/ui"), Route::Ui(""));
+        assert_eq!(route("/ui/"), Route::Ui("/"));
+        assert_eq!(route("/ui/app.js"), Route::Ui("/app.js"));
+        assert_eq!(route("/uix"), Route::Redirect("uix"));
+        assert_eq!(route("/UI"), Route::Redirect("UI"));
         assert_eq!(route("/a%20b"), Route::NotFound);
         assert_eq!(route("/abc/"), Route::NotFound);
         assert_eq!(route(&format!("/{}", "a".repeat(65))), Route::NotFound);
