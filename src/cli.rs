@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+use crate::analytics::rollup::{hour_of, Hour, DIM_NAMES, MS_PER_HOUR};
 use crate::config::{Cli, Command, Config, Durability, LinkLimits, LogFormat};
 use crate::journal::record::{self, Body};
 use crate::journal::scan::{Found, Scan};
@@ -83,7 +84,7 @@ fn serve(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGHUP re-reads the key file and blocklist; once a minute, rate-limit
+/// SIGHUP re-reads the key file, the blocklist and the GeoIP database; once a minute, rate-limit
 /// state of quiet clients is dropped.
 fn reload_on_hangup(app: &crate::http::App) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
@@ -93,7 +94,10 @@ fn reload_on_hangup(app: &crate::http::App) {
         let mut prune = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tokio::select! {
-                _ = hup.recv() => app.access.reload(),
+                _ = hup.recv() => {
+                    app.access.reload();
+                    app.analytics.geo.reload();
+                }
                 _ = prune.tick() => app.access.prune(),
             }
         }
@@ -114,8 +118,8 @@ fn wait_for_signal() {
     });
 }
 
-fn link_line(link: &Link) -> Value {
-    json!({
+fn link_line(store: &Store, link: &Link) -> Value {
+    let mut line = json!({
         "code": link.code.as_str(),
         "url": link.url,
         "created_at": rfc3339(link.created_ms),
@@ -124,7 +128,41 @@ fn link_line(link: &Link) -> Value {
         "redirect": link.redirect,
         "clicks": link.clicks,
         "disabled": link.disabled,
-    })
+    });
+    let hours = store.rollups().of(&link.code);
+    if !hours.is_empty() {
+        line["stats"] = hours.iter().map(|(hour, h)| hour_line(*hour, h)).collect();
+    }
+    line
+}
+
+/// One rollup hour as an export line holds it.
+fn hour_line(hour: u32, h: &Hour) -> Value {
+    let mut v = json!({"hour": rfc3339(hour as i64 * MS_PER_HOUR), "clicks": h.clicks, "bots": h.bots});
+    for (d, name) in DIM_NAMES.iter().enumerate() {
+        v[*name] = h.values[d].iter().map(|(k, n)| (k.to_string(), Value::from(*n))).collect::<Map<String, Value>>().into();
+    }
+    v
+}
+
+/// The `stats` of an export line, back into rollup hours.
+fn parse_hours(v: &Value) -> Result<Vec<(u32, Hour)>, String> {
+    let bad = |what: &str| format!("stats: {what}");
+    let list = v.as_array().ok_or_else(|| bad("must be a list of hours"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for e in list {
+        let at = e["hour"].as_str().ok_or_else(|| bad("each hour needs an RFC 3339 \"hour\""))?;
+        let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(|_| bad("bad \"hour\""))?;
+        let count = |k: &str| e[k].as_u64().map(|n| n.min(u32::MAX as u64) as u32).unwrap_or(0);
+        let mut h = Hour { clicks: count("clicks"), bots: count("bots"), ..Hour::default() };
+        for (d, name) in DIM_NAMES.iter().enumerate() {
+            for (k, n) in e[*name].as_object().into_iter().flatten() {
+                h.values[d].push((k.as_str().into(), n.as_u64().unwrap_or(0).min(u32::MAX as u64) as u32));
+            }
+        }
+        out.push((hour_of((at.unix_timestamp_nanos() / 1_000_000) as i64), h));
+    }
+    Ok(out)
 }
 
 fn open(dir: &Path, read_only: bool) -> Result<Store, String> {
@@ -142,7 +180,7 @@ fn export(dir: &Path) -> Result<(), String> {
     loop {
         let (links, next) = store.page(cursor, 10_000);
         for link in &links {
-            serde_json::to_writer(&mut out, &link_line(link)).map_err(|e| e.to_string())?;
+            serde_json::to_writer(&mut out, &link_line(&store, link)).map_err(|e| e.to_string())?;
             out.write_all(b"\n").map_err(|e| e.to_string())?;
         }
         match next {
@@ -164,10 +202,23 @@ fn import(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
     let started = std::time::Instant::now();
     let (mut created, mut failed) = (0u64, 0u64);
     let mut inflight = Vec::with_capacity(IMPORT_WINDOW);
-    let settle = |inflight: &mut Vec<(usize, tokio::sync::oneshot::Receiver<_>)>, created: &mut u64, failed: &mut u64| {
-        for (line, rx) in inflight.drain(..) {
+    // An exported link's clicks and hourly stats come along with it.
+    type Carried = (u64, Vec<(u32, Hour)>);
+    let settle = |inflight: &mut Vec<(usize, tokio::sync::oneshot::Receiver<_>, Carried)>, created: &mut u64, failed: &mut u64| {
+        for (line, rx, (clicks, hours)) in inflight.drain(..) {
             match rx.blocking_recv() {
-                Ok(Ok(_)) => *created += 1,
+                Ok(Ok(c)) => {
+                    *created += 1;
+                    let c: crate::store::Created = c;
+                    if clicks > 0 {
+                        store.add_clicks(&c.link.code, clicks);
+                    }
+                    let keys: Vec<_> = hours.iter().map(|(hour, _)| (c.link.code.clone(), *hour)).collect();
+                    for (hour, h) in hours {
+                        store.rollups().replace(c.link.code.clone(), hour, h);
+                    }
+                    store.rollups().mark_dirty(keys);
+                }
                 Ok(Err(e)) => {
                     *failed += 1;
                     eprintln!("line {line}: {e}");
@@ -181,11 +232,13 @@ fn import(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<Map<String, Value>>(&line)
-            .map_err(|e| e.to_string())
-            .and_then(|o| input::new_link(&o, &rules, crate::clock::now_ms(), input::Source::Import).map_err(|e| e.to_string()));
+        let parsed = serde_json::from_str::<Map<String, Value>>(&line).map_err(|e| e.to_string()).and_then(|o| {
+            let new = input::new_link(&o, &rules, crate::clock::now_ms(), input::Source::Import).map_err(|e| e.to_string())?;
+            let hours = o.get("stats").map(parse_hours).transpose()?.unwrap_or_default();
+            Ok((new, (o.get("clicks").and_then(Value::as_u64).unwrap_or(0), hours)))
+        });
         match parsed {
-            Ok(new) => inflight.push((i + 1, store.create_queued(new).map_err(|e| e.to_string())?)),
+            Ok((new, carried)) => inflight.push((i + 1, store.create_queued(new).map_err(|e| e.to_string())?, carried)),
             Err(e) => {
                 failed += 1;
                 eprintln!("line {}: {e}", i + 1);
@@ -196,6 +249,7 @@ fn import(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
         }
     }
     settle(&mut inflight, &mut created, &mut failed);
+    store.persist_rollups(u32::MAX);
     store.close();
     let secs = started.elapsed().as_secs_f64();
     eprintln!("imported {created} links in {secs:.1}s ({:.0}/s); {failed} lines refused", created as f64 / secs.max(1e-9));
@@ -213,7 +267,7 @@ fn check(dir: &Path) -> Result<(), String> {
         .collect();
     numbers.sort_unstable();
     let mut problems = 0;
-    let (mut puts, mut deletes, mut clicks, mut idem, mut bytes) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut puts, mut deletes, mut clicks, mut idem, mut rollups, mut bytes) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for (i, &n) in numbers.iter().enumerate() {
         let seg = match Segment::open(dir, n) {
             Ok(s) => s,
@@ -233,6 +287,7 @@ fn check(dir: &Path) -> Result<(), String> {
                         Body::Delete { .. } => deletes += 1,
                         Body::Clicks(_) => clicks += 1,
                         Body::Idempotency { .. } => idem += 1,
+                        Body::Rollups(_) => rollups += 1,
                     }
                     end = at + record::padded(len);
                 }
@@ -258,7 +313,7 @@ fn check(dir: &Path) -> Result<(), String> {
         }
     }
     println!(
-        "segments: {}, data bytes: {bytes}, records: {puts} put, {deletes} delete, {clicks} clicks, {idem} idempotency; snapshots: {}",
+        "segments: {}, data bytes: {bytes}, records: {puts} put, {deletes} delete, {clicks} clicks, {idem} idempotency, {rollups} rollups; snapshots: {}",
         numbers.len(),
         snaps.len()
     );

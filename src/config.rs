@@ -154,6 +154,21 @@ pub struct Config {
     /// Where `GET /` redirects [default: /ui/ with the UI on, else 404]
     #[arg(long, env = "SHORTD_ROOT_REDIRECT", value_parser = public_url)]
     pub root_redirect: Option<url::Url>,
+    /// Click analytics (referrer, country, device, browser, OS per hour); off keeps click totals only
+    #[arg(long, env = "SHORTD_ANALYTICS", default_value = "on")]
+    pub analytics: Switch,
+    /// Count bots and link-preview agents as clicks, and against max_clicks [default: off]
+    #[arg(long, env = "SHORTD_COUNT_BOTS")]
+    pub count_bots: bool,
+    /// MaxMind-format country database (.mmdb) for click countries; re-read on SIGHUP
+    #[arg(long, env = "SHORTD_GEOIP_DB", value_parser = geoip_db)]
+    pub geoip_db: Option<PathBuf>,
+    /// How long hourly click stats are kept, e.g. 400d, 90d
+    #[arg(long, env = "SHORTD_STATS_RETENTION", default_value = "400d", value_parser = hours)]
+    pub stats_retention: Duration,
+    /// Values kept per stats dimension per hour; the rest count as "other"
+    #[arg(long, env = "SHORTD_STATS_TOP", default_value_t = crate::analytics::rollup::DEFAULT_TOP, value_parser = in_range(1usize, 1000))]
+    pub stats_top: usize,
     /// After SIGTERM, answer /readyz 503 this long before closing listeners
     #[arg(long, env = "SHORTD_DRAIN_DELAY", default_value = "0s", value_parser = duration)]
     pub drain_delay: Duration,
@@ -536,6 +551,19 @@ fn trusted_proxy(text: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{text:?} is not an address or CIDR such as 10.0.0.0/8"))
 }
 
+fn geoip_db(path: &str) -> Result<PathBuf, String> {
+    maxminddb::Reader::open_readfile(path).map_err(|e| format!("is not a readable MaxMind DB: {e}"))?;
+    Ok(path.into())
+}
+
+fn hours(text: &str) -> Result<Duration, String> {
+    let d = duration(text)?;
+    if d < Duration::from_secs(3600) {
+        return Err("must be at least 1h".into());
+    }
+    Ok(d)
+}
+
 fn header_value(text: &str) -> Result<String, String> {
     http::HeaderValue::from_str(text).map(|_| text.to_string()).map_err(|_| "is not a valid header value".into())
 }
@@ -614,7 +642,8 @@ mod tests {
     fn help_states_every_default() {
         let mut cmd = Cli::command();
         let help = cmd.find_subcommand_mut("serve").unwrap().render_long_help().to_string();
-        let no_default = ["help", "config", "api-key", "api-key-file", "trusted-proxy", "blocklist", "node-id", "seed", "cluster-key"];
+        let no_default =
+            ["help", "config", "api-key", "api-key-file", "trusted-proxy", "blocklist", "node-id", "seed", "cluster-key", "geoip-db"];
         let serve = Cli::command();
         for arg in serve.find_subcommand("serve").unwrap().get_arguments() {
             let long = arg.get_long().unwrap();

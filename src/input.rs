@@ -15,9 +15,22 @@ pub const MAX_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
 pub const MAX_CLICKS: u64 = 1 << 53;
 const CREATE_FIELDS: &[&str] = &["url", "alias", "ttl_seconds", "expires_at", "max_clicks", "redirect"];
 /// An exported link: `code` is kept as its alias, `disabled` as it was;
-/// the fields the store sets itself are read and ignored.
-const IMPORT_FIELDS: &[&str] =
-    &["url", "alias", "ttl_seconds", "expires_at", "max_clicks", "redirect", "code", "disabled", "short_url", "created_at", "clicks"];
+/// `clicks` and `stats` are carried over by `shortd import` itself; the
+/// other fields the store sets itself are read and ignored.
+const IMPORT_FIELDS: &[&str] = &[
+    "url",
+    "alias",
+    "ttl_seconds",
+    "expires_at",
+    "max_clicks",
+    "redirect",
+    "code",
+    "disabled",
+    "short_url",
+    "created_at",
+    "clicks",
+    "stats",
+];
 const PATCH_FIELDS: &[&str] = &["url", "ttl_seconds", "expires_at", "max_clicks", "redirect", "disabled"];
 
 /// A field that cannot be taken, and why.

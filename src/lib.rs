@@ -13,6 +13,8 @@
 //!   the store's single writer thread (`store::writer`: the link rules,
 //!   snapshots, compaction), which appends through `journal::log` (group
 //!   commit). `journal` is bytes only; `store` owns what records mean.
+//! - `analytics` turns each redirect's agent, referrer and address into
+//!   hourly rollups per link (bots apart), read by `/api/v1/.../stats`.
 //! - `metrics` names every metric and renders `/metrics`; `config` holds
 //!   every setting; `cli` has the offline commands (export, import, check).
 //! - `links` is the seam the handlers call: this node's store and cache,
@@ -22,6 +24,7 @@
 //! - `cluster` spreads links over several nodes: gossip membership, a
 //!   consistent-hash ring, forwarding, replication and rebalancing.
 
+pub mod analytics;
 pub mod cache;
 pub mod cli;
 pub mod clicks;

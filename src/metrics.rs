@@ -48,6 +48,10 @@ pub const PEER_SECONDS: &str = "shortd_peer_request_duration_seconds";
 pub const FORWARDED_READS: &str = "shortd_cluster_forwarded_reads_total";
 pub const HINTS_PENDING: &str = "shortd_cluster_hints_pending";
 pub const KEYS_MOVED: &str = "shortd_cluster_keys_moved_total";
+pub const BOTS: &str = "shortd_bot_visits_total";
+pub const BREAKDOWNS_DROPPED: &str = "shortd_analytics_dropped_breakdowns_total";
+pub const ANALYTICS_LAG: &str = "shortd_analytics_lag_seconds";
+pub const GEOIP_AGE: &str = "shortd_geoip_database_age_seconds";
 
 /// Redirect-path outcomes counted per worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +201,10 @@ fn describe() {
     describe_counter!(FORWARDED_READS, "Reads of links held elsewhere, fetched from a peer");
     describe_gauge!(HINTS_PENDING, "Writes held here for a peer that could not take them");
     describe_counter!(KEYS_MOVED, "Records received from peers while rebalancing");
+    describe_counter!(BOTS, "Redirects to bots and link-preview agents (not counted as clicks)");
+    describe_counter!(BREAKDOWNS_DROPPED, "Clicks counted without their breakdown because the worker's analytics buffer was full");
+    describe_gauge!(ANALYTICS_LAG, Unit::Seconds, "Age of the oldest click in the last batch the analytics aggregator folded");
+    describe_gauge!(GEOIP_AGE, Unit::Seconds, "Age of the loaded GeoIP database, from its build time");
 }
 
 impl Metrics {
@@ -348,4 +356,20 @@ pub fn hints_pending(n: usize) {
 
 pub fn keys_moved(n: u64) {
     counter!(KEYS_MOVED).increment(n);
+}
+
+pub fn bots(n: u64) {
+    counter!(BOTS).increment(n);
+}
+
+pub fn breakdown_dropped() {
+    counter!(BREAKDOWNS_DROPPED).increment(1);
+}
+
+pub fn analytics_lag(seconds: u32) {
+    gauge!(ANALYTICS_LAG).set(seconds as f64);
+}
+
+pub fn geoip_age_seconds(s: f64) {
+    gauge!(GEOIP_AGE).set(s);
 }

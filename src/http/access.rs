@@ -147,23 +147,25 @@ impl Access {
     }
 
     /// The client's address: the peer, or when the peer is a trusted proxy,
-    /// the nearest address in `X-Forwarded-For` that is not one.
+    /// the nearest address in `X-Forwarded-For` that is not one (walked
+    /// from the nearest hop back; a malformed hop ends the walk at the
+    /// peer). Allocates nothing: redirects call it for their analytics.
     pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let peer_ip = peer.ip().to_canonical();
         if !self.is_trusted(peer_ip) {
             return peer_ip;
         }
-        let mut chain: Vec<IpAddr> = Vec::new();
-        for v in headers.get_all("x-forwarded-for") {
+        for v in headers.get_all("x-forwarded-for").iter().rev() {
             let Ok(s) = v.to_str() else { return peer_ip };
-            for part in s.split(',') {
+            for part in s.rsplit(',') {
                 match part.trim().parse::<IpAddr>() {
-                    Ok(ip) => chain.push(ip.to_canonical()),
+                    Ok(ip) if !self.is_trusted(ip.to_canonical()) => return ip.to_canonical(),
+                    Ok(_) => {}
                     Err(_) => return peer_ip,
                 }
             }
         }
-        chain.into_iter().rev().find(|ip| !self.is_trusted(*ip)).unwrap_or(peer_ip)
+        peer_ip
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {

@@ -107,6 +107,15 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
                     Ok(empty(StatusCode::NO_CONTENT))
                 }
                 (Route::HotStats, _) => Ok(hot(app, &req)?),
+                (Route::Stats, _) => super::stats::all(app, req.uri().query()),
+                (Route::LinkStats(code), _) => {
+                    let code = code.to_owned();
+                    super::stats::link(app, &code, req.uri().query()).await
+                }
+                (Route::LinkQr(code), _) => {
+                    let code = code.to_owned();
+                    super::stats::qr(app, &code, &req).await
+                }
                 (Route::Cluster, _) => Ok(super::internal::cluster_view(app)),
                 (Route::ClusterMember(id), _) => {
                     let id = id.to_owned();

@@ -1,6 +1,6 @@
 //! The HTTP edge: sockets and connections (`server`), routing (`router`),
-//! the redirect hot path (`redirect`), the JSON API (`api`) and its errors
-//! (`problem`).
+//! the redirect hot path (`redirect`), the JSON API (`api`), click stats and
+//! QR codes (`stats`) and errors (`problem`).
 
 pub mod access;
 pub mod api;
@@ -9,6 +9,7 @@ pub mod problem;
 pub mod redirect;
 pub mod router;
 pub mod server;
+pub mod stats;
 
 /// How often each worker's coarse clock is refreshed.
 pub const CLOCK_TICK: std::time::Duration = std::time::Duration::from_millis(10);
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use crate::analytics::Analytics;
 use crate::cache::{Cache, CacheConfig};
 use crate::clicks::{ClickBuffer, ClickSink};
 use crate::clock;
@@ -35,6 +37,7 @@ pub struct App {
     pub store: Arc<Store>,
     pub cache: Arc<Cache>,
     pub hot: Arc<HotKeys>,
+    pub analytics: Arc<Analytics>,
     pub metrics: Arc<Metrics>,
     pub cache_control: HeaderValue,
     /// `public_url` with a trailing slash; a code appended makes `short_url`.
@@ -64,7 +67,9 @@ impl App {
             read_only: false,
             scrub_rate: cfg.scrub_rate,
             scrub_interval: cfg.scrub_interval,
+            stats_top: cfg.stats_top,
         })?);
+        let analytics = Arc::new(Analytics::new(&cfg).map_err(server::StartError::Access)?);
         let cache = Arc::new(Cache::new(CacheConfig {
             max_entries: cfg.cache_entries,
             max_bytes: cfg.cache_bytes,
@@ -90,6 +95,7 @@ impl App {
             own_host: cfg.public_url().host_str().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_string()),
             public_base,
             hot: Arc::new(HotKeys::default()),
+            analytics,
             metrics,
             store,
             links,

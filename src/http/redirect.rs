@@ -6,6 +6,12 @@
 //! read lock, clones two reference counts and allocates nothing of its own.
 //! In a cluster, a miss on a code held by other nodes is the one case that
 //! waits: one fetch from a holder, shared by every request for that code.
+//!
+//! Then who clicked: a bot gets its redirect but is never counted against
+//! `max_clicks` (links with a limit ask the bot list here; every other
+//! click is classified later, in the aggregator), and with analytics on the
+//! visit (agent, referrer host, client address) goes into this worker's
+//! buffer, which allocates nothing once warm.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +25,7 @@ use http_body_util::Full;
 
 use super::problem::{Body, GONE_BODY, NOT_FOUND_BODY, PROBLEM_JSON, UNAVAILABLE_BODY};
 use super::{App, Worker};
+use crate::analytics::capture::{Visit, BOT, COUNTED, NO_IP};
 use crate::cache::{Entry, Hit};
 use crate::metrics::{bump, Outcome};
 use crate::store::Lookup;
@@ -46,15 +53,18 @@ pub enum Served {
     Later(Pin<Box<dyn Future<Output = Response<Body>>>>),
 }
 
-pub fn serve(app: &Arc<App>, worker: &Rc<Worker>, code: &str, head: bool) -> Served {
+pub fn serve(app: &Arc<App>, worker: &Rc<Worker>, code: &str, visit: &Visit<'_>) -> Served {
     // Reading the clock costs more than a cache lookup here, so one request
     // in LATENCY_SAMPLE is timed; the histogram weights it accordingly.
     let timed = worker.stats.sample_latency().then(Instant::now);
-    let answer = decide(app, worker, code, head);
+    let head = visit.head;
+    let answer = decide(app, worker, code, visit);
     if let Answer::Elsewhere = answer {
         let (app, worker, code) = (app.clone(), worker.clone(), compact_str::CompactString::from(code));
+        let (headers, peer) = (visit.headers.clone(), visit.peer);
         return Served::Later(Box::pin(async move {
-            let answer = fetch_elsewhere(&app, &worker, &code, head).await;
+            let visit = Visit { head, headers: &headers, peer };
+            let answer = fetch_elsewhere(&app, &worker, &code, &visit).await;
             let resp = respond(&app, answer, head);
             worker.stats.redirect(Outcome::for_status(resp.status().as_u16()), timed.map(|t| t.elapsed()));
             resp
@@ -67,7 +77,7 @@ pub fn serve(app: &Arc<App>, worker: &Rc<Worker>, code: &str, head: bool) -> Ser
 
 /// Cache, store, expiry, click limit, click count: everything but HTTP.
 /// On a cache hit this allocates nothing (tests/alloc.rs holds it to that).
-pub fn decide(app: &App, worker: &Worker, code: &str, head: bool) -> Answer {
+pub fn decide(app: &App, worker: &Worker, code: &str, visit: &Visit<'_>) -> Answer {
     let now = worker.now_ms();
     let stats = &worker.stats;
 
@@ -98,31 +108,46 @@ pub fn decide(app: &App, worker: &Worker, code: &str, head: bool) -> Answer {
             }
         }
     };
-    answer_for(app, worker, code, head, &entry)
+    answer_for(app, worker, code, visit, &entry)
 }
 
-/// Expiry, click limit and click count for a cached entry.
-fn answer_for(app: &App, worker: &Worker, code: &str, head: bool, entry: &Entry) -> Answer {
+/// Expiry, click limit, bots, click count and capture for a cached entry.
+fn answer_for(app: &App, worker: &Worker, code: &str, visit: &Visit<'_>, entry: &Entry) -> Answer {
     let now = worker.now_ms();
-    let stats = &worker.stats;
     if entry.gone || entry.is_expired(now) {
         return Answer::Gone;
     }
-    if entry.max_clicks > 0 {
-        let allowed = if head { app.store.clicks(code) < entry.max_clicks } else { app.store.try_click_limited(code, entry.max_clicks) };
-        if !allowed {
+    let limited = entry.max_clicks > 0;
+    let redirect = Answer::Redirect { status: entry.status, location: entry.location.clone() };
+    if visit.head {
+        if limited && app.store.clicks(code) >= entry.max_clicks {
             return Answer::Gone;
         }
-        if !head {
-            app.links.on_click(code);
+        return redirect;
+    }
+    let mut flags = 0;
+    if limited && app.analytics.is_bot(visit.user_agent()) {
+        if app.store.clicks(code) >= entry.max_clicks {
+            return Answer::Gone;
         }
-    } else if !head {
+        flags = BOT;
+    } else if limited {
+        if !app.store.try_click_limited(code, entry.max_clicks) {
+            return Answer::Gone;
+        }
+        app.links.on_click(code);
+        flags = COUNTED;
+    }
+    if app.analytics.enabled {
+        let ip = if app.analytics.geo.enabled() { app.access.client_ip(visit.peer, visit.headers) } else { NO_IP };
+        worker.clicks.borrow_mut().visit(code, visit, ip, now, flags);
+    } else if flags == 0 {
         worker.clicks.borrow_mut().count(code);
+    } else if flags == BOT {
+        crate::metrics::bots(1);
     }
-    if !head {
-        bump(&stats.clicks);
-    }
-    Answer::Redirect { status: entry.status, location: entry.location.clone() }
+    bump(&worker.stats.clicks);
+    redirect
 }
 
 /// The HTTP response for an answer. hyper's header map allocates its
@@ -154,12 +179,12 @@ pub fn respond(app: &App, answer: Answer, head: bool) -> Response<Body> {
 
 /// The redirect for a code held by other nodes: fetched once (however many
 /// requests wait for it), then cached here like any other.
-async fn fetch_elsewhere(app: &App, worker: &Worker, code: &str, head: bool) -> Answer {
+async fn fetch_elsewhere(app: &App, worker: &Worker, code: &str, visit: &Visit<'_>) -> Answer {
     let (fetched, generation) = app.links.fetch_shared(code).await;
     match fetched {
         Ok(Some(stored)) => {
             let entry = app.cache.insert(code, Entry::from_lookup(stored.into_lookup()), generation, worker.now_ms());
-            answer_for(app, worker, code, head, &entry)
+            answer_for(app, worker, code, visit, &entry)
         }
         Ok(None) => Answer::NotFound,
         Err(()) => Answer::Unavailable,

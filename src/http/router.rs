@@ -17,6 +17,9 @@ pub enum Route<'a> {
     Links,
     LinksBatch,
     Link(&'a str),
+    LinkStats(&'a str),
+    LinkQr(&'a str),
+    Stats,
     HotStats,
     /// `GET /`: the UI or `--root-redirect`.
     Root,
@@ -33,9 +36,16 @@ impl Route<'_> {
     /// The methods a route answers, for 405's `Allow`.
     pub fn allow(&self) -> &'static str {
         match self {
-            Route::Redirect(_) | Route::Health | Route::Ready | Route::Metrics | Route::HotStats | Route::Root | Route::Ui(_) => {
-                "GET, HEAD"
-            }
+            Route::Redirect(_)
+            | Route::Health
+            | Route::Ready
+            | Route::Metrics
+            | Route::HotStats
+            | Route::Stats
+            | Route::LinkStats(_)
+            | Route::LinkQr(_)
+            | Route::Root
+            | Route::Ui(_) => "GET, HEAD",
             Route::Links => "GET, HEAD, POST",
             Route::LinksBatch => "POST",
             Route::Link(_) => "GET, HEAD, PATCH, DELETE",
@@ -47,9 +57,16 @@ impl Route<'_> {
 
     pub fn allows(&self, method: &Method) -> bool {
         match self {
-            Route::Redirect(_) | Route::Health | Route::Ready | Route::Metrics | Route::HotStats | Route::Root | Route::Ui(_) => {
-                method == Method::GET || method == Method::HEAD
-            }
+            Route::Redirect(_)
+            | Route::Health
+            | Route::Ready
+            | Route::Metrics
+            | Route::HotStats
+            | Route::Stats
+            | Route::LinkStats(_)
+            | Route::LinkQr(_)
+            | Route::Root
+            | Route::Ui(_) => method == Method::GET || method == Method::HEAD,
             Route::Links => method == Method::GET || method == Method::HEAD || method == Method::POST,
             Route::LinksBatch => method == Method::POST,
             Route::Link(_) => method == Method::GET || method == Method::HEAD || method == Method::PATCH || method == Method::DELETE,
@@ -69,6 +86,9 @@ impl Route<'_> {
             Route::Links => "links",
             Route::LinksBatch => "links_batch",
             Route::Link(_) => "link",
+            Route::LinkStats(_) => "link_stats",
+            Route::LinkQr(_) => "link_qr",
+            Route::Stats => "stats",
             Route::HotStats => "stats_hot",
             Route::Root => "root",
             Route::Ui(_) => "ui",
@@ -105,10 +125,16 @@ pub fn route(path: &str) -> Route<'_> {
         return match api {
             "links" => Route::Links,
             "links:batch" => Route::LinksBatch,
+            "stats" => Route::Stats,
             "stats/hot" => Route::HotStats,
             "cluster" => Route::Cluster,
             _ => match (api.strip_prefix("links/"), api.strip_prefix("cluster/members/")) {
                 (Some(code), _) if is_code(code) => Route::Link(code),
+                (Some(rest), _) => match rest.split_once('/') {
+                    Some((code, "stats")) if is_code(code) => Route::LinkStats(code),
+                    Some((code, "qr")) if is_code(code) => Route::LinkQr(code),
+                    _ => Route::NotFound,
+                },
                 (_, Some(id)) if !id.is_empty() && !id.contains('/') => Route::ClusterMember(id),
                 _ => Route::NotFound,
             },
@@ -134,6 +160,10 @@ mod tests {
         assert_eq!(route("/api/v1/links:batch"), Route::LinksBatch);
         assert_eq!(route("/api/v1/links/abc"), Route::Link("abc"));
         assert_eq!(route("/api/v1/links/a/b"), Route::NotFound);
+        assert_eq!(route("/api/v1/links/abc/stats"), Route::LinkStats("abc"));
+        assert_eq!(route("/api/v1/links/abc/qr"), Route::LinkQr("abc"));
+        assert_eq!(route("/api/v1/links/a%20/qr"), Route::NotFound);
+        assert_eq!(route("/api/v1/stats"), Route::Stats);
         assert_eq!(route("/api/v1/cluster"), Route::Cluster);
         assert_eq!(route("/api/v1/cluster/members/node-b"), Route::ClusterMember("node-b"));
         assert_eq!(route("/internal/v1/records/abc"), Route::Internal("records/abc"));

@@ -37,6 +37,7 @@ use tokio::task::JoinSet;
 use super::problem::Body;
 use super::router::{route, Route};
 use super::{api, redirect, App, Worker};
+use crate::analytics::capture::Visit;
 use crate::clicks::{Aggregator, ClickSink, FLUSH_EVERY};
 use crate::config::{Config, Switch};
 
@@ -115,7 +116,7 @@ impl Server {
         // over UDP, and a default public URL names it).
         cfg.listen = addr;
         let app = Arc::new(App::open(cfg)?);
-        let aggregator = Aggregator::start(app.store.clone(), app.hot.clone(), app.links.cluster().cloned());
+        let aggregator = Aggregator::start(app.store.clone(), app.hot.clone(), app.links.cluster().cloned(), app.analytics.clone());
         let (stop, _) = watch::channel(false);
         // Each worker has its own share of the connection limit: the kernel
         // queues a connection on one worker's listener, and only that worker
@@ -380,7 +381,8 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
                 if let Some(refused) = redirect::rate_limited(&self.app, self.peer, req.headers()) {
                     return SvcFuture::Ready(ready(Ok(refused)));
                 }
-                return match redirect::serve(&self.app, &self.worker, code, head) {
+                let visit = Visit { head, headers: req.headers(), peer: self.peer };
+                return match redirect::serve(&self.app, &self.worker, code, &visit) {
                     redirect::Served::Now(resp) => SvcFuture::Ready(ready(Ok(resp))),
                     redirect::Served::Later(fetching) => SvcFuture::Api(fetching),
                 };

@@ -8,7 +8,7 @@
 //! offset size field
 //!      0    8 checksum   xxh3_64 of bytes [8, len)
 //!      8    4 len        bytes in this record, header included, padding excluded
-//!     12    1 kind       1 put, 2 delete, 3 clicks, 4 idempotency
+//!     12    1 kind       1 put, 2 delete, 3 clicks, 4 idempotency, 5 rollups
 //!     13    1 version    1
 //!     14    2 key_len    bytes of key (0 for clicks)
 //!     16    8 lsn        log sequence number, strictly increasing
@@ -21,7 +21,15 @@
 //! delete: key
 //! clicks: count u32 | count x (key_len u16 | key | total u64)
 //! idempotency: body_hash u64 | code_len u16 | key (the Idempotency-Key) | code
+//! rollups: count u32 | count x rollup
+//! rollup: key_len u16 | key | hour u32 (unix hours) | clicks u32 | bots u32 |
+//!        values u16 | values x (dim u8 | value_len u8 | value | clicks u32)
 //! ```
+//!
+//! A rollup is one link's whole hour (clicks, bots and the counted value of
+//! each dimension, which `analytics` numbers); a later one for the same
+//! link and hour replaces it. Snapshots carry rollups in the same bytes
+//! (`encode_rollup`, `decode_rollup`).
 //!
 //! A version 1 record has origin 0 and no trailer; a single node writes
 //! only those. In a cluster, `time_ms` and `origin` of a put or delete are
@@ -49,6 +57,9 @@ pub const KIND_PUT: u8 = 1;
 pub const KIND_DELETE: u8 = 2;
 pub const KIND_CLICKS: u8 = 3;
 pub const KIND_IDEMPOTENCY: u8 = 4;
+pub const KIND_ROLLUPS: u8 = 5;
+/// Fixed bytes of a rollup besides its key and values.
+pub const ROLLUP_FIXED: usize = 2 + 4 + 4 + 4 + 2;
 
 pub const FLAG_DISABLED: u8 = 1;
 
@@ -71,6 +82,57 @@ pub enum Body<'a> {
     Delete { key: &'a [u8] },
     Clicks(Vec<(&'a [u8], u64)>),
     Idempotency { key: &'a [u8], body_hash: u64, code: &'a [u8] },
+    Rollups(Vec<Rollup<'a>>),
+}
+
+/// One link's counts for one hour, as bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rollup<'a> {
+    pub key: &'a [u8],
+    pub hour: u32,
+    pub clicks: u32,
+    pub bots: u32,
+    /// `(dimension, value, clicks)`; values are at most 255 bytes.
+    pub values: Vec<(u8, &'a [u8], u32)>,
+}
+
+/// Appends one rollup's bytes (the layout above) to `out`. Values longer
+/// than 255 bytes are cut to 255.
+pub fn encode_rollup(r: &Rollup<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(r.key.len() as u16).to_le_bytes());
+    out.extend_from_slice(r.key);
+    out.extend_from_slice(&r.hour.to_le_bytes());
+    out.extend_from_slice(&r.clicks.to_le_bytes());
+    out.extend_from_slice(&r.bots.to_le_bytes());
+    out.extend_from_slice(&(r.values.len() as u16).to_le_bytes());
+    for (dim, value, n) in &r.values {
+        let value = &value[..value.len().min(u8::MAX as usize)];
+        out.push(*dim);
+        out.push(value.len() as u8);
+        out.extend_from_slice(value);
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+/// Reads one rollup from the start of `b`; returns it and its length.
+pub fn decode_rollup(b: &[u8]) -> Result<(Rollup<'_>, usize), DecodeError> {
+    let get = |at: usize, n: usize| b.get(at..at + n).ok_or(DecodeError::Malformed);
+    let klen = u16_at(get(0, 2)?, 0) as usize;
+    let key = get(2, klen)?;
+    let mut at = 2 + klen;
+    let fixed = get(at, 14)?;
+    let (hour, clicks, bots, count) = (u32_at(fixed, 0), u32_at(fixed, 4), u32_at(fixed, 8), u16_at(fixed, 12) as usize);
+    at += 14;
+    let mut values = Vec::with_capacity(count.min(b.len() / 6));
+    for _ in 0..count {
+        let head = get(at, 2)?;
+        let (dim, vlen) = (head[0], head[1] as usize);
+        let value = get(at + 2, vlen)?;
+        let n = u32_at(get(at + 2 + vlen, 4)?, 0);
+        values.push((dim, value, n));
+        at += 6 + vlen;
+    }
+    Ok((Rollup { key, hour, clicks, bots, values }, at))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +199,13 @@ pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) -> usize {
             out.extend_from_slice(key);
             out.extend_from_slice(code);
             (KIND_IDEMPOTENCY, key.len())
+        }
+        Body::Rollups(rollups) => {
+            out.extend_from_slice(&(rollups.len() as u32).to_le_bytes());
+            for r in rollups {
+                encode_rollup(r, out);
+            }
+            (KIND_ROLLUPS, 0)
         }
     };
     if rec.origin != 0 {
@@ -253,6 +322,20 @@ pub fn decode(data: &[u8], at: usize) -> Result<(Record<'_>, usize), DecodeError
             }
             Body::Idempotency { body_hash: u64_at(body, 0), key: &body[10..10 + key_len], code: &body[10 + key_len..] }
         }
+        KIND_ROLLUPS => {
+            let count = u32_at(body.get(..4).ok_or(DecodeError::Malformed)?, 0) as usize;
+            let mut rollups = Vec::with_capacity(count.min(body.len() / ROLLUP_FIXED));
+            let mut at = 4;
+            for _ in 0..count {
+                let (r, used) = decode_rollup(&body[at..])?;
+                rollups.push(r);
+                at += used;
+            }
+            if at != body.len() {
+                return Err(DecodeError::Malformed);
+            }
+            Body::Rollups(rollups)
+        }
         _ => return Err(DecodeError::Malformed),
     };
     Ok((Record { lsn, time_ms, origin, body }, len))
@@ -297,6 +380,30 @@ mod tests {
         fn delete_and_idempotency_round_trip(key in bytes(64), code in bytes(64), h: u64, lsn: u64, o: u32) {
             check(Record { lsn, time_ms: 2, origin: o, body: Body::Delete { key: &key } });
             check(Record { lsn, time_ms: 3, origin: 0, body: Body::Idempotency { key: &key, body_hash: h, code: &code } });
+        }
+
+        #[test]
+        fn rollups_round_trip(
+            rollups in proptest::collection::vec(
+                (bytes(64), any::<u32>(), any::<u32>(), any::<u32>(), proptest::collection::vec((0u8..5, bytes(255), any::<u32>()), 0..12)),
+                0..8,
+            ),
+            lsn: u64,
+            o: u32,
+        ) {
+            let body = Body::Rollups(
+                rollups
+                    .iter()
+                    .map(|(k, hour, clicks, bots, values)| Rollup {
+                        key: k,
+                        hour: *hour,
+                        clicks: *clicks,
+                        bots: *bots,
+                        values: values.iter().map(|(d, v, n)| (*d, v.as_slice(), *n)).collect(),
+                    })
+                    .collect(),
+            );
+            check(Record { lsn, time_ms: 4, origin: o, body });
         }
 
         #[test]

@@ -15,6 +15,7 @@
 //!         2 clicks    key_len u8 | key | total u64
 //!         3 idem      key_len u8 | key | body_hash u64 | at_ms i64 | code_len u8 | code
 //!         4 live      seg u32 | live_bytes u64
+//!         5 rollup    len u32 | one rollup, as in a rollups record (record.rs)
 //!         255 end
 //! trailer entries u64 | xxh3_64 of every byte before it (u64)
 //! ```
@@ -28,13 +29,16 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 use super::segment::sync_dir;
 
 const MAGIC: &[u8; 8] = b"SHORTDSN";
-/// 2: location entries carry a live byte.
-const VERSION: u32 = 2;
+/// 2: location entries carry a live byte. 3: rollup entries. Version 2
+/// files are read as they are (they hold no rollups).
+const VERSION: u32 = 3;
+const OLDEST_READ: u32 = 2;
 const HEADER_LEN: usize = 48;
 const TAG_LOC: u8 = 1;
 const TAG_CLICKS: u8 = 2;
 const TAG_IDEM: u8 = 3;
 const TAG_LIVE: u8 = 4;
+const TAG_ROLLUP: u8 = 5;
 const TAG_END: u8 = 255;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,10 +53,28 @@ pub struct SnapshotMeta {
 /// One entry as read back from a snapshot.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Entry<'a> {
-    Loc { key: &'a [u8], seg: u32, off: u32, live: bool },
-    Clicks { key: &'a [u8], total: u64 },
-    Idem { key: &'a [u8], body_hash: u64, at_ms: i64, code: &'a [u8] },
-    Live { seg: u32, bytes: u64 },
+    Loc {
+        key: &'a [u8],
+        seg: u32,
+        off: u32,
+        live: bool,
+    },
+    Clicks {
+        key: &'a [u8],
+        total: u64,
+    },
+    Idem {
+        key: &'a [u8],
+        body_hash: u64,
+        at_ms: i64,
+        code: &'a [u8],
+    },
+    Live {
+        seg: u32,
+        bytes: u64,
+    },
+    /// One rollup's bytes (`record::decode_rollup` reads them).
+    Rollup(&'a [u8]),
 }
 
 pub fn snapshot_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
@@ -135,6 +157,14 @@ impl SnapshotWriter {
         self.put(&bytes.to_le_bytes())
     }
 
+    /// One rollup's bytes, from `record::encode_rollup`.
+    pub fn rollup(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.entries += 1;
+        self.put(&[TAG_ROLLUP])?;
+        self.put(&(bytes.len() as u32).to_le_bytes())?;
+        self.put(bytes)
+    }
+
     /// Writes the trailer, makes the file durable and renames it into place.
     pub fn finish(mut self) -> io::Result<PathBuf> {
         self.put(&[TAG_END])?;
@@ -192,7 +222,7 @@ impl Snapshot {
         }
         let u32_at = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
-        if u32_at(8) != VERSION {
+        if !(OLDEST_READ..=VERSION).contains(&u32_at(8)) {
             return Err(SnapshotError::Malformed(8));
         }
         let meta = SnapshotMeta {
@@ -234,6 +264,11 @@ impl Snapshot {
                 let seg = num(take(&mut at, 4)?) as u32;
                 let bytes = num(take(&mut at, 8)?);
                 f(Entry::Live { seg, bytes });
+                continue;
+            }
+            if tag == TAG_ROLLUP {
+                let len = num(take(&mut at, 4)?) as usize;
+                f(Entry::Rollup(take(&mut at, len)?));
                 continue;
             }
             let klen = take(&mut at, 1)?[0] as usize;
@@ -282,12 +317,13 @@ mod tests {
         w.clicks(b"abc", 12).unwrap();
         w.idem(b"key-1", 99, 1234, b"abc").unwrap();
         w.live(1, 500).unwrap();
+        w.rollup(b"rollup bytes").unwrap();
         let path = w.finish().unwrap();
         let snap = Snapshot::read(&path).unwrap();
         assert_eq!(snap.meta, meta);
         let mut seen = vec![];
         snap.for_each(|e| seen.push(format!("{e:?}"))).unwrap();
-        assert_eq!(seen.len(), 4);
+        assert_eq!(seen.len(), 5);
         assert!(seen[2].contains("Idem"));
         let mut bytes = std::fs::read(&path).unwrap();
         for i in [0, 20, 50, bytes.len() - 1] {

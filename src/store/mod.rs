@@ -19,6 +19,7 @@ use crossbeam_channel::Sender;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
+use crate::analytics::rollup::Rollups;
 use crate::code::CodeKey;
 use crate::config::Durability;
 use crate::journal::record::{self, Body};
@@ -207,6 +208,8 @@ pub struct StoreOptions {
     pub scrub_rate: u64,
     /// Pause between the end of one scrub pass and the start of the next.
     pub scrub_interval: Duration,
+    /// Values kept per dimension per hour in rollups, besides `other`.
+    pub stats_top: usize,
 }
 
 impl StoreOptions {
@@ -224,6 +227,7 @@ impl StoreOptions {
             read_only: false,
             scrub_rate: 16 << 20,
             scrub_interval: Duration::from_secs(24 * 3600),
+            stats_top: crate::analytics::rollup::DEFAULT_TOP,
         }
     }
 }
@@ -250,6 +254,8 @@ pub struct Shared {
     pub damage: Mutex<BTreeMap<PathBuf, String>>,
     /// Where the log's written data ends (see `journal::log::written_loc`).
     pub written: Arc<AtomicU64>,
+    /// Hourly click analytics per link, logged like click totals.
+    pub rollups: Rollups,
 }
 
 impl Shared {
@@ -596,6 +602,24 @@ impl Store {
             // Still dirty: the next round logs them.
             tracing::warn!(error = %e, "click totals not logged this round");
             self.shared.dirty_clicks.lock().extend(keys);
+        }
+    }
+
+    pub fn rollups(&self) -> &Rollups {
+        &self.shared.rollups
+    }
+
+    /// Hands changed rollups to the writer to be logged; `current` is the
+    /// hour now, the first one not yet trimmed to its top values.
+    pub fn persist_rollups(&self, current: u32) {
+        let dirty = self.shared.rollups.take_dirty(current);
+        if dirty.is_empty() {
+            return;
+        }
+        let keys: Vec<(CompactString, u32)> = dirty.iter().map(|(c, h, _)| (c.clone(), *h)).collect();
+        if let Err(e) = self.send(Command::Rollups(dirty)) {
+            tracing::warn!(error = %e, "rollups not logged this round");
+            self.shared.rollups.mark_dirty(keys);
         }
     }
 

@@ -18,6 +18,7 @@ use compact_str::CompactString;
 use parking_lot::{Mutex, RwLock};
 
 use super::{Idem, Loc, OpenError, Shared, StoreOptions, ALIAS_ID};
+use crate::analytics::rollup::{Hour, Rollups};
 use crate::code::CodeKey;
 use crate::journal::open::{self, io_err, ReplayRules};
 use crate::journal::record::{self, Body, Record};
@@ -65,6 +66,7 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
         live_links: AtomicU64::new(0),
         damage: Mutex::new(BTreeMap::new()),
         written: Arc::new(AtomicU64::new(0)),
+        rollups: Rollups::new(opts.stats_top),
     });
 
     let mut state = Replay { shared: &shared, live: HashMap::new(), next_id: 0, next_lsn: 1, replayed: 0, live_links: 0 };
@@ -125,6 +127,7 @@ impl Replay<'_> {
         self.shared.index.clear();
         self.shared.clicks.clear();
         self.shared.idem.clear();
+        self.shared.rollups.clear();
         self.live.clear();
         self.next_id = 0;
         self.next_lsn = 1;
@@ -160,6 +163,10 @@ impl Replay<'_> {
             Entry::Live { seg, bytes } => {
                 self.live.insert(seg, bytes);
             }
+            Entry::Rollup(bytes) => match record::decode_rollup(bytes) {
+                Ok((r, _)) => self.shared.rollups.replace(key_of(r.key), r.hour, Hour::from_record(&r)),
+                Err(e) => tracing::warn!(error = %e, "snapshot holds an unreadable rollup; skipped"),
+            },
         })
         .map_err(|e| OpenError::Invalid(format!("snapshot: {e}")))?;
         // Inserting into a large index is bound by cache misses; spread it
@@ -212,6 +219,12 @@ impl Replay<'_> {
             Body::Idempotency { key, body_hash, code } => {
                 let idem = Idem { code: key_of(code), body_hash: *body_hash, at_ms: rec.time_ms };
                 self.shared.idem.insert(key_of(key), idem);
+                return;
+            }
+            Body::Rollups(rollups) => {
+                for r in rollups {
+                    self.shared.rollups.replace(key_of(r.key), r.hour, Hour::from_record(r));
+                }
                 return;
             }
         };

@@ -25,6 +25,7 @@ use super::{
     ApplyMode, Change, Created, Idem, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, Version, WriteError, ALIAS_ID,
     IDEMPOTENCY_WINDOW_MS,
 };
+use crate::analytics::rollup::Hour;
 use crate::code::CODE_SPACE;
 use crate::journal::record::{self, Body, Put, Record};
 use crate::journal::scan::{Found, Scan};
@@ -35,6 +36,7 @@ use crate::metrics as m;
 
 const MAX_BATCH: usize = 1024;
 const CLICKS_PER_RECORD: usize = 256;
+const ROLLUPS_PER_RECORD: usize = 64;
 const COMPACT_CHUNK: usize = 2048;
 const TICK: Duration = Duration::from_millis(100);
 const IDEM_PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -45,6 +47,7 @@ pub enum Command {
     Delete { code: CompactString, reply: oneshot::Sender<Result<(), WriteError>> },
     Apply { change: Change, mode: ApplyMode, reply: oneshot::Sender<Result<bool, WriteError>> },
     Clicks(Vec<(CompactString, u64)>),
+    Rollups(Vec<(CompactString, u32, Hour)>),
     Sync { reply: oneshot::Sender<Result<(), WriteError>> },
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -236,6 +239,18 @@ impl Writer {
                     self.batch_clicks.extend(keys);
                 } else {
                     self.shared.dirty_clicks.lock().extend(keys);
+                }
+            }
+            Command::Rollups(hours) => {
+                for (i, chunk) in hours.chunks(ROLLUPS_PER_RECORD).enumerate() {
+                    let rollups = chunk.iter().map(|(code, hour, h)| h.to_record(code, *hour)).collect();
+                    let rec = Record { lsn: 0, time_ms: now_ms(), origin: 0, body: Body::Rollups(rollups) };
+                    if let Err(e) = self.append(rec) {
+                        tracing::warn!(error = %e, "rollups not logged; they stay pending");
+                        let rest = hours[i * ROLLUPS_PER_RECORD..].iter().map(|(c, h, _)| (c.clone(), *h));
+                        self.shared.rollups.mark_dirty(rest);
+                        break;
+                    }
                 }
             }
             Command::Sync { reply } => self.sync_replies.push(reply),
@@ -709,6 +724,20 @@ fn write_snapshot(shared: &Shared, dir: &std::path::Path, meta: &SnapshotMeta, l
     }
     for &(seg, bytes) in live {
         w.live(seg, bytes)?;
+    }
+    // Encoded under the table's lock (compact, and no disk wait while the
+    // aggregator waits); rollups of links gone from the index go with them.
+    let (mut bytes, mut ends) = (Vec::new(), Vec::new());
+    shared.rollups.for_all(|code, hour, h| {
+        if shared.index.contains_key(code) {
+            record::encode_rollup(&h.to_record(code, hour), &mut bytes);
+            ends.push(bytes.len());
+        }
+    });
+    let mut start = 0;
+    for end in ends {
+        w.rollup(&bytes[start..end])?;
+        start = end;
     }
     w.finish()
 }

@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod disk;
+pub mod mmdb;
 pub mod tools;
 
 use std::collections::HashSet;

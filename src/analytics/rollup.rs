@@ -1,0 +1,242 @@
+//! Hourly rollups: one link's clicks, bots and the counted values of each
+//! dimension for one hour, and the table of them all.
+//!
+//! Memory stays bounded per hour: while an hour is open a dimension keeps
+//! up to `OPEN_FACTOR` x top-N values, later newcomers count under `other`;
+//! once the hour has closed it is trimmed to its top N plus `other` before
+//! it is logged. The aggregator is the only writer; API reads take the same
+//! lock for the span of one query. The store replays and snapshots the
+//! table (`record::Rollup` bytes), and logs what `take_dirty` hands it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use compact_str::CompactString;
+use parking_lot::Mutex;
+
+use crate::journal::record;
+
+/// Dimensions, in the order of their numbers in the log.
+pub const DIMS: usize = 5;
+pub const REFERRER: usize = 0;
+pub const COUNTRY: usize = 1;
+pub const DEVICE: usize = 2;
+pub const BROWSER: usize = 3;
+pub const OS: usize = 4;
+/// The name of each dimension in the stats API.
+pub const DIM_NAMES: [&str; DIMS] = ["referrers", "countries", "devices", "browsers", "os"];
+/// What values past the top N are counted as.
+pub const OTHER: &str = "other";
+/// An open hour keeps this many times top-N values per dimension.
+const OPEN_FACTOR: usize = 4;
+pub const MS_PER_HOUR: i64 = 3_600_000;
+
+pub fn hour_of(ms: i64) -> u32 {
+    (ms.max(0) / MS_PER_HOUR) as u32
+}
+
+/// One link's counts for one hour.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hour {
+    pub clicks: u32,
+    pub bots: u32,
+    pub values: [Vec<(CompactString, u32)>; DIMS],
+}
+
+impl Hour {
+    /// Counts `n` clicks of `value` in `dim`, keeping at most `cap` values
+    /// besides `other`.
+    pub fn add(&mut self, dim: usize, value: &str, n: u32, cap: usize) {
+        let vals = &mut self.values[dim];
+        if let Some(v) = vals.iter_mut().find(|(k, _)| k == value) {
+            v.1 = v.1.saturating_add(n);
+            return;
+        }
+        let named = vals.iter().filter(|(k, _)| k != OTHER).count();
+        if named < cap || value == OTHER {
+            vals.push((value.into(), n));
+            return;
+        }
+        match vals.iter_mut().find(|(k, _)| k == OTHER) {
+            Some(o) => o.1 = o.1.saturating_add(n),
+            None => vals.push((OTHER.into(), n)),
+        }
+    }
+
+    /// Keeps the `top` most clicked values of each dimension and folds the
+    /// rest into `other`.
+    pub fn trim(&mut self, top: usize) {
+        for vals in &mut self.values {
+            let mut other: u32 = 0;
+            vals.retain(|(k, n)| {
+                let keep = k != OTHER;
+                if !keep {
+                    other = other.saturating_add(*n);
+                }
+                keep
+            });
+            vals.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            for (_, n) in vals.drain(top.min(vals.len())..) {
+                other = other.saturating_add(n);
+            }
+            if other > 0 {
+                vals.push((OTHER.into(), other));
+            }
+        }
+    }
+
+    pub fn to_record<'a>(&'a self, code: &'a str, hour: u32) -> record::Rollup<'a> {
+        let values = self.values.iter().enumerate().flat_map(|(d, vals)| vals.iter().map(move |(v, n)| (d as u8, v.as_bytes(), *n)));
+        record::Rollup { key: code.as_bytes(), hour, clicks: self.clicks, bots: self.bots, values: values.collect() }
+    }
+
+    pub fn from_record(r: &record::Rollup<'_>) -> Hour {
+        let mut h = Hour { clicks: r.clicks, bots: r.bots, ..Hour::default() };
+        for (dim, value, n) in &r.values {
+            if let Some(vals) = h.values.get_mut(*dim as usize) {
+                vals.push((CompactString::from_utf8_lossy(value), *n));
+            }
+        }
+        h
+    }
+}
+
+type Key = (CompactString, u32);
+
+#[derive(Default)]
+struct Table {
+    links: HashMap<CompactString, BTreeMap<u32, Hour>, crate::store::Hasher>,
+    dirty: HashSet<Key, crate::store::Hasher>,
+}
+
+/// Every link's hours.
+pub struct Rollups {
+    table: Mutex<Table>,
+    top: usize,
+}
+
+impl Default for Rollups {
+    fn default() -> Self {
+        Rollups::new(DEFAULT_TOP)
+    }
+}
+
+/// Values kept per dimension per hour, besides `other`.
+pub const DEFAULT_TOP: usize = 20;
+
+impl Rollups {
+    pub fn new(top: usize) -> Rollups {
+        Rollups { table: Mutex::default(), top: top.max(1) }
+    }
+
+    /// Replay and snapshot load: the hour as logged.
+    pub fn replace(&self, code: CompactString, hour: u32, h: Hour) {
+        self.table.lock().links.entry(code).or_default().insert(hour, h);
+    }
+
+    /// The aggregator's fold: `f` changes `code`'s hour, which is then
+    /// due to be logged. `f` gets the per-dimension cap to pass to `add`.
+    pub fn update(&self, code: &str, hour: u32, f: impl FnOnce(&mut Hour, usize)) {
+        let cap = self.top * OPEN_FACTOR;
+        let mut t = self.table.lock();
+        f(t.links.entry(code.into()).or_default().entry(hour).or_default(), cap);
+        t.dirty.insert((code.into(), hour));
+    }
+
+    /// The hours changed since the last call, closed ones (before
+    /// `current`) trimmed to the top N first.
+    pub fn take_dirty(&self, current: u32) -> Vec<(CompactString, u32, Hour)> {
+        let mut t = self.table.lock();
+        let dirty = std::mem::take(&mut t.dirty);
+        let top = self.top;
+        dirty
+            .into_iter()
+            .filter_map(|(code, hour)| {
+                let h = t.links.get_mut(code.as_str())?.get_mut(&hour)?;
+                if hour < current {
+                    h.trim(top);
+                }
+                let h = h.clone();
+                Some((code, hour, h))
+            })
+            .collect()
+    }
+
+    /// Marks hours as still to be logged (a failed append).
+    pub fn mark_dirty(&self, keys: impl IntoIterator<Item = Key>) {
+        self.table.lock().dirty.extend(keys);
+    }
+
+    /// Drops every hour before `first_kept`.
+    pub fn prune(&self, first_kept: u32) {
+        let mut t = self.table.lock();
+        t.links.retain(|_, hours| {
+            *hours = hours.split_off(&first_kept);
+            !hours.is_empty()
+        });
+    }
+
+    /// Calls `f` with every link's hours in `[from, to)`, or one link's.
+    pub fn each(&self, code: Option<&str>, from: u32, to: u32, mut f: impl FnMut(&str, u32, &Hour)) {
+        let t = self.table.lock();
+        let mut visit = |code: &str, hours: &BTreeMap<u32, Hour>| {
+            for (&hour, h) in hours.range(from..to.max(from)) {
+                f(code, hour, h);
+            }
+        };
+        match code {
+            Some(c) => {
+                if let Some(hours) = t.links.get(c) {
+                    visit(c, hours);
+                }
+            }
+            None => t.links.iter().for_each(|(c, hours)| visit(c, hours)),
+        }
+    }
+
+    /// Every hour of every link, for a snapshot.
+    pub fn for_all(&self, mut f: impl FnMut(&str, u32, &Hour)) {
+        let t = self.table.lock();
+        for (code, hours) in &t.links {
+            for (&hour, h) in hours {
+                f(code, hour, h);
+            }
+        }
+    }
+
+    /// Every hour of one link (export).
+    pub fn of(&self, code: &str) -> Vec<(u32, Hour)> {
+        self.table.lock().links.get(code).map(|hours| hours.iter().map(|(k, v)| (*k, v.clone())).collect()).unwrap_or_default()
+    }
+
+    pub fn clear(&self) {
+        let mut t = self.table.lock();
+        t.links.clear();
+        t.dirty.clear();
+    }
+
+    /// Links and hours held, for the memory figures.
+    pub fn size(&self) -> (usize, usize) {
+        let t = self.table.lock();
+        (t.links.len(), t.links.values().map(|h| h.len()).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_cap_values_count_as_other_and_trim_keeps_the_top() {
+        let mut h = Hour::default();
+        for (i, n) in [5u32, 1, 9, 3].iter().enumerate() {
+            h.add(REFERRER, &format!("r{i}"), *n, 3);
+        }
+        assert_eq!(h.values[REFERRER].len(), 4);
+        assert_eq!(h.values[REFERRER][3], (CompactString::from(OTHER), 3));
+        h.trim(2);
+        let got: Vec<_> = h.values[REFERRER].iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        assert_eq!(got, [("r2", 9), ("r0", 5), (OTHER, 4)]);
+        let rec = h.to_record("abc", 7);
+        assert_eq!(Hour::from_record(&rec), h);
+    }
+}
