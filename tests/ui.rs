@@ -27,6 +27,8 @@ const KEY: &str = "ui-test-key-0123";
 /// 20 s on the project's machine).
 const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
 const AXE_VERSION: &str = "4.10.3";
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+const CHROME: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36";
 
 fn auth() -> String {
     format!("Bearer {KEY}")
@@ -274,6 +276,17 @@ fn the_ui_works_in_a_real_browser() {
         assert_eq!(r.status, 201, "{r:?}");
         codes.push(r.json()["code"].as_str().expect("a code").to_string());
     }
+    // Clicks from two browsers, so the detail has a series and breakdowns
+    // to show; the scenario starts once the stats API counts them.
+    for (agent, referer) in [(FIREFOX, "https://news.example.com/item?id=1"), (FIREFOX, "https://news.example.com/"), (CHROME, "https://mail.example.org/")] {
+        let r = s.send("GET", &format!("/{}", codes[0]), &[("User-Agent", agent), ("Referer", referer)], Body::None);
+        assert_eq!(r.status, 302, "{r:?}");
+    }
+    let counted = common::poll_until(Duration::from_secs(10), || {
+        let r = s.send("GET", &format!("/api/v1/links/{}/stats", codes[0]), &[("Authorization", &auth())], Body::None);
+        (r.status == 200 && r.json()["clicks"] == 3).then_some(())
+    });
+    assert!(counted.is_some(), "the stats API never counted the 3 clicks");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/ui_scenario.py");
     let mut cmd = Command::new(python);
     cmd.arg(&script).env("SHORTD_URL", &s.base).env("SHORTD_KEY", KEY).env("SHORTD_CODES", codes.join(",")).env("AXE_JS", &axe);

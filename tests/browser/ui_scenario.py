@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
@@ -103,7 +103,7 @@ class Scenario:
 
     def wait(self, what, fn, timeout=WAIT):
         try:
-            return WebDriverWait(self.d, timeout).until(lambda _: fn())
+            return WebDriverWait(self.d, timeout, ignored_exceptions=[StaleElementReferenceException]).until(lambda _: fn())
         except TimeoutException:
             self.drain()
             fail(f"timed out waiting for {what}; page text:\n{self.text()}\nconsole: {self.errors}")
@@ -239,6 +239,14 @@ class Scenario:
         for caption in ["Referrers", "Countries", "Devices", "Browsers", "Operating systems"]:
             if caption not in self.text():
                 fail(f"the detail shows no {caption} breakdown")
+        # The clicks made before the scenario (tests/ui.rs): 2 from Firefox
+        # via news.example.com, 1 from Chrome.
+        def shown():
+            tables = {t.find_element(By.TAG_NAME, "caption").text: t.text for t in self.d.find_elements(By.CSS_SELECTOR, "#breakdowns table")}
+            caption = self.d.find_element(By.CSS_SELECTOR, "#chart figcaption").text
+            return "Firefox 2" in tables.get("Browsers", "") and "news.example.com 2" in tables.get("Referrers", "") and caption.startswith("3 clicks")
+
+        self.wait("the 3 clicks in the chart and the breakdowns", shown)
         print(f"detail of {code}: QR image loaded, chart and breakdowns shown")
 
     def edit(self, code):

@@ -13,7 +13,7 @@
   const BREAKDOWNS = [['referrers', 'Referrers'], ['countries', 'Countries'], ['devices', 'Devices'], ['browsers', 'Browsers'], ['os', 'Operating systems']];
   const SVG = 'http://www.w3.org/2000/svg';
 
-  const state = { auth: 'api-key', listSeq: 0, cursor: null, objectUrls: [] };
+  const state = { auth: 'api-key', listSeq: 0, statsSeq: 0, cursor: null, objectUrls: [] };
   const $ = (sel, root = document) => root.querySelector(sel);
 
   class ApiError extends Error {
@@ -421,16 +421,19 @@
     const to = Math.ceil(Date.now() / step) * step;
     const params = new URLSearchParams({ from: iso(to - span), to: iso(to), interval });
     const error = $('#stats-error', view);
+    // Only the latest request draws: an earlier answer arriving late (say
+    // hourly after a switch to daily) is dropped.
+    const seq = ++state.statsSeq;
     let stats;
     try {
       stats = await api(`${path}?${params}`);
     } catch (e) {
-      if (!view.isConnected) return null;
+      if (!view.isConnected || seq !== state.statsSeq) return null;
       error.textContent = `Click statistics are unavailable: ${problemText(e)}`;
       $('#chart', view).replaceChildren();
       return null;
     }
-    if (!view.isConnected) return null;
+    if (!view.isConnected || seq !== state.statsSeq) return null;
     error.textContent = '';
     $('#chart', view).replaceChildren(drawChart(stats, interval, to - span, to));
     if (extra) extra(view, stats);
