@@ -11,6 +11,7 @@ Run by tests/ui.rs, which starts shortd and passes, in the environment:
 Exits non-zero with a message on the first thing that is not as expected.
 """
 
+import base64
 import json
 import os
 import sys
@@ -152,9 +153,15 @@ class Scenario:
         print(f"axe-core on the {page}: {len(result)} minor or moderate, none serious or critical")
 
     def shot(self, name):
+        """The whole page, not just the window, as a PNG in SHOTS."""
         if SHOTS:
             os.makedirs(SHOTS, exist_ok=True)
-            self.d.save_screenshot(os.path.join(SHOTS, name))
+            self.d.execute_script("window.scrollTo(0, 0); document.activeElement && document.activeElement.blur()")
+            size = self.d.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+            clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+            png = self.d.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
+            with open(os.path.join(SHOTS, name), "wb") as f:
+                f.write(base64.b64decode(png["data"]))
 
     def no_horizontal_scroll(self, page):
         over = self.d.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
@@ -222,8 +229,14 @@ class Scenario:
         print("search narrows the list by URL part and by code prefix")
 
     def detail(self, code):
-        link = next(a for a in self.d.find_elements(By.CSS_SELECTOR, "#links-body a") if a.text == code)
-        link.click()
+        def open_detail():
+            for a in self.d.find_elements(By.CSS_SELECTOR, "#links-body a"):
+                if a.text == code:
+                    a.click()
+                    return True
+            return False
+
+        self.wait(f"{code} in the list to click", open_detail)
         self.wait("the detail view", lambda: self.d.find_elements(By.ID, "d-body") and self.d.find_element(By.ID, "d-body").is_displayed())
         qr = self.wait(
             "the QR image to load",

@@ -143,12 +143,18 @@
     }
   }
 
+  // `fn` once typing pauses for `ms`; `.now()` runs it at once instead.
   function debounce(fn, ms) {
     let timer;
-    return (...args) => {
+    const later = (...args) => {
       clearTimeout(timer);
       timer = setTimeout(() => fn(...args), ms);
     };
+    later.now = (...args) => {
+      clearTimeout(timer);
+      fn(...args);
+    };
+    return later;
   }
 
   function codePath(code) {
@@ -201,11 +207,12 @@
       create(view);
     });
     $('#copy-created', view).addEventListener('click', () => copy($('#created-url', view).textContent, $('#copy-status', view)));
-    $('#search', view).addEventListener('input', debounce(() => loadLinks(view, true), 250));
+    const search = debounce(() => loadLinks(view, true), 250);
+    $('#search', view).addEventListener('input', search);
     $('#search', view).addEventListener('keydown', (ev) => {
       if (ev.key === 'Enter') {
         ev.preventDefault();
-        loadLinks(view, true);
+        search.now();
       }
     });
     $('#more', view).addEventListener('click', () => loadLinks(view, false));
