@@ -7,14 +7,12 @@
 //! batches in the order of the answer (oldest or newest segment first),
 //! and the scan stops at the first batch that fills the page; within a
 //! segment, an oldest-first scan stops at the page limit. A search that
-//! matches little reads the whole log once: about 100 ns per record per
-//! core (docs/benchmarks.md).
+//! matches little reads the whole log once (docs/benchmarks.md has the
+//! figures for 10 M links).
 //!
 //! Cursors are log positions, as for `Store::page`: oldest first, the
 //! position after the last link returned; newest first, the position of
 //! the last link returned, the next page holding what lies before it.
-
-use std::collections::VecDeque;
 
 use memchr::memmem;
 
@@ -109,31 +107,63 @@ impl Store {
 
     /// The matching records of `seg` in `[from, to)` that are still their
     /// key's newest: the first `want` (oldest first) or the last `want`.
+    /// Candidates are picked without checksums (`record::peek_put`); each
+    /// one returned is decoded in full by `link_at`. Newest first, one pass
+    /// forward notes every match, then the index is asked about them from
+    /// the last one back until `want` are live: a plain newest-first page
+    /// asks about 50 keys, not about every record of the segment.
     fn scan(&self, seg: &Segment, from: usize, to: usize, query: Option<&Query<'_>>, order: Order, want: usize) -> Found {
-        let mut kept = VecDeque::new();
         let bytes = seg.bytes();
+        // Not past what the log has written: a record being appended is
+        // not read half-done.
+        let written = self.shared.written();
+        let to = match seg.number.cmp(&written.seg) {
+            std::cmp::Ordering::Less => to,
+            std::cmp::Ordering::Equal => to.min(written.off as usize),
+            std::cmp::Ordering::Greater => return Vec::new(),
+        };
+        let live = |key: &[u8], here: Loc| {
+            std::str::from_utf8(key).is_ok_and(|key| self.shared.index.get(key).is_some_and(|l| *l == here))
+        };
+        let mut found = Vec::new();
+        let mut candidates = Vec::new();
         let mut at = from.max(SEGMENT_HEADER_LEN);
         while at < to {
-            let Ok((rec, len)) = record::decode(bytes, at) else { break };
-            let here = Loc { seg: seg.number, off: at as u32 };
+            let Ok((put, len)) = record::peek_put(bytes, at) else { break };
+            let here = at;
             at += record::padded(len);
-            let Body::Put(p) = &rec.body else { continue };
-            if query.is_some_and(|q| !q.matches(p.key, p.url)) {
+            let Some((key, url)) = put else { continue };
+            if query.is_some_and(|q| !q.matches(key, url)) {
                 continue;
             }
-            let Ok(key) = std::str::from_utf8(p.key) else { continue };
-            if !self.shared.index.get(key).is_some_and(|l| *l == here) {
-                continue;
-            }
-            kept.push_back((here, at as u32));
-            if kept.len() > want {
-                kept.pop_front();
-            }
-            if order == Order::Oldest && kept.len() == want {
-                break;
+            match order {
+                Order::Newest => candidates.push((here as u32, at as u32)),
+                Order::Oldest => {
+                    let loc = Loc { seg: seg.number, off: here as u32 };
+                    if live(key, loc) {
+                        found.push((loc, at as u32));
+                        if found.len() == want {
+                            break;
+                        }
+                    }
+                }
             }
         }
-        kept.into()
+        for &(off, end) in candidates.iter().rev() {
+            let loc = Loc { seg: seg.number, off };
+            if let Ok((Some((key, _)), _)) = record::peek_put(bytes, off as usize) {
+                if live(key, loc) {
+                    found.push((loc, end));
+                    if found.len() == want {
+                        break;
+                    }
+                }
+            }
+        }
+        if order == Order::Newest {
+            found.reverse();
+        }
+        found
     }
 
     fn link_at(&self, loc: Loc) -> Option<Link> {
