@@ -28,7 +28,8 @@ const KEY: &str = "ui-test-key-0123";
 const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
 const AXE_VERSION: &str = "4.10.3";
 const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
-const CHROME: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36";
+const CHROME: &str =
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36";
 
 fn auth() -> String {
     format!("Bearer {KEY}")
@@ -204,7 +205,7 @@ fn search_matches_code_prefixes_and_url_parts_newest_first_in_pages() {
     assert!(codes(&page(&s, "q=launch")).contains(&promo), "URL part");
     assert_eq!(codes(&page(&s, "q=-launch")), Vec::<String>::new(), "the middle of a code is no match");
     // A URL substring, case-sensitive.
-    assert_eq!(codes(&page(&s, "q=PROMO")), [other.clone()]);
+    assert_eq!(codes(&page(&s, "q=PROMO")), [other]);
     assert_eq!(codes(&page(&s, "q=blog.example%2F2026")), [promo.clone(), promo2.clone()]);
 
     // Paging a search with its cursor, both orders: every match once.
@@ -278,7 +279,9 @@ fn the_ui_works_in_a_real_browser() {
     }
     // Clicks from two browsers, so the detail has a series and breakdowns
     // to show; the scenario starts once the stats API counts them.
-    for (agent, referer) in [(FIREFOX, "https://news.example.com/item?id=1"), (FIREFOX, "https://news.example.com/"), (CHROME, "https://mail.example.org/")] {
+    for (agent, referer) in
+        [(FIREFOX, "https://news.example.com/item?id=1"), (FIREFOX, "https://news.example.com/"), (CHROME, "https://mail.example.org/")]
+    {
         let r = s.send("GET", &format!("/{}", codes[0]), &[("User-Agent", agent), ("Referer", referer)], Body::None);
         assert_eq!(r.status, 302, "{r:?}");
     }

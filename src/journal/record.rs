@@ -255,11 +255,14 @@ pub fn claimed_len(data: &[u8], at: usize) -> Result<usize, DecodeError> {
     Ok(len)
 }
 
+/// A put record's key and URL, as `peek_put` finds them.
+pub type KeyUrl<'a> = (&'a [u8], &'a [u8]);
+
 /// The key and URL of the put record at `at` (`None` for a record of
 /// another kind) and its unpadded length, without verifying the checksum:
 /// for scans that only pick candidates and `decode` (checksum included)
 /// each one they keep, such as the store's search.
-pub fn peek_put(data: &[u8], at: usize) -> Result<(Option<(&[u8], &[u8])>, usize), DecodeError> {
+pub fn peek_put(data: &[u8], at: usize) -> Result<(Option<KeyUrl<'_>>, usize), DecodeError> {
     let len = claimed_len(data, at)?;
     let b = &data[at..at + len];
     if b[KIND_OFFSET] != KIND_PUT {
