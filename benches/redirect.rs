@@ -1,8 +1,11 @@
 //! The whole redirect handler without the network: decide (cache, clicks,
 //! counters) plus building hyper's response, on a hit and on a miss.
+#[path = "../tests/common/mmdb.rs"]
+mod mmdb;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use shortd::clicks::Aggregator;
-use shortd::config::{Config, Durability};
+use shortd::config::{Config, Durability, Switch};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -27,15 +30,34 @@ fn bench(c: &mut Criterion) {
     agg.stop();
     uncached.store.close();
 
-    let cfg = Config { data_dir: dir.path().to_path_buf(), durability: Durability::Never, ..Config::default() };
-    let app = Arc::new(App::open(cfg).unwrap());
-    let mut agg = Aggregator::start(app.store.clone(), app.hot.clone(), None, app.analytics.clone());
-    let worker = Rc::new(Worker::new(&app, agg.sink()));
-    now(serve(&app, &worker, &code, &get));
-    c.bench_function("redirect/hit (cache + click + response)", |b| b.iter(|| black_box(now(serve(&app, &worker, &code, &get)))));
-    drop(worker);
-    agg.stop();
-    app.store.close();
+    // A hit three ways: analytics off; on (agent and referrer captured);
+    // on with a country database behind a trusted proxy (the forwarded
+    // address read too). Each case opens the same data directory anew.
+    let db = dir.path().join("country.mmdb");
+    std::fs::write(&db, mmdb::country_db(&[("203.0.113.0/24", "JP")])).unwrap();
+    let cases = [
+        ("redirect/hit, analytics off (cache + click + response)", Switch::Off, None),
+        ("redirect/hit, analytics on (cache + visit + response)", Switch::On, None),
+        ("redirect/hit, analytics on, GeoIP + X-Forwarded-For", Switch::On, Some(db)),
+    ];
+    for (name, analytics, geoip_db) in cases {
+        let cfg = Config {
+            data_dir: dir.path().to_path_buf(),
+            durability: Durability::Never,
+            analytics,
+            geoip_db,
+            trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+            ..Config::default()
+        };
+        let app = Arc::new(App::open(cfg).unwrap());
+        let mut agg = Aggregator::start(app.store.clone(), app.hot.clone(), None, app.analytics.clone());
+        let worker = Rc::new(Worker::new(&app, agg.sink()));
+        now(serve(&app, &worker, &code, &get));
+        c.bench_function(name, |b| b.iter(|| black_box(now(serve(&app, &worker, &code, &get)))));
+        drop(worker);
+        agg.stop();
+        app.store.close();
+    }
 }
 
 /// What a browser sends that analytics reads.
@@ -48,6 +70,7 @@ fn browser_headers() -> http::HeaderMap {
         ),
     );
     h.insert(http::header::REFERER, http::HeaderValue::from_static("https://news.example.com/story/1"));
+    h.insert("x-forwarded-for", http::HeaderValue::from_static("203.0.113.7"));
     h
 }
 

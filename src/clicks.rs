@@ -188,7 +188,7 @@ fn aggregate(
     };
     let prune = || {
         let now = hour_of(crate::clock::now_ms());
-        store.rollups().prune(now.saturating_sub(analytics.retention_hours));
+        store.rollups().prune(now.saturating_sub(analytics.retention_hours), now);
         analytics.geo.report_age();
     };
     prune();

@@ -141,7 +141,19 @@ impl Visits {
         }
         let agent = v.user_agent();
         let agent = &agent[..agent.len().min(MAX_AGENT)];
-        let (Some(agent), Some(referrer)) = (self.intern(agent), self.intern(v.referrer_host())) else { return false };
+        let referrer = v.referrer_host();
+        // The common repeat (the same client again) is found by comparing
+        // with the last event's strings, before any hashing.
+        let last = self.events.last().map(|e| (e.agent, e.referrer));
+        let agent = match last {
+            Some((a, _)) if self.get(a) == agent => Some(a),
+            _ => self.intern(agent),
+        };
+        let referrer = match last {
+            Some((_, r)) if self.get(r) == referrer => Some(r),
+            _ => self.intern(referrer),
+        };
+        let (Some(agent), Some(referrer)) = (agent, referrer) else { return false };
         if let Some(last) = self.events.last_mut() {
             let same = last.agent == agent
                 && last.referrer == referrer

@@ -3,9 +3,10 @@
 //!
 //! Memory stays bounded per hour: while an hour is open a dimension keeps
 //! up to `OPEN_FACTOR` x top-N values, later newcomers count under `other`;
-//! once the hour has closed it is trimmed to its top N plus `other` before
-//! it is logged. The aggregator is the only writer; API reads take the same
-//! lock for the span of one query. The store replays and snapshots the
+//! once the hour has closed it is trimmed to its top N plus `other` and
+//! kept as its log bytes (`Slot::Closed`, about a fifth of the open form),
+//! decoded again only to be read. The aggregator is the only writer; API
+//! reads take the same lock for the span of one query. The store replays and snapshots the
 //! table (`record::Rollup` bytes), and logs what `take_dirty` hands it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -102,9 +103,43 @@ impl Hour {
 
 type Key = (CompactString, u32);
 
+/// An hour as held in memory.
+enum Slot {
+    Open(Box<Hour>),
+    /// A closed hour: `record::encode_rollup` bytes with an empty key.
+    Closed(Box<[u8]>),
+}
+
+impl Slot {
+    fn closed(h: &Hour) -> Slot {
+        let values: usize = h.values.iter().flatten().map(|(v, _)| 6 + v.len().min(u8::MAX as usize)).sum();
+        let mut bytes = Vec::with_capacity(record::ROLLUP_FIXED + values);
+        record::encode_rollup(&h.to_record("", 0), &mut bytes);
+        Slot::Closed(bytes.into_boxed_slice())
+    }
+
+    /// The hour, decoded if it is closed.
+    fn hour(&self) -> std::borrow::Cow<'_, Hour> {
+        match self {
+            Slot::Open(h) => std::borrow::Cow::Borrowed(h),
+            Slot::Closed(b) => std::borrow::Cow::Owned(record::decode_rollup(b).map(|(r, _)| Hour::from_record(&r)).unwrap_or_default()),
+        }
+    }
+
+    fn open(&mut self) -> &mut Hour {
+        if let Slot::Closed(_) = self {
+            *self = Slot::Open(Box::new(self.hour().into_owned()));
+        }
+        match self {
+            Slot::Open(h) => h,
+            Slot::Closed(_) => unreachable!("opened above"),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Table {
-    links: HashMap<CompactString, BTreeMap<u32, Hour>, crate::store::Hasher>,
+    links: HashMap<CompactString, BTreeMap<u32, Slot>, crate::store::Hasher>,
     dirty: HashSet<Key, crate::store::Hasher>,
 }
 
@@ -130,7 +165,8 @@ impl Rollups {
 
     /// Replay and snapshot load: the hour as logged.
     pub fn replace(&self, code: CompactString, hour: u32, h: Hour) {
-        self.table.lock().links.entry(code).or_default().insert(hour, h);
+        let slot = if hour < hour_of(crate::clock::now_ms()) { Slot::closed(&h) } else { Slot::Open(Box::new(h)) };
+        self.table.lock().links.entry(code).or_default().insert(hour, slot);
     }
 
     /// The aggregator's fold: `f` changes `code`'s hour, which is then
@@ -138,7 +174,8 @@ impl Rollups {
     pub fn update(&self, code: &str, hour: u32, f: impl FnOnce(&mut Hour, usize)) {
         let cap = self.top * OPEN_FACTOR;
         let mut t = self.table.lock();
-        f(t.links.entry(code.into()).or_default().entry(hour).or_default(), cap);
+        let slot = t.links.entry(code.into()).or_default().entry(hour).or_insert_with(|| Slot::Open(Box::default()));
+        f(slot.open(), cap);
         t.dirty.insert((code.into(), hour));
     }
 
@@ -151,11 +188,12 @@ impl Rollups {
         dirty
             .into_iter()
             .filter_map(|(code, hour)| {
-                let h = t.links.get_mut(code.as_str())?.get_mut(&hour)?;
+                let slot = t.links.get_mut(code.as_str())?.get_mut(&hour)?;
+                let mut h = slot.hour().into_owned();
                 if hour < current {
                     h.trim(top);
+                    *slot = Slot::closed(&h);
                 }
-                let h = h.clone();
                 Some((code, hour, h))
             })
             .collect()
@@ -166,11 +204,21 @@ impl Rollups {
         self.table.lock().dirty.extend(keys);
     }
 
-    /// Drops every hour before `first_kept`.
-    pub fn prune(&self, first_kept: u32) {
+    /// Drops every hour before `first_kept`, and closes (trims, compacts
+    /// and marks to be logged) open hours before `current`.
+    pub fn prune(&self, first_kept: u32, current: u32) {
         let mut t = self.table.lock();
-        t.links.retain(|_, hours| {
+        let t = &mut *t;
+        let top = self.top;
+        t.links.retain(|code, hours| {
             *hours = hours.split_off(&first_kept);
+            for (&hour, slot) in hours.range_mut(..current) {
+                if let Slot::Open(h) = slot {
+                    h.trim(top);
+                    *slot = Slot::closed(h);
+                    t.dirty.insert((code.clone(), hour));
+                }
+            }
             !hours.is_empty()
         });
     }
@@ -178,9 +226,9 @@ impl Rollups {
     /// Calls `f` with every link's hours in `[from, to)`, or one link's.
     pub fn each(&self, code: Option<&str>, from: u32, to: u32, mut f: impl FnMut(&str, u32, &Hour)) {
         let t = self.table.lock();
-        let mut visit = |code: &str, hours: &BTreeMap<u32, Hour>| {
-            for (&hour, h) in hours.range(from..to.max(from)) {
-                f(code, hour, h);
+        let mut visit = |code: &str, hours: &BTreeMap<u32, Slot>| {
+            for (&hour, slot) in hours.range(from..to.max(from)) {
+                f(code, hour, &slot.hour());
             }
         };
         match code {
@@ -197,15 +245,15 @@ impl Rollups {
     pub fn for_all(&self, mut f: impl FnMut(&str, u32, &Hour)) {
         let t = self.table.lock();
         for (code, hours) in &t.links {
-            for (&hour, h) in hours {
-                f(code, hour, h);
+            for (&hour, slot) in hours {
+                f(code, hour, &slot.hour());
             }
         }
     }
 
     /// Every hour of one link (export).
     pub fn of(&self, code: &str) -> Vec<(u32, Hour)> {
-        self.table.lock().links.get(code).map(|hours| hours.iter().map(|(k, v)| (*k, v.clone())).collect()).unwrap_or_default()
+        self.table.lock().links.get(code).map(|hours| hours.iter().map(|(k, v)| (*k, v.hour().into_owned())).collect()).unwrap_or_default()
     }
 
     pub fn clear(&self) {
@@ -238,5 +286,25 @@ mod tests {
         assert_eq!(got, [("r2", 9), ("r0", 5), (OTHER, 4)]);
         let rec = h.to_record("abc", 7);
         assert_eq!(Hour::from_record(&rec), h);
+    }
+
+    #[test]
+    fn closed_hours_read_back_as_they_were_and_reopen() {
+        let r = Rollups::new(2);
+        let now = hour_of(crate::clock::now_ms());
+        for v in ["a", "b", "c", "a"] {
+            r.update("abc", now - 5, |h, cap| {
+                h.clicks += 1;
+                h.add(BROWSER, v, 1, cap);
+            });
+        }
+        r.prune(0, now);
+        let mut seen = vec![];
+        r.each(Some("abc"), 0, now, |_, hour, h| seen.push((hour, h.clicks, h.values[BROWSER].clone())));
+        let want: Vec<(CompactString, u32)> = vec![("a".into(), 2), ("b".into(), 1), (OTHER.into(), 1)];
+        assert_eq!(seen, vec![(now - 5, 4, want)]);
+        r.update("abc", now - 5, |h, _| h.bots += 1);
+        assert_eq!(r.of("abc")[0].1.bots, 1);
+        assert_eq!(r.take_dirty(now).len(), 1);
     }
 }
