@@ -193,7 +193,7 @@ fn describe() {
     describe_counter!(SCRUB_DAMAGE, "Damaged files found by the scrub, by kind (segment, snapshot)");
     describe_gauge!(SCRUB_LAST_PASS, Unit::Seconds, "Unix time the last scrub pass finished");
     describe_gauge!(LINKS, "Live links in the store");
-    describe_counter!(CLICKS, "Clicks counted on redirects");
+    describe_counter!(CLICKS, "GET redirects answered, people and bots alike (bots alone: shortd_bot_visits_total)");
     describe_counter!(LINKS_CREATED, "Links created");
     describe_counter!(PEER_REQUESTS, "Requests to peer nodes, by operation");
     describe_counter!(PEER_FAILURES, "Peer requests that failed to connect, timed out or were skipped by an open circuit breaker");
