@@ -37,6 +37,8 @@ pub const RESERVED: &[&str] = &[
     "ready",
     "status",
     "docs",
+    // The web UI lives at /ui/; see docs/ui.md.
+    "ui",
 ];
 
 /// The secret that keys the permutation; generated once per data directory.

@@ -34,6 +34,7 @@ pub enum Durability {
     Never,
 }
 
+/// A feature turned on or off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Switch {
     On,
@@ -147,6 +148,12 @@ pub struct Config {
     /// tracing filter, e.g. info or shortd=debug
     #[arg(long, env = "SHORTD_LOG_LEVEL", default_value = "info", value_parser = log_filter)]
     pub log_level: String,
+    /// The web UI at /ui/ (and `GET /` leading there)
+    #[arg(long, env = "SHORTD_UI", default_value = "on")]
+    pub ui: Switch,
+    /// Where `GET /` redirects [default: /ui/ with the UI on, else 404]
+    #[arg(long, env = "SHORTD_ROOT_REDIRECT", value_parser = public_url)]
+    pub root_redirect: Option<url::Url>,
     /// Click analytics (referrer, country, device, browser, OS per hour); off keeps click totals only
     #[arg(long, env = "SHORTD_ANALYTICS", default_value = "on")]
     pub analytics: Switch,
@@ -614,6 +621,7 @@ mod tests {
         assert_eq!((c.scrub_rate, c.scrub_interval), (16 << 20, Duration::from_secs(24 * 3600)));
         assert_eq!((c.log_format, c.log_level.as_str()), (LogFormat::Text, "info"));
         assert_eq!(c.drain_delay, Duration::ZERO);
+        assert_eq!((c.ui, c.root_redirect.as_ref()), (Switch::On, None));
         assert!(c.cluster.is_none());
     }
 

@@ -19,6 +19,8 @@
 //!   every setting; `cli` has the offline commands (export, import, check).
 //! - `links` is the seam the handlers call: this node's store and cache,
 //!   or the cluster.
+//! - `ui` is the web UI at `/ui/`: static files embedded in the binary,
+//!   talking to the API from the browser.
 //! - `cluster` spreads links over several nodes: partitions that are Raft
 //!   groups (openraft) over a journal of their own, placed by a
 //!   consistent-hash ring, with a metadata group for members and id leases.
@@ -40,6 +42,7 @@ pub mod lists;
 pub mod metrics;
 pub mod store;
 pub mod target;
+pub mod ui;
 
 pub use config::{Cli, Command, Config};
 pub use http::server::Server;

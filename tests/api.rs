@@ -314,7 +314,7 @@ fn unknown_codes_and_paths_answer_404_problems() {
     s.get("/api/v1/links/zzzzzzz").problem(404);
     s.get("/not%20a%20code").problem(404);
     s.get("/a/b").problem(404);
-    s.get("/").problem(404);
+    assert_eq!(s.get("/").status, 302, "GET / leads to the web UI (tests/ui.rs)");
     s.get("/api/v1/nothing").problem(404);
     s.get(&format!("/{}", "a".repeat(65))).problem(404);
 }

@@ -16,14 +16,16 @@
 //! Every external command runs with a time limit, so a hung tool fails the
 //! test instead of stalling CI.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::tools::{check, is_root, on_path, python_venv, require, run, text, which};
 use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -36,117 +38,10 @@ fn root() -> PathBuf {
     PathBuf::from(ROOT)
 }
 
-/// Runs `cmd` to the end or until `limit` passes (then kills it and panics).
-fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    match wait_output(&mut child, limit) {
-        Some(out) => out,
-        None => panic!("{what} did not finish within {limit:?}"),
-    }
-}
-
-/// Waits for `child` with piped output, at most `limit`; `None` (after
-/// killing it) when it took longer.
-fn wait_output(child: &mut Child, limit: Duration) -> Option<Output> {
-    fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            buf
-        })
-    }
-    let out = drain(child.stdout.take().expect("piped stdout"));
-    let err = drain(child.stderr.take().expect("piped stderr"));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for a child") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    Some(Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `cmd` and panics with its output unless it exits 0; returns stdout.
-fn check(cmd: &mut Command, limit: Duration) -> String {
-    let what = format!("{cmd:?}");
-    let out = run(cmd, limit);
-    assert!(out.status.success(), "{what} failed ({}):\n{}\n{}", out.status, text(&out.stdout), text(&out.stderr));
-    text(&out.stdout)
-}
-
-/// Where `tool` is on PATH.
-fn which(tool: &str) -> Option<PathBuf> {
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths).map(|dir| dir.join(tool)).find(|p| p.is_file())
-}
-
-fn on_path(tool: &str) -> bool {
-    which(tool).is_some()
-}
-
-fn require(tool: &str) {
-    assert!(on_path(tool), "{tool} is not on PATH; the project's machines have it (see docs/deployment.md)");
-}
-
-// ---------------------------------------------------------------- Kubernetes
-
 /// A venv with kubernetes-validate (and PyYAML, its dependency), made once
 /// under the target folder; `None` when PyPI cannot be reached.
 fn validator_venv() -> Option<PathBuf> {
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deploy-venv");
-    let tool = venv.join("bin/kubernetes-validate");
-    if tool.is_file() {
-        return Some(venv);
-    }
-    require("python3");
-    check(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv), Duration::from_secs(60));
-    let mut pip = Command::new(venv.join("bin/pip"));
-    pip.args(["install", "--disable-pip-version-check", "--no-input", "--timeout", "15", "--retries", "2"]);
-    pip.arg("kubernetes-validate");
-    let started = Instant::now();
-    let what = format!("{pip:?}");
-    let mut child = pip.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting pip");
-    let Some(out) = wait_output(&mut child, Duration::from_secs(150)) else {
-        println!("NOTE: pip did not install kubernetes-validate within 150 s (package registry unreachable?); skipping its validation");
-        return None;
-    };
-    let log = format!("{}\n{}", text(&out.stdout), text(&out.stderr));
-    if !out.status.success() {
-        let unreachable = [
-            "NewConnectionError",
-            "Max retries exceeded",
-            "Temporary failure in name resolution",
-            "Network is unreachable",
-            "timed out",
-            "ConnectTimeoutError",
-        ];
-        if unreachable.iter().any(|s| log.contains(s)) {
-            println!(
-                "NOTE: the package registry is unreachable, so kubernetes-validate could not be installed; skipping its validation:\n{log}"
-            );
-            return None;
-        }
-        panic!("{what} failed ({}):\n{log}", out.status);
-    }
-    println!("installed kubernetes-validate in {:.1} s", started.elapsed().as_secs_f64());
-    assert!(tool.is_file(), "pip succeeded but {} is missing:\n{log}", tool.display());
-    Some(venv)
+    python_venv("deploy-venv", &["kubernetes-validate"], "bin/kubernetes-validate")
 }
 
 /// Every document of a multi-document YAML file, as JSON (PyYAML does the
@@ -381,10 +276,6 @@ impl Drop for Buildah {
         }
         quiet(&["rmi", "--force", &self.image]);
     }
-}
-
-fn is_root() -> bool {
-    check(Command::new("id").arg("-u"), Duration::from_secs(10)).trim() == "0"
 }
 
 #[test]

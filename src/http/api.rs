@@ -18,7 +18,8 @@ use serde_json::{Map, Value};
 use super::problem::{Body, Problem};
 use super::router::{route, Route};
 use super::App;
-use crate::store::{Cursor, Link, Lookup, NewLink, Patch, WriteError};
+use crate::config::Switch;
+use crate::store::{Cursor, Link, Lookup, NewLink, Order, Patch, WriteError};
 use crate::{clock, input, metrics};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -26,6 +27,8 @@ const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 const MAX_BATCH: usize = 1000;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Longest search (`q=`) accepted: the longest URL fits, and more is no search.
+const MAX_QUERY_BYTES: usize = 8192;
 
 /// Marks, through the request's extensions, that its body was read.
 #[derive(Clone)]
@@ -67,6 +70,16 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             Ok(resp)
         }
+        Route::Root => match (&app.cfg.root_redirect, app.cfg.ui) {
+            (Some(to), _) => Ok(crate::ui::redirect(to.as_str())),
+            (None, Switch::On) => Ok(crate::ui::redirect("/ui/")),
+            (None, Switch::Off) => Err(Problem::not_found("the path /")),
+        },
+        Route::Ui(rest) if app.cfg.ui == Switch::On => {
+            let auth = if app.access.loopback_open() { crate::ui::Auth::Loopback } else { crate::ui::Auth::ApiKey };
+            Ok(crate::ui::serve(rest, req.headers(), auth))
+        }
+        Route::Ui(_) => Err(Problem::not_found(&format!("the path {} (the web UI is off: --ui off)", req.uri().path()))),
         Route::Redirect(_) | Route::NotFound => Err(Problem::not_found("this path")),
         Route::Internal(rest) => {
             let rest = rest.to_owned();
@@ -81,7 +94,7 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
             }
             match (route, req.method().clone()) {
                 (Route::Links, Method::POST) => create(app, req).await,
-                (Route::Links, _) => list(app, &req),
+                (Route::Links, _) => list(app, &req).await,
                 (Route::LinksBatch, _) => batch(app, peer, req).await,
                 (Route::Link(code), Method::GET | Method::HEAD) => get(app, code).await,
                 (Route::Link(code), Method::PATCH) => {
@@ -337,9 +350,11 @@ pub fn parse_patch(app: &App, body: &[u8]) -> Result<Patch, Problem> {
     input::patch(&obj, &rules(app), clock::now_ms()).map_err(refused)
 }
 
-fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
+async fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
     let mut cursor = None;
     let mut limit = DEFAULT_PAGE;
+    let mut order = Order::Oldest;
+    let mut q = None;
     for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "cursor" if !v.is_empty() => {
@@ -352,10 +367,32 @@ fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
                     .filter(|n| (1..=MAX_PAGE).contains(n))
                     .ok_or_else(|| Problem::invalid("limit", format!("must be an integer from 1 to {MAX_PAGE}")))?
             }
+            "order" => {
+                order = match v.as_ref() {
+                    "oldest" => Order::Oldest,
+                    "newest" => Order::Newest,
+                    _ => return Err(Problem::invalid("order", "must be oldest or newest")),
+                }
+            }
+            "q" if !v.is_empty() => {
+                if v.len() > MAX_QUERY_BYTES {
+                    return Err(Problem::invalid("q", format!("must be at most {MAX_QUERY_BYTES} bytes")));
+                }
+                q = Some(v.into_owned());
+            }
             _ => {}
         }
     }
-    let (links, next) = app.store.page(cursor, limit);
+    let (links, next) = if q.is_none() && order == Order::Oldest {
+        app.store.page(cursor, limit)
+    } else {
+        // A search or a newest-first page may read the whole log: off the
+        // worker thread, which keeps serving redirects meanwhile.
+        let store = app.store.clone();
+        tokio::task::spawn_blocking(move || store.search(q.as_deref(), order, cursor, limit))
+            .await
+            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", format!("the search failed: {e}")))?
+    };
     let views: Vec<_> = links.iter().map(|l| view(app, l)).collect();
     Ok(json(StatusCode::OK, &serde_json::json!({"links": views, "next_cursor": next.map(|c| c.encode())})))
 }

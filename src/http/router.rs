@@ -1,7 +1,8 @@
 //! Maps method and path to a route without allocating.
 //!
 //! Everything that is not a fixed server path and looks like a code is a
-//! redirect; the API lives under `/api/v1/`.
+//! redirect; the API lives under `/api/v1/`, the web UI under `/ui/` (so
+//! `ui` is a reserved alias, see `code::RESERVED`).
 
 use http::Method;
 
@@ -20,6 +21,10 @@ pub enum Route<'a> {
     LinkQr(&'a str),
     Stats,
     HotStats,
+    /// `GET /`: the UI or `--root-redirect`.
+    Root,
+    /// The web UI: what follows `/ui` in the path (`""` for `/ui` itself).
+    Ui(&'a str),
     Cluster,
     ClusterMember(&'a str),
     /// Node-to-node requests under `/internal/v1/`.
@@ -38,7 +43,9 @@ impl Route<'_> {
             | Route::HotStats
             | Route::Stats
             | Route::LinkStats(_)
-            | Route::LinkQr(_) => "GET, HEAD",
+            | Route::LinkQr(_)
+            | Route::Root
+            | Route::Ui(_) => "GET, HEAD",
             Route::Links => "GET, HEAD, POST",
             Route::LinksBatch => "POST",
             Route::Link(_) => "GET, HEAD, PATCH, DELETE",
@@ -57,7 +64,9 @@ impl Route<'_> {
             | Route::HotStats
             | Route::Stats
             | Route::LinkStats(_)
-            | Route::LinkQr(_) => method == Method::GET || method == Method::HEAD,
+            | Route::LinkQr(_)
+            | Route::Root
+            | Route::Ui(_) => method == Method::GET || method == Method::HEAD,
             Route::Links => method == Method::GET || method == Method::HEAD || method == Method::POST,
             Route::LinksBatch => method == Method::POST,
             Route::Link(_) => method == Method::GET || method == Method::HEAD || method == Method::PATCH || method == Method::DELETE,
@@ -81,6 +90,8 @@ impl Route<'_> {
             Route::LinkQr(_) => "link_qr",
             Route::Stats => "stats",
             Route::HotStats => "stats_hot",
+            Route::Root => "root",
+            Route::Ui(_) => "ui",
             Route::Cluster => "cluster",
             Route::ClusterMember(_) => "cluster_member",
             Route::Internal(_) => "internal",
@@ -99,7 +110,13 @@ pub fn route(path: &str) -> Route<'_> {
         "healthz" => return Route::Health,
         "readyz" => return Route::Ready,
         "metrics" => return Route::Metrics,
+        "" => return Route::Root,
         _ => {}
+    }
+    if let Some(ui) = rest.strip_prefix("ui") {
+        if ui.is_empty() || ui.starts_with('/') {
+            return Route::Ui(ui);
+        }
     }
     if let Some(internal) = rest.strip_prefix("internal/v1/") {
         return Route::Internal(internal);
@@ -152,7 +169,12 @@ mod tests {
         assert_eq!(route("/internal/v1/records/abc"), Route::Internal("records/abc"));
         assert_eq!(route("/internal"), Route::Redirect("internal"));
         assert_eq!(route("/api"), Route::Redirect("api"));
-        assert_eq!(route("/"), Route::NotFound);
+        assert_eq!(route("/"), Route::Root);
+        assert_eq!(route("/ui"), Route::Ui(""));
+        assert_eq!(route("/ui/"), Route::Ui("/"));
+        assert_eq!(route("/ui/app.js"), Route::Ui("/app.js"));
+        assert_eq!(route("/uix"), Route::Redirect("uix"));
+        assert_eq!(route("/UI"), Route::Redirect("UI"));
         assert_eq!(route("/a%20b"), Route::NotFound);
         assert_eq!(route("/abc/"), Route::NotFound);
         assert_eq!(route(&format!("/{}", "a".repeat(65))), Route::NotFound);

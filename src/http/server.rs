@@ -39,7 +39,7 @@ use super::router::{route, Route};
 use super::{api, redirect, App, Worker};
 use crate::analytics::capture::Visit;
 use crate::clicks::{Aggregator, ClickSink, FLUSH_EVERY};
-use crate::config::Config;
+use crate::config::{Config, Switch};
 
 /// How long a graceful shutdown waits for open connections to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -367,7 +367,14 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
         self.conn.requests.set(self.conn.requests.get() + 1);
         self.conn.partial.set(false);
         let method = req.method();
-        if let Route::Redirect(code) = route(req.uri().path()) {
+        let code = match route(req.uri().path()) {
+            Route::Redirect(code) => Some(code),
+            // With the UI off, a link made under the alias `ui` before it
+            // was reserved is served again.
+            Route::Ui("") if self.app.cfg.ui == Switch::Off => Some("ui"),
+            _ => None,
+        };
+        if let Some(code) = code {
             if method == Method::GET || method == Method::HEAD {
                 let head = method == Method::HEAD;
                 if let Some(refused) = redirect::rate_limited(&self.app, self.peer, req.headers()) {

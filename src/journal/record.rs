@@ -274,6 +274,35 @@ pub fn claimed_len(data: &[u8], at: usize) -> Result<usize, DecodeError> {
     Ok(len)
 }
 
+/// A put record's key and URL, as `peek_put` finds them.
+pub type KeyUrl<'a> = (&'a [u8], &'a [u8]);
+
+/// The key and URL of the put record at `at` (`None` for a record of
+/// another kind) and its unpadded length, without verifying the checksum:
+/// for scans that only pick candidates and `decode` (checksum included)
+/// each one they keep, such as the store's search.
+pub fn peek_put(data: &[u8], at: usize) -> Result<(Option<KeyUrl<'_>>, usize), DecodeError> {
+    let len = claimed_len(data, at)?;
+    let b = &data[at..at + len];
+    if b[KIND_OFFSET] != KIND_PUT {
+        return Ok((None, len));
+    }
+    let end = match b[13] {
+        VERSION => len,
+        VERSION_ORIGIN if len >= HEADER_LEN + 4 => len - 4,
+        _ => return Err(DecodeError::Malformed),
+    };
+    let body = &b[HEADER_LEN..end];
+    if body.len() < PUT_FIXED {
+        return Err(DecodeError::Malformed);
+    }
+    let (key_len, url_len) = (u16_at(b, 14) as usize, u32_at(body, 36) as usize);
+    if body.len() != PUT_FIXED + key_len + url_len {
+        return Err(DecodeError::Malformed);
+    }
+    Ok((Some((&body[PUT_FIXED..PUT_FIXED + key_len], &body[PUT_FIXED + key_len..])), len))
+}
+
 /// Decodes the record at `at`, returning it and its unpadded length.
 pub fn decode(data: &[u8], at: usize) -> Result<(Record<'_>, usize), DecodeError> {
     let len = claimed_len(data, at)?;
@@ -382,6 +411,12 @@ mod tests {
         let (back, back_len) = decode(&buf, 0).unwrap();
         assert_eq!(back, rec);
         assert_eq!(back_len, len);
+        let (peeked, peek_len) = peek_put(&buf, 0).unwrap();
+        assert_eq!(peek_len, len);
+        match &rec.body {
+            Body::Put(p) => assert_eq!(peeked, Some((p.key, p.url))),
+            _ => assert_eq!(peeked, None),
+        }
         for i in 0..len {
             let mut bad = buf.clone();
             bad[i] ^= 0x10;

@@ -27,9 +27,11 @@ use crate::journal::segment::{Segment, Segments};
 use crate::journal::{scrub, segment, snapshot, Poison};
 
 mod recovery;
+mod search;
 mod writer;
 
 pub use recovery::KEY_FILE;
+pub use search::Order;
 use writer::{Command, Writer};
 
 /// Hash state for every in-memory map keyed by codes: foldhash's quality

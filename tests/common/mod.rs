@@ -17,6 +17,7 @@
 pub mod cluster;
 pub mod disk;
 pub mod mmdb;
+pub mod tools;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
