@@ -89,12 +89,23 @@ pub struct Put<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body<'a> {
     Put(Put<'a>),
-    Delete { key: &'a [u8] },
+    Delete {
+        key: &'a [u8],
+    },
     Clicks(Vec<(&'a [u8], u64)>),
-    Idempotency { key: &'a [u8], body_hash: u64, code: &'a [u8] },
+    Idempotency {
+        key: &'a [u8],
+        body_hash: u64,
+        code: &'a [u8],
+    },
     Rollups(Vec<Rollup<'a>>),
     /// One Raft group's log entry or log state (see the module doc).
-    Raft { group: u32, what: u8, index: u64, data: &'a [u8] },
+    Raft {
+        group: u32,
+        what: u8,
+        index: u64,
+        data: &'a [u8],
+    },
 }
 
 /// One link's counts for one hour, as bytes.
