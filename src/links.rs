@@ -5,8 +5,8 @@
 //!
 //! The redirect hit path does not come here: it reads the cache first, and
 //! only a miss (or a stale entry) asks `held_here`, `refresh` or
-//! `fetch_shared`. The one exception is `on_click` for links with a click
-//! limit, which are counted in the store on every hit anyway.
+//! `fetch_shared`. The one exception is a click on a link with a click
+//! limit in a cluster, which its partition decides (`claim_click`).
 
 use std::sync::Arc;
 
@@ -108,11 +108,22 @@ impl Links {
         }
     }
 
-    /// A served click on a link with a click limit, counted here by the
-    /// store's limit check (a cluster does not replicate it; docs/cluster.md).
+    /// Whether click limits are decided elsewhere (a cluster: by the
+    /// code's partition, through `claim_click`) rather than by this store.
     #[inline]
-    pub fn on_click(&self, code: &str) {
-        let _ = code;
+    pub fn shares_limits(&self) -> bool {
+        matches!(self, Links::Clustered(_))
+    }
+
+    /// One click on a link with a click limit, counted by its partition:
+    /// true while within the limit. A single node counts in its store.
+    pub async fn claim_click(&self, code: &str) -> Result<bool, WriteError> {
+        match self {
+            Links::Local { store, .. } => {
+                Ok(store.stored(code).and_then(|s| s.link).is_some_and(|l| store.try_click_limited(code, l.max_clicks)))
+            }
+            Links::Clustered(c) => c.claim_click(code).await,
+        }
     }
 
     /// This node's id while it is still pulling its share of the links.

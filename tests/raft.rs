@@ -222,3 +222,21 @@ fn no_acknowledged_create_is_lost_duplicated_or_taken_twice_through_a_pause_and_
     wait_settled(&nodes.iter().collect::<Vec<_>>(), &NAMES);
     check(&nodes, &seen);
 }
+
+#[test]
+fn a_click_limit_holds_across_nodes() {
+    let nodes = three(81);
+    let (status, body, _) = nodes[0].call("POST", "/api/v1/links", Some(&json!({"url": "https://example.com/limited", "max_clicks": 4})));
+    assert_eq!(status, 201, "{body}");
+    let code = body["code"].as_str().unwrap().to_string();
+    // Two clicks through each node: four are within the limit, wherever
+    // they land, and the rest are 410 everywhere.
+    let answers: Vec<u16> = (0..6).map(|i| nodes[i % 3].call("GET", &format!("/{code}"), None).0).collect();
+    assert_eq!(answers.iter().filter(|&&s| s == 302).count(), 4, "{answers:?}");
+    assert_eq!(&answers[4..], &[410, 410], "{answers:?}");
+    for n in &nodes {
+        assert_eq!(n.call("GET", &format!("/{code}"), None).0, 410, "through {}", n.id);
+    }
+    let (_, link, _) = nodes[1].call("GET", &format!("/api/v1/links/{code}"), None);
+    assert_eq!(link["clicks"], 4, "{link}");
+}

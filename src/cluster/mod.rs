@@ -914,6 +914,19 @@ impl Cluster {
         false
     }
 
+    /// One click on a link with a click limit, decided by its partition in
+    /// log order: exact across nodes.
+    pub async fn claim_click(self: &Arc<Self>, code: &str) -> Result<bool, WriteError> {
+        let code = code.to_string();
+        self.on_rt(move |me| async move {
+            match me.propose(me.partition(&code), Command::ClickLimited { code: code.clone() }).await? {
+                Outcome::Click { granted } => Ok(granted),
+                other => Err(unexpected(other)),
+            }
+        })
+        .await
+    }
+
     fn report_clicks(self: &Arc<Self>) {
         let pending = std::mem::take(&mut *self.clicks.lock());
         let mut by_group: HashMap<u32, Vec<(String, u64)>> = HashMap::new();

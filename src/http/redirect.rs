@@ -46,6 +46,12 @@ pub enum Answer {
     Elsewhere,
     /// No node that holds the code answered.
     Unavailable,
+    /// A click on a link with a click limit in a cluster: its partition
+    /// decides whether it is within the limit (`Links::claim_click`).
+    Claim {
+        status: StatusCode,
+        location: HeaderValue,
+    },
 }
 
 pub enum Served {
@@ -59,12 +65,18 @@ pub fn serve(app: &Arc<App>, worker: &Rc<Worker>, code: &str, visit: &Visit<'_>)
     let timed = worker.stats.sample_latency().then(Instant::now);
     let head = visit.head;
     let answer = decide(app, worker, code, visit);
-    if let Answer::Elsewhere = answer {
+    if matches!(answer, Answer::Elsewhere | Answer::Claim { .. }) {
         let (app, worker, code) = (app.clone(), worker.clone(), compact_str::CompactString::from(code));
         let (headers, peer) = (visit.headers.clone(), visit.peer);
         return Served::Later(Box::pin(async move {
             let visit = Visit { head, headers: &headers, peer };
-            let answer = fetch_elsewhere(&app, &worker, &code, &visit).await;
+            let answer = match answer {
+                Answer::Claim { status, location } => claim(&app, &code, status, location).await,
+                _ => match fetch_elsewhere(&app, &worker, &code, &visit).await {
+                    Answer::Claim { status, location } => claim(&app, &code, status, location).await,
+                    other => other,
+                },
+            };
             let resp = respond(&app, answer, head);
             worker.stats.redirect(Outcome::for_status(resp.status().as_u16()), timed.map(|t| t.elapsed()));
             resp
@@ -132,10 +144,12 @@ fn answer_for(app: &App, worker: &Worker, code: &str, visit: &Visit<'_>, entry: 
         }
         flags = BOT;
     } else if limited {
+        if app.links.shares_limits() {
+            return Answer::Claim { status: entry.status, location: entry.location.clone() };
+        }
         if !app.store.try_click_limited(code, entry.max_clicks) {
             return Answer::Gone;
         }
-        app.links.on_click(code);
         flags = COUNTED;
     }
     if app.analytics.enabled {
@@ -167,7 +181,8 @@ pub fn respond(app: &App, answer: Answer, head: bool) -> Response<Body> {
             }
             resp
         }
-        Answer::NotFound | Answer::Elsewhere => problem(StatusCode::NOT_FOUND, NOT_FOUND_BODY),
+        // A claim is always settled before it gets here (`serve`).
+        Answer::NotFound | Answer::Elsewhere | Answer::Claim { .. } => problem(StatusCode::NOT_FOUND, NOT_FOUND_BODY),
         Answer::Gone => problem(StatusCode::GONE, GONE_BODY),
         Answer::Unavailable => {
             let mut resp = problem(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_BODY);
@@ -179,6 +194,15 @@ pub fn respond(app: &App, answer: Answer, head: bool) -> Response<Body> {
 
 /// The redirect for a code held by other nodes: fetched once (however many
 /// requests wait for it), then cached here like any other.
+/// The partition's answer to a click on a limited link (a cluster only).
+async fn claim(app: &App, code: &str, status: StatusCode, location: HeaderValue) -> Answer {
+    match app.links.claim_click(code).await {
+        Ok(true) => Answer::Redirect { status, location },
+        Ok(false) => Answer::Gone,
+        Err(_) => Answer::Unavailable,
+    }
+}
+
 async fn fetch_elsewhere(app: &App, worker: &Worker, code: &str, visit: &Visit<'_>) -> Answer {
     let (fetched, generation) = app.links.fetch_shared(code).await;
     match fetched {
