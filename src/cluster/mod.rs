@@ -285,7 +285,7 @@ impl Cluster {
         self.cfg.partitions
     }
 
-    fn partition(&self, key: &str) -> u32 {
+    pub fn partition(&self, key: &str) -> u32 {
         partition_of(key, self.cfg.partitions)
     }
 
@@ -630,7 +630,8 @@ impl Cluster {
     /// every committed entry and it has applied them, and it has the code
     /// (a code it lacks may be one it has not received yet).
     pub fn authoritative(&self, code: &str) -> bool {
-        self.fresh_replica(self.partition(code)) && (self.leads(self.partition(code)) || self.store.shared().index.contains_key(code))
+        let g = self.partition(code);
+        self.fresh_replica(g) && (self.leads(g) || self.store.shared().index.contains_key(code))
     }
 
     fn leads(&self, g: u32) -> bool {
@@ -780,10 +781,6 @@ impl Cluster {
             Ok(_) => Ok(self.store.stored(code)),
             Err(e) => Err(e.forward_to_leader().and_then(|f| f.leader_node.as_ref().map(|n| n.addr.clone()))),
         }
-    }
-
-    pub fn partition_of(&self, code: &str) -> u32 {
-        self.partition(code)
     }
 
     // ---- writes ----

@@ -51,11 +51,11 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
         }
         (Method::GET, "records") => {
             let found = if param("linearizable").is_some() {
-                match cluster.read_here(cluster.partition_of(arg), arg).await {
+                match cluster.read_here(cluster.partition(arg), arg).await {
                     Ok(found) => found,
                     Err(leader) => return Ok(json(StatusCode::MISDIRECTED_REQUEST, &serde_json::json!({ "leader": leader }))),
                 }
-            } else if cluster.fresh_replica(cluster.partition_of(arg)) {
+            } else if cluster.fresh_replica(cluster.partition(arg)) {
                 app.store.stored(arg)
             } else {
                 return Ok(json(StatusCode::MISDIRECTED_REQUEST, &serde_json::json!({ "leader": null })));
