@@ -76,6 +76,7 @@ fn seen(store: &Store, code: &str) -> Seen {
         Lookup::Missing => Seen::Missing,
         Lookup::Deleted => Seen::Deleted,
         Lookup::Live(l) => Seen::Live(l),
+        Lookup::Unavailable => panic!("{code}: the index is damaged"),
     }
 }
 
@@ -635,10 +636,10 @@ fn burst(rt: &tokio::runtime::Runtime, store: &Arc<Store>, m: &mut Model, round:
     store.persist_clicks();
 }
 
-/// Snapshots are written by a background thread while the writer goes on,
-/// so their index image is fuzzy (it holds changes made after the replay
-/// position it records); replay from that position must still end at
-/// exactly the state of a full replay.
+/// Merges (an index table and its snapshot) are written by a background
+/// thread while the writer goes on, changing the index meanwhile; a start
+/// from the table plus the log after it must end at exactly the state of a
+/// full replay.
 #[test]
 fn snapshots_taken_during_heavy_writes_replay_to_the_right_state() {
     let tmp = tempfile::tempdir().unwrap();
@@ -657,19 +658,11 @@ fn snapshots_taken_during_heavy_writes_replay_to_the_right_state() {
         m.order.push(l.code.to_string());
     }
     let rt = rt();
-    let mut fuzzy = 0;
-    for round in 0..10 {
+    for round in 0..4 {
         burst(&rt, &store, &mut m, round);
         rt.block_on(store.sync()).unwrap();
-        // Let the snapshot in flight finish, so that the copy holds it.
+        // Let the merge in flight finish, so that the copy holds it.
         std::thread::sleep(Duration::from_millis(250));
-        fuzzy = fuzzy_entries(&dir);
-        if fuzzy > 0 && round >= 2 {
-            break;
-        }
-    }
-    if fuzzy == 0 {
-        eprintln!("NOTE: no snapshot caught a change after its replay position this run; the fuzzy case went untested");
     }
     let (with, without) = (tmp.path().join("with"), tmp.path().join("without"));
     disk::copy_dir(&dir, &with);
@@ -685,25 +678,6 @@ fn snapshots_taken_during_heavy_writes_replay_to_the_right_state() {
     assert!(sa == sb);
     a.close();
     b.close();
-}
-
-/// Index entries in the snapshots of `dir` that lie after the snapshot's
-/// replay position: changes the snapshot caught while it was written.
-fn fuzzy_entries(dir: &Path) -> usize {
-    use shortd::journal::snapshot::{Entry, Snapshot};
-    let mut n = 0;
-    for path in disk::snapshots(dir) {
-        // The writer removes older snapshots as newer ones land.
-        let Ok(snap) = Snapshot::read(&path) else { continue };
-        let replay = (snap.meta.replay_seg, snap.meta.replay_off);
-        snap.for_each(|e| {
-            if let Entry::Loc { seg, off, .. } = e {
-                n += usize::from((seg, off as u64) >= replay);
-            }
-        })
-        .expect("readable entries");
-    }
-    n
 }
 
 // ---------------------------------------------------------------- compaction

@@ -73,7 +73,9 @@ impl Entry {
     /// and unservable links all answer 410.
     pub fn from_lookup(found: Lookup) -> Entry {
         match found {
-            Lookup::Missing | Lookup::Deleted => Entry::new(HeaderValue::from_static(""), StatusCode::GONE, 0, 0, true),
+            Lookup::Missing | Lookup::Deleted | Lookup::Unavailable => {
+                Entry::new(HeaderValue::from_static(""), StatusCode::GONE, 0, 0, true)
+            }
             Lookup::Live(link) => {
                 let status = StatusCode::from_u16(link.redirect).unwrap_or(StatusCode::FOUND);
                 match HeaderValue::from_maybe_shared(Bytes::from(link.url)) {

@@ -631,7 +631,7 @@ impl Cluster {
     /// (a code it lacks may be one it has not received yet).
     pub fn authoritative(&self, code: &str) -> bool {
         let g = self.partition(code);
-        self.fresh_replica(g) && (self.leads(g) || self.store.shared().index.contains_key(code))
+        self.fresh_replica(g) && (self.leads(g) || self.store.shared().contains(code))
     }
 
     fn leads(&self, g: u32) -> bool {

@@ -238,17 +238,23 @@ impl Machine {
             return serde_json::to_vec(&*self.meta.read()).expect("metadata serialises");
         }
         let p = self.partitions;
-        let records: Vec<WireRecord> = self
-            .store
-            .shared()
-            .index
-            .iter()
-            .filter(|e| partition_of(e.key(), p) == group)
-            .map(|e| e.key().clone())
-            .collect::<Vec<_>>()
-            .into_iter()
-            .filter_map(|code| self.store.stored(&code).map(|s| WireRecord::from(&s)))
-            .collect();
+        let shared = self.store.shared();
+        let mut codes = Vec::new();
+        // A key can sit in more than one layer of the index: deduplicated below.
+        let walked = shared.index.for_each(|key, loc| {
+            if let Some(code) = key.map(compact_str::CompactString::from).or_else(|| shared.key_at(loc)) {
+                if partition_of(&code, p) == group {
+                    codes.push(code);
+                }
+            }
+        });
+        if let Err(e) = walked {
+            tracing::error!(group, error = %e, "partition image left out keys of a damaged index block");
+        }
+        codes.sort_unstable();
+        codes.dedup();
+        let records: Vec<WireRecord> =
+            codes.into_iter().filter_map(|code| self.store.stored(&code).map(|s| WireRecord::from(&s))).collect();
         let claims: BTreeMap<String, Claim> =
             self.claims.lock().iter().filter(|(k, _)| partition_of(k, p) == group).map(|(k, c)| (k.clone(), c.clone())).collect();
         serde_json::to_vec(&Image { records, claims }).expect("an image serialises")

@@ -334,6 +334,9 @@ async fn get(app: &App, code: &str) -> Result<Response<Body>, Problem> {
         Lookup::Live(link) => Ok(json(StatusCode::OK, &view(app, &link))),
         Lookup::Deleted => Err(Problem::gone(code)),
         Lookup::Missing => Err(Problem::not_found(&format!("link {code}"))),
+        Lookup::Unavailable => {
+            Err(crate::store::WriteError::Unavailable("the index is being rebuilt after damage; retry shortly".into()).into())
+        }
     }
 }
 

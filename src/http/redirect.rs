@@ -116,6 +116,8 @@ pub fn decide(app: &App, worker: &Worker, code: &str, visit: &Visit<'_>) -> Answ
             }
             match load(app, code, now) {
                 Some(e) => e,
+                // Absent, or not known while a damaged index is rebuilt.
+                None if app.store.index_rebuilding() => return Answer::Unavailable,
                 None => return Answer::NotFound,
             }
         }
@@ -225,7 +227,7 @@ fn load(app: &App, code: &str, now: i64) -> Option<Arc<Entry>> {
             return Some(e);
         }
         let found = app.store.lookup(code);
-        if let Lookup::Missing = found {
+        if let Lookup::Missing | Lookup::Unavailable = found {
             return None;
         }
         Some(app.cache.insert(code, Entry::from_lookup(found), generation, now))

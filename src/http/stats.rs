@@ -184,6 +184,9 @@ async fn existing(app: &App, code: &str) -> Result<crate::store::Link, Problem> 
         Lookup::Live(link) => Ok(link),
         Lookup::Deleted => Err(Problem::gone(code)),
         Lookup::Missing => Err(Problem::not_found(&format!("link {code}"))),
+        Lookup::Unavailable => {
+            Err(crate::store::WriteError::Unavailable("the index is being rebuilt after damage; retry shortly".into()).into())
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod scan;
 pub mod scrub;
 pub mod segment;
 pub mod snapshot;
+pub mod table;
 
 pub use log::{Durability, Log, LogError, LogHandles, LogOptions, Poison};
 pub use open::OpenError;

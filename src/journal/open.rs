@@ -35,6 +35,8 @@ pub enum OpenError {
     Invalid(String),
     #[error("data directory {} is on a read-only file system", .0.display())]
     ReadOnly(PathBuf),
+    #[error("index table unusable: {0}")]
+    Table(String),
 }
 
 pub fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {

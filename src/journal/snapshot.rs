@@ -16,6 +16,7 @@
 //!         3 idem      key_len u8 | key | body_hash u64 | at_ms i64 | code_len u8 | code
 //!         4 live      seg u32 | live_bytes u64
 //!         5 rollup    len u32 | one rollup, as in a rollups record (record.rs)
+//!         6 counts    live_links u64
 //!         255 end
 //! trailer entries u64 | xxh3_64 of every byte before it (u64)
 //! ```
@@ -29,9 +30,11 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 use super::segment::sync_dir;
 
 const MAGIC: &[u8; 8] = b"SHORTDSN";
-/// 2: location entries carry a live byte. 3: rollup entries. Version 2
-/// files are read as they are (they hold no rollups).
-const VERSION: u32 = 3;
+/// 2: location entries carry a live byte. 3: rollup entries. 4: the
+/// locations and most click totals live in the index table of the same
+/// number (`table.rs`); a counts entry holds the live links. Versions 2
+/// and 3 are read as they are (their locations load into memory).
+pub const VERSION: u32 = 4;
 const OLDEST_READ: u32 = 2;
 const HEADER_LEN: usize = 48;
 const TAG_LOC: u8 = 1;
@@ -39,6 +42,7 @@ const TAG_CLICKS: u8 = 2;
 const TAG_IDEM: u8 = 3;
 const TAG_LIVE: u8 = 4;
 const TAG_ROLLUP: u8 = 5;
+const TAG_COUNTS: u8 = 6;
 const TAG_END: u8 = 255;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,6 +79,9 @@ pub enum Entry<'a> {
     },
     /// One rollup's bytes (`record::decode_rollup` reads them).
     Rollup(&'a [u8]),
+    Counts {
+        live_links: u64,
+    },
 }
 
 pub fn snapshot_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
@@ -165,6 +172,12 @@ impl SnapshotWriter {
         self.put(bytes)
     }
 
+    pub fn counts(&mut self, live_links: u64) -> io::Result<()> {
+        self.entries += 1;
+        self.put(&[TAG_COUNTS])?;
+        self.put(&live_links.to_le_bytes())
+    }
+
     /// Writes the trailer, makes the file durable and renames it into place.
     pub fn finish(mut self) -> io::Result<PathBuf> {
         self.put(&[TAG_END])?;
@@ -203,6 +216,7 @@ pub enum SnapshotError {
 /// A snapshot file read into memory and verified.
 pub struct Snapshot {
     pub meta: SnapshotMeta,
+    pub version: u32,
     data: Vec<u8>,
 }
 
@@ -232,7 +246,7 @@ impl Snapshot {
             next_lsn: u64_at(32),
             created_ms: u64_at(40) as i64,
         };
-        let snap = Snapshot { meta, data };
+        let snap = Snapshot { meta, version: u32_at(8), data };
         let mut count = 0u64;
         let end = snap.for_each(|_| count += 1)?;
         if end + 17 != snap.data.len() || u64::from_le_bytes(snap.data[end + 1..end + 9].try_into().expect("8 bytes")) != count {
@@ -264,6 +278,10 @@ impl Snapshot {
                 let seg = num(take(&mut at, 4)?) as u32;
                 let bytes = num(take(&mut at, 8)?);
                 f(Entry::Live { seg, bytes });
+                continue;
+            }
+            if tag == TAG_COUNTS {
+                f(Entry::Counts { live_links: num(take(&mut at, 8)?) });
                 continue;
             }
             if tag == TAG_ROLLUP {
@@ -318,12 +336,14 @@ mod tests {
         w.idem(b"key-1", 99, 1234, b"abc").unwrap();
         w.live(1, 500).unwrap();
         w.rollup(b"rollup bytes").unwrap();
+        w.counts(41).unwrap();
         let path = w.finish().unwrap();
         let snap = Snapshot::read(&path).unwrap();
         assert_eq!(snap.meta, meta);
         let mut seen = vec![];
         snap.for_each(|e| seen.push(format!("{e:?}"))).unwrap();
-        assert_eq!(seen.len(), 5);
+        assert_eq!(seen.len(), 6);
+        assert!(seen[5].contains("41"));
         assert!(seen[2].contains("Idem"));
         let mut bytes = std::fs::read(&path).unwrap();
         for i in [0, 20, 50, bytes.len() - 1] {

@@ -24,8 +24,9 @@ use crate::code::CodeKey;
 use crate::config::Durability;
 use crate::journal::record::{self, Body};
 use crate::journal::segment::{Segment, Segments};
-use crate::journal::{scrub, segment, snapshot, Poison};
+use crate::journal::{scrub, segment, snapshot, table, Poison};
 
+pub mod index;
 mod recovery;
 mod search;
 mod writer;
@@ -117,6 +118,9 @@ pub enum Lookup {
     Missing,
     Deleted,
     Live(Link),
+    /// The index table is damaged where this key would be; the store is
+    /// rebuilding it from the log (answer 503, try again shortly).
+    Unavailable,
 }
 
 /// A create request after validation.
@@ -245,7 +249,9 @@ pub struct Idem {
 pub struct Shared {
     pub dir: PathBuf,
     pub key: CodeKey,
-    pub index: Map<Loc>,
+    pub index: index::Index,
+    /// Click totals changed since the index table was written (the table
+    /// holds the rest).
     pub clicks: Map<AtomicU64>,
     pub dirty_clicks: Mutex<HashSet<CompactString>>,
     pub idem: Map<Idem>,
@@ -259,6 +265,9 @@ pub struct Shared {
     pub written: Arc<AtomicU64>,
     /// Hourly click analytics per link, logged like click totals.
     pub rollups: Rollups,
+    /// Set when a read meets a damaged index table block; the writer then
+    /// rebuilds the index from the log.
+    pub index_damaged: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -307,6 +316,66 @@ impl Shared {
         }
     }
 
+    /// The key of the put or delete at `loc`.
+    pub fn key_at(&self, loc: Loc) -> Option<CompactString> {
+        let seg = self.segment(loc.seg)?;
+        match record::decode(seg.bytes(), loc.off as usize).ok()?.0.body {
+            Body::Put(p) => Some(CompactString::from_utf8_lossy(p.key)),
+            Body::Delete { key } => Some(CompactString::from_utf8_lossy(key)),
+            _ => None,
+        }
+    }
+
+    /// Whether the record at `loc` is `code`'s (a table candidate).
+    pub fn is_key(&self, code: &str, loc: Loc) -> bool {
+        let Some(seg) = self.segment(loc.seg) else { return false };
+        match record::decode(seg.bytes(), loc.off as usize) {
+            Ok((rec, _)) => match &rec.body {
+                Body::Put(p) => p.key == code.as_bytes(),
+                Body::Delete { key } => *key == code.as_bytes(),
+                _ => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    /// Where `code`'s newest record lies.
+    pub fn loc_of(&self, code: &str) -> Result<Option<Loc>, table::Damaged> {
+        self.index.get(code, |loc| self.is_key(code, loc)).inspect_err(|d| self.table_damaged(*d))
+    }
+
+    pub fn contains(&self, code: &str) -> bool {
+        self.loc_of(code).ok().flatten().is_some()
+    }
+
+    pub fn table_damaged(&self, d: table::Damaged) {
+        if !self.index_damaged.swap(true, Ordering::Relaxed) {
+            let file = self.index.table().path.clone().unwrap_or_default();
+            tracing::error!(file = %file.display(), block = d.block, "index table damaged; rebuilding the index from the log");
+            self.report_damage(&file, format!("{d}; the index is rebuilt from the log"));
+        }
+    }
+
+    /// `code`'s click total.
+    pub fn clicks_of(&self, code: &str) -> u64 {
+        match self.clicks.get(code) {
+            Some(c) => c.load(Ordering::Relaxed),
+            None => self.table_clicks(code),
+        }
+    }
+
+    fn table_clicks(&self, code: &str) -> u64 {
+        self.index.table_clicks(code, |loc| self.is_key(code, loc)).inspect_err(|d| self.table_damaged(*d)).unwrap_or(0)
+    }
+
+    /// `code`'s entry in the click totals, made from the table's total.
+    pub fn click_entry(&self, code: &str) -> dashmap::mapref::one::Ref<'_, CompactString, AtomicU64> {
+        if let Some(e) = self.clicks.get(code) {
+            return e;
+        }
+        self.clicks.entry(code.into()).or_insert_with(|| AtomicU64::new(self.table_clicks(code))).downgrade()
+    }
+
     /// What the record at `loc` says of `code`.
     pub fn read_at(&self, code: &str, loc: Loc) -> Lookup {
         self.with_record(code, loc, |rec| match &rec.body {
@@ -322,7 +391,7 @@ impl Shared {
 
     /// The newest record of a key, tombstones included.
     pub fn stored(&self, code: &str) -> Option<Stored> {
-        let loc = *self.index.get(code)?;
+        let loc = self.loc_of(code).ok()??;
         self.with_record(code, loc, |rec| self.stored_from(rec)).flatten()
     }
 
@@ -340,7 +409,7 @@ impl Shared {
 
     pub fn link_from(&self, p: &record::Put<'_>) -> Link {
         let code = CompactString::from_utf8_lossy(p.key);
-        let clicks = self.clicks.get(code.as_str()).map_or(0, |c| c.load(Ordering::Relaxed));
+        let clicks = self.clicks_of(&code);
         Link {
             url: String::from_utf8_lossy(p.url).into_owned(),
             id: p.id,
@@ -355,10 +424,11 @@ impl Shared {
     }
 
     pub fn lookup(&self, code: &str) -> Lookup {
-        let Some(loc) = self.index.get(code).map(|l| *l) else {
-            return Lookup::Missing;
-        };
-        self.read_at(code, loc)
+        match self.loc_of(code) {
+            Ok(Some(loc)) => self.read_at(code, loc),
+            Ok(None) => Lookup::Missing,
+            Err(_) => Lookup::Unavailable,
+        }
     }
 }
 
@@ -435,6 +505,11 @@ impl Store {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// True while a damaged index table is being rebuilt from the log.
+    pub fn index_rebuilding(&self) -> bool {
+        self.shared.index_damaged.load(Ordering::Relaxed)
     }
 
     pub fn lookup(&self, code: &str) -> Lookup {
@@ -549,7 +624,7 @@ impl Store {
                     _ => continue,
                 };
                 let key = std::str::from_utf8(key).unwrap_or_default();
-                if self.shared.index.get(key).is_some_and(|l| *l == here) && visit(key, &rec) {
+                if self.shared.loc_of(key).ok().flatten() == Some(here) && visit(key, &rec) {
                     return Some(Cursor(Loc { seg: seg.number, off: at as u32 }));
                 }
             }
@@ -559,11 +634,7 @@ impl Store {
 
     /// Adds clicks counted elsewhere (the click aggregator).
     pub fn add_clicks(&self, code: &str, delta: u64) {
-        if let Some(c) = self.shared.clicks.get(code) {
-            c.fetch_add(delta, Ordering::Relaxed);
-        } else {
-            self.shared.clicks.entry(code.into()).or_default().fetch_add(delta, Ordering::Relaxed);
-        }
+        self.shared.click_entry(code).fetch_add(delta, Ordering::Relaxed);
         self.shared.dirty_clicks.lock().insert(code.into());
     }
 
@@ -571,10 +642,7 @@ impl Store {
     /// reached; exact however many threads race.
     pub fn try_click_limited(&self, code: &str, max_clicks: u64) -> bool {
         let counted = {
-            let entry = match self.shared.clicks.get(code) {
-                Some(e) => e,
-                None => self.shared.clicks.entry(code.into()).or_default().downgrade(),
-            };
+            let entry = self.shared.click_entry(code);
             entry.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max_clicks).then_some(n + 1)).is_ok()
         };
         if counted {
@@ -584,7 +652,7 @@ impl Store {
     }
 
     pub fn clicks(&self, code: &str) -> u64 {
-        self.shared.clicks.get(code).map_or(0, |c| c.load(Ordering::Relaxed))
+        self.shared.clicks_of(code)
     }
 
     /// Hands changed click totals to the writer to be logged.
@@ -650,7 +718,7 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             links: self.shared.live_links.load(Ordering::Relaxed),
-            keys: self.shared.index.len() as u64,
+            keys: self.shared.index.len(),
             segments: self.shared.segments.len() as u64,
             segment_bytes: self.shared.segments.bytes(),
         }
@@ -730,10 +798,10 @@ mod tests {
         let store = Store::open(StoreOptions::new(dir.path())).unwrap();
         let a = create(&store, "https://a.example/");
         let b = create(&store, "https://b.example/");
-        let b_loc = *store.shared.index.get(b.code.as_str()).unwrap();
+        let b_loc = store.shared.loc_of(&b.code).unwrap().unwrap();
         // What a fuzzy snapshot could leave after a power loss: a's entry
         // pointing at offsets that b's record now occupies.
-        store.shared.index.insert(a.code.clone(), b_loc);
+        store.shared.index.set(a.code.clone(), b_loc, false);
         assert!(matches!(store.lookup(&a.code), Lookup::Missing));
         assert!(store.stored(&a.code).is_none());
         assert!(matches!(store.lookup(&b.code), Lookup::Live(l) if l.url == "https://b.example/"));

@@ -11,12 +11,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use compact_str::CompactString;
 use parking_lot::{Mutex, RwLock};
 
+use super::index::Index;
 use super::{Idem, Loc, OpenError, Shared, StoreOptions, ALIAS_ID};
 use crate::analytics::rollup::{Hour, Rollups};
 use crate::code::CodeKey;
@@ -24,6 +25,7 @@ use crate::journal::open::{self, io_err, ReplayRules};
 use crate::journal::record::{self, Body, Record};
 use crate::journal::segment::{self, Segments, SEGMENT_HEADER_LEN};
 use crate::journal::snapshot::{self, Entry, Snapshot};
+use crate::journal::table::{self, Table};
 
 pub const KEY_FILE: &str = "code.key";
 
@@ -50,14 +52,14 @@ impl Recovered {
 pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
     let dir = &opts.dir;
     let open::Opened { lock, segments, numbers } = open::open_segments(dir, opts.read_only)?;
-    let key = load_or_create_key(dir, opts.read_only)?;
-    // Sizing the index from the newest snapshot (about 18 bytes an entry)
-    // spares the rehashing that growing one entry at a time would cost.
-    let expected = snapshot::list(dir).ok().and_then(|l| l.first().and_then(|p| std::fs::metadata(p).ok())).map_or(0, |m| m.len() / 18);
+    let (key, seed) = load_or_create_key(dir, opts.read_only)?;
+    if !opts.read_only {
+        remove_table_leftovers(dir);
+    }
     let shared = Arc::new(Shared {
         dir: dir.clone(),
         key,
-        index: crate::store::Map::with_capacity_and_hasher(expected as usize, Default::default()),
+        index: Index::new(seed),
         clicks: Default::default(),
         dirty_clicks: Mutex::new(HashSet::new()),
         idem: Default::default(),
@@ -67,19 +69,20 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
         damage: Mutex::new(BTreeMap::new()),
         written: Arc::new(AtomicU64::new(0)),
         rollups: Rollups::new(opts.stats_top),
+        index_damaged: AtomicBool::new(false),
     });
 
     let mut state = Replay { shared: &shared, live: HashMap::new(), next_id: 0, next_lsn: 1, replayed: 0, live_links: 0 };
     let mut start = Loc { seg: 0, off: 0 };
     for path in snapshot::list(dir).map_err(io_err(dir))? {
         match Snapshot::read(&path) {
-            Ok(snap) => match state.load_snapshot(&snap, &shared.segments, opts.repair) {
+            Ok(snap) => match state.load_snapshot(&snap, &shared.segments, opts.repair, dir) {
                 Ok(()) => {
                     tracing::info!(file = %path.display(), "loaded snapshot");
                     start = Loc { seg: snap.meta.replay_seg, off: snap.meta.replay_off as u32 };
                     break;
                 }
-                Err(e) if opts.repair => {
+                Err(e) if opts.repair || matches!(e, OpenError::Table(_)) => {
                     tracing::warn!(file = %path.display(), error = %e, "snapshot unusable; trying an older one");
                     state.reset();
                 }
@@ -124,7 +127,7 @@ struct Replay<'a> {
 
 impl Replay<'_> {
     fn reset(&mut self) {
-        self.shared.index.clear();
+        self.shared.index.replace_all(Default::default());
         self.shared.clicks.clear();
         self.shared.idem.clear();
         self.shared.rollups.clear();
@@ -134,9 +137,15 @@ impl Replay<'_> {
         self.live_links = 0;
     }
 
-    fn load_snapshot(&mut self, snap: &Snapshot, segs: &Segments, repair: bool) -> Result<(), OpenError> {
+    fn load_snapshot(&mut self, snap: &Snapshot, segs: &Segments, repair: bool, dir: &Path) -> Result<(), OpenError> {
         let mut missing = HashSet::new();
         let mut locs = Vec::new();
+        if snap.version >= 4 {
+            let path = table::table_path(dir, snap.meta.next_lsn);
+            let t = Table::open(&path, self.shared.index.seed()).map_err(|e| OpenError::Table(format!("{}: {e}", path.display())))?;
+            tracing::info!(file = %path.display(), keys = t.len(), "mapped index table");
+            self.shared.index.install_loaded(t);
+        }
         // The image is fuzzy: it may hold locations the writer reached while
         // it was being written. Those lie at or past the replay position, in
         // records that may not have been synced (`never`, `interval`) and so
@@ -161,33 +170,32 @@ impl Replay<'_> {
                 self.shared.idem.insert(key_of(key), idem);
             }
             Entry::Live { seg, bytes } => {
+                // Records the index points at lie in every segment with
+                // live bytes: one that is gone takes links with it.
+                if bytes > 0 && !segs.contains(seg) {
+                    missing.insert(seg);
+                }
                 self.live.insert(seg, bytes);
             }
+            Entry::Counts { live_links } => self.live_links = live_links,
             Entry::Rollup(bytes) => match record::decode_rollup(bytes) {
                 Ok((r, _)) => self.shared.rollups.replace(key_of(r.key), r.hour, Hour::from_record(&r)),
                 Err(e) => tracing::warn!(error = %e, "snapshot holds an unreadable rollup; skipped"),
             },
         })
         .map_err(|e| OpenError::Invalid(format!("snapshot: {e}")))?;
-        // Inserting into a large index is bound by cache misses; spread it
-        // over the cores (the map is sharded, so they rarely meet).
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-        let chunk = locs.len().div_ceil(threads).max(1);
-        let index = &self.shared.index;
-        std::thread::scope(|scope| {
-            for part in locs.chunks_mut(chunk) {
-                scope.spawn(move || {
-                    for (key, loc) in part.iter_mut() {
-                        index.insert(std::mem::take(key), *loc);
-                    }
-                });
-            }
-        });
+        // Older snapshots hold every location: they load into memory, and
+        // the first merge writes them into a table.
+        self.shared.index.load(&mut locs);
         if !missing.is_empty() {
             let msg = format!("snapshot points into missing segments {missing:?}");
             if repair {
                 tracing::warn!("{msg}; dropping those links (--repair)");
-                self.shared.index.retain(|_, l| !missing.contains(&l.seg));
+                if snap.version >= 4 {
+                    // The table cannot drop entries: rebuild from what is left.
+                    return Err(OpenError::Table(format!("{msg}; rebuilding the index from the log")));
+                }
+                self.shared.index.retain_recent(|l| !missing.contains(&l.seg));
             } else {
                 return Err(OpenError::Invalid(format!("{msg}; start with --repair to drop those links")));
             }
@@ -210,9 +218,7 @@ impl Replay<'_> {
             Body::Delete { key } => key,
             Body::Clicks(entries) => {
                 for (key, total) in entries {
-                    let key = key_of(key);
-                    let c = self.shared.clicks.entry(key).or_default();
-                    c.fetch_max(*total, Ordering::Relaxed);
+                    self.shared.click_entry(&key_of(key)).fetch_max(*total, Ordering::Relaxed);
                 }
                 return;
             }
@@ -232,11 +238,11 @@ impl Replay<'_> {
         };
         let is_put = matches!(rec.body, Body::Put(_));
         let key = key_of(key);
-        let old = self.shared.index.get(key.as_str()).map(|l| *l);
+        let old = self.shared.loc_of(&key).ok().flatten();
         if old.is_some_and(|o| o >= loc) {
             return;
         }
-        self.shared.index.insert(key, loc);
+        self.shared.index.set(key, loc, old.is_none());
         *self.live.entry(loc.seg).or_default() += len;
         let old_kind = old.and_then(|old| {
             let (old_len, kind) = self.shared.segments.record_len_at(old)?;
@@ -262,8 +268,20 @@ fn key_of(bytes: &[u8]) -> CompactString {
     }
 }
 
-/// The permutation key: 48 random bytes followed by their xxh3 checksum.
-fn load_or_create_key(dir: &Path, read_only: bool) -> Result<CodeKey, OpenError> {
+/// Removes index tables a merge left half-written (a crash mid-merge).
+fn remove_table_leftovers(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if name.to_str().is_some_and(|n| n.starts_with("index-") && n.ends_with(".idx.tmp")) {
+            tracing::warn!(file = %e.path().display(), "removing an index table left by an interrupted merge");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The permutation key: 48 random bytes followed by their xxh3 checksum;
+/// and the seed of the index tables' hash, derived from it.
+fn load_or_create_key(dir: &Path, read_only: bool) -> Result<(CodeKey, u64), OpenError> {
     let path = dir.join(KEY_FILE);
     let mut bytes = [0u8; CodeKey::BYTES + 8];
     match File::open(&path) {
@@ -290,5 +308,6 @@ fn load_or_create_key(dir: &Path, read_only: bool) -> Result<CodeKey, OpenError>
     }
     let mut k = [0u8; CodeKey::BYTES];
     k.copy_from_slice(&bytes[..CodeKey::BYTES]);
-    Ok(CodeKey::from_bytes(k))
+    let seed = xxhash_rust::xxh3::xxh3_64_with_seed(&k, 0x1d3e_7ab1_e5ee_d000);
+    Ok((CodeKey::from_bytes(k), seed))
 }

@@ -122,7 +122,7 @@ impl Store {
             std::cmp::Ordering::Equal => to.min(written.off as usize),
             std::cmp::Ordering::Greater => return Vec::new(),
         };
-        let live = |key: &[u8], here: Loc| std::str::from_utf8(key).is_ok_and(|key| self.shared.index.get(key).is_some_and(|l| *l == here));
+        let live = |key: &[u8], here: Loc| std::str::from_utf8(key).is_ok_and(|key| self.shared.loc_of(key).ok().flatten() == Some(here));
         let mut found = Vec::new();
         let mut candidates = Vec::new();
         let mut at = from.max(SEGMENT_HEADER_LEN);

@@ -20,6 +20,7 @@ use compact_str::CompactString;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
+use super::index::Frozen;
 use super::recovery::Recovered;
 use super::{
     ApplyMode, Change, Created, Idem, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, Version, WriteError, ALIAS_ID,
@@ -31,6 +32,7 @@ use crate::journal::record::{self, Body, Put, Record};
 use crate::journal::scan::{Found, Scan};
 use crate::journal::segment::{Segment, SEGMENT_HEADER_LEN};
 use crate::journal::snapshot::{SnapshotMeta, SnapshotWriter};
+use crate::journal::table::{self, Builder, Slot, Table};
 use crate::journal::{Log, LogHandles, LogOptions};
 use crate::metrics as m;
 
@@ -88,7 +90,7 @@ struct Compaction {
 struct SnapshotJob {
     meta: SnapshotMeta,
     started: Instant,
-    handle: JoinHandle<io::Result<std::path::PathBuf>>,
+    handle: JoinHandle<io::Result<(std::path::PathBuf, Table)>>,
 }
 
 pub struct Writer {
@@ -197,11 +199,14 @@ impl Writer {
         self.shutdown();
     }
 
-    fn state(&self, code: &str) -> Lookup {
+    fn state(&self, code: &str) -> Result<Lookup, WriteError> {
         match self.pending.get(code) {
-            Some(Some(link)) => Lookup::Live(link.clone()),
-            Some(None) => Lookup::Deleted,
-            None => self.shared.lookup(code),
+            Some(Some(link)) => Ok(Lookup::Live(link.clone())),
+            Some(None) => Ok(Lookup::Deleted),
+            None => match self.shared.lookup(code) {
+                Lookup::Unavailable => Err(index_unavailable()),
+                found => Ok(found),
+            },
         }
     }
 
@@ -271,19 +276,19 @@ impl Writer {
                 if earlier_hash != *hash {
                     return Err(WriteError::IdempotencyMismatch);
                 }
-                return match self.state(&code) {
+                return match self.state(&code)? {
                     Lookup::Live(mut link) => {
-                        link.clicks = self.shared.clicks.get(code.as_str()).map_or(0, |c| c.load(Ordering::Relaxed));
+                        link.clicks = self.shared.clicks_of(&code);
                         Ok(Created { link, replayed: true })
                     }
                     Lookup::Deleted => Err(WriteError::Gone),
-                    Lookup::Missing => Err(WriteError::NotFound),
+                    Lookup::Missing | Lookup::Unavailable => Err(WriteError::NotFound),
                 };
             }
         }
         let (code, id) = match &new.alias {
             Some(alias) => {
-                if !matches!(self.state(alias), Lookup::Missing) {
+                if !matches!(self.state(alias)?, Lookup::Missing) {
                     return Err(WriteError::Taken);
                 }
                 (CompactString::from(alias.as_str()), ALIAS_ID)
@@ -297,7 +302,7 @@ impl Writer {
                 let code = self.shared.key.encode(id).expect("id is inside the code space");
                 let code = CompactString::from_utf8_lossy(&code);
                 // A code that spells a route (`healthz`, `metrics`) could never redirect.
-                if crate::code::validate_alias(&code).is_ok() && matches!(self.state(&code), Lookup::Missing) {
+                if crate::code::validate_alias(&code).is_ok() && matches!(self.state(&code)?, Lookup::Missing) {
                     break (code, id);
                 }
             },
@@ -343,7 +348,7 @@ impl Writer {
         if let Some(v) = self.pending_ver.get(code) {
             return Some(*v);
         }
-        let loc = *self.shared.index.get(code)?;
+        let loc = self.shared.loc_of(code).ok()??;
         self.shared.version_at(code, loc)
     }
 
@@ -361,13 +366,14 @@ impl Writer {
         if let Some(e) = self.refusal() {
             return Err(e);
         }
+        let before = self.state(&change.code)?;
         let current = self.version_of(&change.code);
         match mode {
             ApplyMode::Create if current.is_some() => {
                 // A retried create that already landed here (its answer was
                 // lost to a timeout) is the same change, not a conflict.
-                let same = current == Some(change.version)
-                    && matches!((self.state(&change.code), &change.link), (Lookup::Live(l), Some(c)) if l.url == c.url);
+                let same =
+                    current == Some(change.version) && matches!((&before, &change.link), (Lookup::Live(l), Some(c)) if l.url == c.url);
                 return if same { Ok(false) } else { Err(WriteError::Taken) };
             }
             ApplyMode::Newer if current.is_some_and(|v| v >= change.version) => {
@@ -376,7 +382,7 @@ impl Writer {
             }
             _ => {}
         }
-        let was_live = matches!(self.state(&change.code), Lookup::Live(_));
+        let was_live = matches!(before, Lookup::Live(_));
         match &change.link {
             Some(link) => {
                 self.put(link, change.version)?;
@@ -397,7 +403,7 @@ impl Writer {
 
     fn raise_clicks(&self, change: &Change) {
         let Some(n) = change.link.as_ref().map(|l| l.clicks).filter(|&n| n > 0) else { return };
-        let before = self.shared.clicks.entry(change.code.clone()).or_default().fetch_max(n, Ordering::Relaxed);
+        let before = self.shared.click_entry(&change.code).fetch_max(n, Ordering::Relaxed);
         if before < n {
             self.shared.dirty_clicks.lock().insert(change.code.clone());
         }
@@ -426,10 +432,10 @@ impl Writer {
         if let Some(e) = self.refusal() {
             return Err(e);
         }
-        let mut link = match self.state(&code) {
+        let mut link = match self.state(&code)? {
             Lookup::Live(link) => link,
             Lookup::Deleted => return Err(WriteError::Gone),
-            Lookup::Missing => return Err(WriteError::NotFound),
+            Lookup::Missing | Lookup::Unavailable => return Err(WriteError::NotFound),
         };
         if patch.is_empty() {
             return Ok(link);
@@ -450,7 +456,7 @@ impl Writer {
             link.disabled = d;
         }
         self.put(&link, self.next_version(&code))?;
-        link.clicks = self.shared.clicks.get(code.as_str()).map_or(0, |c| c.load(Ordering::Relaxed));
+        link.clicks = self.shared.clicks_of(&code);
         Ok(link)
     }
 
@@ -458,8 +464,8 @@ impl Writer {
         if let Some(e) = self.refusal() {
             return Err(e);
         }
-        match self.state(&code) {
-            Lookup::Missing => return Err(WriteError::NotFound),
+        match self.state(&code)? {
+            Lookup::Missing | Lookup::Unavailable => return Err(WriteError::NotFound),
             Lookup::Deleted => return Ok(()),
             Lookup::Live(_) => {}
         }
@@ -516,7 +522,9 @@ impl Writer {
         match effect {
             Effect::SetLoc { key, loc, len } => {
                 *self.live.entry(loc.seg).or_default() += len;
-                if let Some(old) = self.shared.index.insert(key, loc) {
+                let old = self.shared.loc_of(&key).ok().flatten();
+                self.shared.index.set(key, loc, old.is_none());
+                if let Some(old) = old {
                     if let Some((old_len, _)) = self.shared.segments.record_len_at(old) {
                         let l = self.live.entry(old.seg).or_default();
                         *l = l.saturating_sub(old_len);
@@ -540,13 +548,21 @@ impl Writer {
         if self.log.sync_due_in(self.opts.fsync_interval) == Some(Duration::ZERO) {
             let _ = self.log.sync();
         }
+        if self.shared.index_damaged.load(Ordering::Relaxed) {
+            self.rebuild_index();
+        }
         if let Some(job) = &self.snapshot {
             if job.handle.is_finished() {
                 let job = self.snapshot.take().expect("checked above");
                 self.snapshot_done(job);
             }
         }
-        let due = self.since_snapshot >= self.opts.snapshot_records
+        // A merge rewrites the whole table: past 8 M links, let the changes
+        // grow to an eighth of it first, so that a link is rewritten about
+        // eight times over, not once per million changes.
+        let threshold = self.opts.snapshot_records.max(self.shared.index.table().len() / 8);
+        let due = self.since_snapshot >= threshold
+            || self.shared.index.in_memory() as u64 >= threshold
             || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= self.opts.snapshot_interval)
             || self.drained.iter().any(|&(_, lsn)| lsn <= self.log.next_lsn()) && self.last_snapshot.elapsed() >= TICK;
         if due && self.snapshot.is_none() && self.refusal().is_none() {
@@ -575,7 +591,11 @@ impl Writer {
         let live: Vec<(u32, u64)> = self.live.iter().map(|(&s, &b)| (s, b)).collect();
         let shared = self.shared.clone();
         let dir = self.opts.dir.clone();
-        let handle = std::thread::Builder::new().name("shortd-snapshot".into()).spawn(move || write_snapshot(&shared, &dir, &meta, &live));
+        let live_links = self.shared.live_links.load(Ordering::Relaxed);
+        let frozen = self.shared.index.freeze();
+        let handle = std::thread::Builder::new()
+            .name("shortd-snapshot".into())
+            .spawn(move || merge(&shared, &dir, &meta, &live, live_links, frozen));
         match handle {
             Ok(handle) => {
                 self.snapshot = Some(SnapshotJob { meta, started: Instant::now(), handle });
@@ -588,13 +608,19 @@ impl Writer {
 
     fn snapshot_done(&mut self, job: SnapshotJob) {
         match job.handle.join() {
-            Ok(Ok(path)) => {
+            Ok(Ok((path, table))) => {
                 m::snapshot_seconds(job.started.elapsed());
-                tracing::info!(file = %path.display(), seconds = job.started.elapsed().as_secs_f64(), "snapshot written");
+                tracing::info!(file = %path.display(), keys = table.len(), seconds = job.started.elapsed().as_secs_f64(), "snapshot and index table written");
+                let table_path = table.path.clone();
+                self.shared.index.install(table);
+                self.prune_clicks();
                 if let Ok(all) = super::snapshot::list(&self.opts.dir) {
                     for old in all.into_iter().filter(|p| *p != path) {
                         let _ = std::fs::remove_file(old);
                     }
+                }
+                for old in table::list(&self.opts.dir).unwrap_or_default().into_iter().filter(|p| Some(p) != table_path.as_ref()) {
+                    let _ = std::fs::remove_file(old);
                 }
                 let covered = job.meta.next_lsn;
                 let (gone, keep): (Vec<_>, Vec<_>) = self.drained.iter().partition(|&&(_, lsn)| lsn <= covered);
@@ -652,7 +678,7 @@ impl Writer {
                 _ => continue,
             };
             let key = CompactString::from_utf8_lossy(key);
-            if self.shared.index.get(key.as_str()).is_some_and(|l| *l == here) {
+            if self.shared.loc_of(&key).ok().flatten() == Some(here) {
                 let copy = Record { lsn: 0, time_ms: rec.time_ms, origin: rec.origin, body: rec.body.clone() };
                 match self.append(copy) {
                     Ok((loc, len)) => self.effects.push(Effect::SetLoc { key, loc, len }),
@@ -680,7 +706,7 @@ impl Writer {
             // copied, and its index entry still points here: removing the
             // segment would turn a damaged link into a lost one and leave
             // the next start pointing at a missing file.
-            let stranded = self.shared.index.iter().filter(|e| e.value().seg == seg.number).count();
+            let stranded = self.pointing_into(seg.number);
             if stranded > 0 {
                 tracing::error!(file = %seg.path.display(), stranded, %damage, "compaction keeps a damaged segment: links point into its damage; run `shortd check` and restore or delete them");
                 m::compaction_refused();
@@ -694,12 +720,82 @@ impl Writer {
         self.drained.push((seg.number, self.log.next_lsn()));
     }
 
+    /// Drops click totals the new table holds as they are: the table
+    /// answers for them now.
+    fn prune_clicks(&self) {
+        let keys: Vec<CompactString> = self.shared.clicks.iter().map(|e| e.key().clone()).collect();
+        for key in keys {
+            self.shared.clicks.remove_if(&key, |k, v| {
+                let n = v.load(Ordering::Relaxed);
+                self.shared.index.table_clicks(k, |loc| self.shared.is_key(k, loc)).is_ok_and(|t| t == n)
+            });
+        }
+    }
+
+    /// Links whose newest record lies in segment `seg`, counting any
+    /// location whose record cannot be read (it may be a link's only one).
+    fn pointing_into(&self, seg: u32) -> usize {
+        let mut n = 0;
+        let walked = self.shared.index.for_each(|key, loc| {
+            if loc.seg != seg {
+                return;
+            }
+            let key = key.map(CompactString::from).or_else(|| self.shared.key_at(loc));
+            if key.is_none_or(|k| self.shared.loc_of(&k).ok().flatten() == Some(loc)) {
+                n += 1;
+            }
+        });
+        n + walked.is_err() as usize
+    }
+
+    /// A read met a damaged index table block: the index is rebuilt from
+    /// the log (every put and delete, the later one of a key winning), and
+    /// a merge writes a sound table. Writes wait meanwhile; redirects of
+    /// keys outside the damage carry on.
+    fn rebuild_index(&mut self) {
+        let started = Instant::now();
+        if let Some(job) = self.snapshot.take() {
+            // It reads the damaged table too; its result is not used.
+            let _ = job.handle.join();
+        }
+        let old = self.shared.index.table();
+        // Click totals the table held, from its intact blocks.
+        old.for_each_intact(|s| {
+            if let Some(key) = (s.clicks > 0).then(|| self.shared.key_at(s.loc)).flatten() {
+                self.shared.clicks.entry(key).or_insert_with(|| s.clicks.into());
+            }
+        });
+        let written = self.log.end();
+        let index = super::Map::<Loc>::default();
+        for seg in self.shared.segments.all().into_iter().filter(|s| s.number <= written.seg) {
+            let end = if seg.number == written.seg { written.off as usize } else { seg.len() };
+            for found in Scan::new(seg.bytes(), SEGMENT_HEADER_LEN, end) {
+                if let Found::Record { rec, at, .. } = found {
+                    let key = match &rec.body {
+                        Body::Put(p) => p.key,
+                        Body::Delete { key } => key,
+                        _ => continue,
+                    };
+                    index.insert(CompactString::from_utf8_lossy(key), Loc { seg: seg.number, off: at as u32 });
+                }
+            }
+        }
+        let keys = index.len();
+        self.shared.index.replace_all(index);
+        self.shared.index_damaged.store(false, Ordering::Relaxed);
+        if let Some(path) = &old.path {
+            self.shared.damage.lock().remove(path);
+        }
+        tracing::warn!(keys, seconds = started.elapsed().as_secs_f64(), "index rebuilt from the log; writing a new table");
+        self.start_snapshot();
+    }
+
     fn shutdown(&mut self) {
         self.commit(true);
         if let Some(job) = self.snapshot.take() {
             let _ = job.handle.join();
         }
-        if self.since_snapshot > 0 && self.refusal().is_none() {
+        if (self.since_snapshot > 0 || self.shared.index.in_memory() > 0) && self.refusal().is_none() {
             self.start_snapshot();
             if let Some(job) = self.snapshot.take() {
                 self.snapshot_done(job);
@@ -708,15 +804,61 @@ impl Writer {
     }
 }
 
-fn write_snapshot(shared: &Shared, dir: &std::path::Path, meta: &SnapshotMeta, live: &[(u32, u64)]) -> io::Result<std::path::PathBuf> {
-    let mut w = SnapshotWriter::create(dir, meta)?;
-    for e in shared.index.iter() {
-        let loc = *e.value();
-        let live = shared.segments.record_len_at(loc).is_some_and(|(_, kind)| kind == record::KIND_PUT);
-        w.loc(e.key().as_bytes(), loc.seg, loc.off, live)?;
+/// Writes the next index table (the previous one plus the frozen changes
+/// and the click totals), then the snapshot that names it.
+fn merge(
+    shared: &Shared,
+    dir: &std::path::Path,
+    meta: &SnapshotMeta,
+    live: &[(u32, u64)],
+    live_links: u64,
+    frozen: Frozen,
+) -> io::Result<(std::path::PathBuf, Table)> {
+    let seed = shared.index.seed();
+    let path = table::table_path(dir, meta.next_lsn);
+    let mut b = Builder::create(&path, frozen.table.len() + frozen.changes.len() as u64)?;
+    frozen.table.for_each(|s| b.insert(s)).map_err(|d| {
+        shared.table_damaged(d);
+        io::Error::other(d.to_string())
+    })?;
+    for e in frozen.changes.iter() {
+        let (key, loc) = (e.key().as_str(), *e.value());
+        let hash = table::hash_key(seed, key.as_bytes());
+        // The slot of the same key, told by the record it points at; a
+        // record that cannot be read leaves its slot behind (readers skip
+        // it the same way).
+        let moved = b.update(hash, |s| {
+            let same = shared.is_key(key, s.loc);
+            if same {
+                s.loc = loc;
+            }
+            same
+        });
+        if !moved {
+            b.insert(Slot { hash, loc, clicks: 0 });
+        }
     }
-    for e in shared.clicks.iter() {
-        w.clicks(e.key().as_bytes(), e.value().load(Ordering::Relaxed))?;
+    drop(frozen);
+    let clicks: Vec<(CompactString, u64)> = shared.clicks.iter().map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed))).collect();
+    let mut left = Vec::new();
+    for (key, total) in clicks {
+        let set = b.update(table::hash_key(seed, key.as_bytes()), |s| {
+            let same = shared.is_key(&key, s.loc);
+            if same {
+                s.clicks = total;
+            }
+            same
+        });
+        if !set {
+            // A link made after the freeze: its total goes in the snapshot.
+            left.push((key, total));
+        }
+    }
+    let table = Table::open(&b.finish(seed)?, seed).map_err(io::Error::other)?;
+    let mut w = SnapshotWriter::create(dir, meta)?;
+    w.counts(live_links)?;
+    for (key, total) in left {
+        w.clicks(key.as_bytes(), total)?;
     }
     let cutoff = now_ms() - IDEMPOTENCY_WINDOW_MS;
     for e in shared.idem.iter().filter(|e| e.value().at_ms > cutoff) {
@@ -729,7 +871,7 @@ fn write_snapshot(shared: &Shared, dir: &std::path::Path, meta: &SnapshotMeta, l
     // aggregator waits); rollups of links gone from the index go with them.
     let (mut bytes, mut ends) = (Vec::new(), Vec::new());
     shared.rollups.for_all(|code, hour, h| {
-        if shared.index.contains_key(code) {
+        if shared.contains(code) {
             record::encode_rollup(&h.to_record(code, hour), &mut bytes);
             ends.push(bytes.len());
         }
@@ -739,5 +881,9 @@ fn write_snapshot(shared: &Shared, dir: &std::path::Path, meta: &SnapshotMeta, l
         w.rollup(&bytes[start..end])?;
         start = end;
     }
-    w.finish()
+    Ok((w.finish()?, table))
+}
+
+fn index_unavailable() -> WriteError {
+    WriteError::Unavailable("the index is being rebuilt after damage; retry shortly".into())
 }
