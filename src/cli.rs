@@ -1,24 +1,19 @@
 //! The commands behind `shortd`: serve, export, import, check.
 
-use std::io::{BufRead, BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use crate::analytics::rollup::{hour_of, Hour, DIM_NAMES, MS_PER_HOUR};
-use crate::config::{Cli, Command, Config, Durability, LinkLimits, LogFormat};
+use crate::analytics::rollup::{Hour, DIM_NAMES, MS_PER_HOUR};
+use crate::config::{Cli, Command, Config, Durability, LogFormat};
 use crate::journal::record::{self, Body};
 use crate::journal::scan::{Found, Scan};
 use crate::journal::segment::{segment_number, Segment, SEGMENT_HEADER_LEN};
 use crate::journal::snapshot::{self, Snapshot};
-use crate::lists::Blocklist;
 use crate::store::{Link, Store, StoreOptions};
-use crate::{http::api::rfc3339, input, Server};
-
-/// Creates in flight at once during an import, for group commit.
-const IMPORT_WINDOW: usize = 8192;
+use crate::{http::api::rfc3339, Server};
 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
@@ -31,8 +26,8 @@ pub fn run(cli: Cli) -> ExitCode {
             export(&d.data_dir)
         }
         Command::Import { data, links, file } => {
-            init_logging(LogFormat::Text, "warn");
-            import(&data.data_dir, &file, &links)
+            init_logging(LogFormat::Text, &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+            crate::import::run(&data.data_dir, &file, &links)
         }
         Command::Check { data } => {
             init_logging(LogFormat::Text, "warn");
@@ -148,26 +143,6 @@ fn hour_line(hour: u32, h: &Hour) -> Value {
     v
 }
 
-/// The `stats` of an export line, back into rollup hours.
-fn parse_hours(v: &Value) -> Result<Vec<(u32, Hour)>, String> {
-    let bad = |what: &str| format!("stats: {what}");
-    let list = v.as_array().ok_or_else(|| bad("must be a list of hours"))?;
-    let mut out = Vec::with_capacity(list.len());
-    for e in list {
-        let at = e["hour"].as_str().ok_or_else(|| bad("each hour needs an RFC 3339 \"hour\""))?;
-        let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(|_| bad("bad \"hour\""))?;
-        let count = |k: &str| e[k].as_u64().map(|n| n.min(u32::MAX as u64) as u32).unwrap_or(0);
-        let mut h = Hour { clicks: count("clicks"), bots: count("bots"), ..Hour::default() };
-        for (d, name) in DIM_NAMES.iter().enumerate() {
-            for (k, n) in e[*name].as_object().into_iter().flatten() {
-                h.values[d].push((k.as_str().into(), n.as_u64().unwrap_or(0).min(u32::MAX as u64) as u32));
-            }
-        }
-        out.push((hour_of((at.unix_timestamp_nanos() / 1_000_000) as i64), h));
-    }
-    Ok(out)
-}
-
 fn open(dir: &Path, read_only: bool) -> Result<Store, String> {
     let mut opts = StoreOptions::new(dir);
     opts.read_only = read_only;
@@ -192,74 +167,6 @@ fn export(dir: &Path) -> Result<(), String> {
         }
     }
     out.flush().map_err(|e| e.to_string())
-}
-
-fn import(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
-    let rules = input::Rules { max_url_bytes: limits.max_url_bytes, own_host: None, blocklist: &Blocklist::default() };
-    let input: Box<dyn BufRead> = if file == Path::new("-") {
-        Box::new(std::io::BufReader::new(std::io::stdin()))
-    } else {
-        Box::new(std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?))
-    };
-    let store = Arc::new(open(dir, false)?);
-    let started = std::time::Instant::now();
-    let (mut created, mut failed) = (0u64, 0u64);
-    let mut inflight = Vec::with_capacity(IMPORT_WINDOW);
-    // An exported link's clicks and hourly stats come along with it.
-    type Carried = (u64, Vec<(u32, Hour)>);
-    let settle = |inflight: &mut Vec<(usize, tokio::sync::oneshot::Receiver<_>, Carried)>, created: &mut u64, failed: &mut u64| {
-        for (line, rx, (clicks, hours)) in inflight.drain(..) {
-            match rx.blocking_recv() {
-                Ok(Ok(c)) => {
-                    *created += 1;
-                    let c: crate::store::Created = c;
-                    if clicks > 0 {
-                        store.add_clicks(&c.link.code, clicks);
-                    }
-                    let keys: Vec<_> = hours.iter().map(|(hour, _)| (c.link.code.clone(), *hour)).collect();
-                    for (hour, h) in hours {
-                        store.rollups().replace(c.link.code.clone(), hour, h);
-                    }
-                    store.rollups().mark_dirty(keys);
-                }
-                Ok(Err(e)) => {
-                    *failed += 1;
-                    eprintln!("line {line}: {e}");
-                }
-                Err(_) => *failed += 1,
-            }
-        }
-    };
-    for (i, line) in input.lines().enumerate() {
-        let line = line.map_err(|e| format!("reading {}: {e}", file.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = serde_json::from_str::<Map<String, Value>>(&line).map_err(|e| e.to_string()).and_then(|o| {
-            let new = input::new_link(&o, &rules, crate::clock::now_ms(), input::Source::Import).map_err(|e| e.to_string())?;
-            let hours = o.get("stats").map(parse_hours).transpose()?.unwrap_or_default();
-            Ok((new, (o.get("clicks").and_then(Value::as_u64).unwrap_or(0), hours)))
-        });
-        match parsed {
-            Ok((new, carried)) => inflight.push((i + 1, store.create_queued(new).map_err(|e| e.to_string())?, carried)),
-            Err(e) => {
-                failed += 1;
-                eprintln!("line {}: {e}", i + 1);
-            }
-        }
-        if inflight.len() >= IMPORT_WINDOW {
-            settle(&mut inflight, &mut created, &mut failed);
-        }
-    }
-    settle(&mut inflight, &mut created, &mut failed);
-    store.persist_rollups(u32::MAX);
-    store.close();
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!("imported {created} links in {secs:.1}s ({:.0}/s); {failed} lines refused", created as f64 / secs.max(1e-9));
-    if failed > 0 && created == 0 {
-        return Err("nothing was imported".into());
-    }
-    Ok(())
 }
 
 /// Verifies every record of every segment and every snapshot.

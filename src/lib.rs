@@ -35,6 +35,7 @@ pub mod code;
 pub mod config;
 pub mod hot;
 pub mod http;
+pub mod import;
 pub mod input;
 pub mod journal;
 pub mod links;

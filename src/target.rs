@@ -39,6 +39,40 @@ pub fn validate(raw: &str, max_len: usize, own_host: Option<&str>) -> Result<Str
     if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(TargetError::BadCharacter);
     }
+    if let Some(host) = plain_host(raw) {
+        if own_host.is_some_and(|own| own.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').eq_ignore_ascii_case(host)) {
+            return Err(TargetError::SelfReference);
+        }
+        return Ok(raw.to_string());
+    }
+    parsed(raw, max_len, own_host)
+}
+
+/// The host of a target in the shape most links have, which the URL parser
+/// can neither refuse nor change: `http://` or `https://`, a host name of
+/// ASCII letters, digits and `-` in dot-separated labels (none empty, none
+/// an IDNA `xn--` label, the last one starting with a letter, so it is no
+/// IP address), then the end or `/`, `?` or `#` and printable ASCII without
+/// a backslash. `None` sends the target through the parser.
+fn plain_host(raw: &str) -> Option<&str> {
+    let rest = raw.strip_prefix("https://").or_else(|| raw.strip_prefix("http://"))?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, tail) = rest.split_at(end);
+    let mut last = "";
+    for label in host.split('.') {
+        let ok = !label.is_empty()
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("xn--"));
+        if !ok {
+            return None;
+        }
+        last = label;
+    }
+    let tail_ok = tail.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+    (last.as_bytes().first().is_some_and(u8::is_ascii_alphabetic) && tail_ok).then_some(host)
+}
+
+fn parsed(raw: &str, max_len: usize, own_host: Option<&str>) -> Result<String, TargetError> {
     let url = url::Url::parse(raw).map_err(|e| TargetError::Unparsable(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(TargetError::Scheme);
@@ -103,6 +137,41 @@ mod tests {
         assert_eq!(validate("https://[::1]/x", 8192, Some("::1")), Err(TargetError::SelfReference));
         assert!(matches!(validate("http://", 8192, None), Err(TargetError::Unparsable(_) | TargetError::NoHost)));
         assert_eq!(validate(&format!("https://e.com/{}", "a".repeat(9000)), 8192, None), Err(TargetError::TooLong(8192)));
+    }
+
+    #[test]
+    fn the_plain_shape_is_decided_as_the_parser_decides() {
+        let samples = [
+            "https://example.com",
+            "https://Example.COM/Path?q=1#f",
+            "http://a-b.c-d.example/x/%zz/~y",
+            "https://a.b.c.d.e.f/?",
+            "https://x.y#frag",
+            "https://sho.rt/loop",
+            "https://SHO.RT/loop",
+            "https://1.2.3.4/",
+            "https://1.2.3.999/",
+            "https://a..b/",
+            "https://a.b./",
+            "https://xn--bcher-kva.example/",
+            "https://xn--zz.example/",
+            "https://a.b/\\x",
+            "https://a_b.example/",
+            "https://a.0x1f/",
+            "https://-a-.example/",
+            "https://a.b:80/",
+            "https://a.b:99999/",
+            "https://u@a.b/",
+        ];
+        for raw in samples {
+            let slow = parsed(raw, 8192, Some("sho.rt"));
+            if plain_host(raw).is_some() {
+                assert_eq!(validate(raw, 8192, Some("sho.rt")), slow, "{raw}");
+            }
+        }
+        assert_eq!(plain_host("https://Example.COM/Path?q=1#f"), Some("Example.COM"));
+        assert_eq!(plain_host("https://1.2.3.4/"), None);
+        assert_eq!(plain_host("https://xn--zz.example/"), None);
     }
 
     #[test]

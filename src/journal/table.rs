@@ -274,7 +274,6 @@ pub struct Builder {
     blocks: u64,
     count: u64,
     tmp: PathBuf,
-    path: PathBuf,
     finished: bool,
 }
 
@@ -287,11 +286,12 @@ impl Drop for Builder {
 }
 
 impl Builder {
-    /// A table with room for `entries` at a load of at most 0.75.
-    pub fn create(path: &Path, entries: u64) -> io::Result<Builder> {
+    /// A table in `dir` with room for `entries` at a load of at most 0.75.
+    pub fn create(dir: &Path, entries: u64) -> io::Result<Builder> {
+        static MADE: AtomicU64 = AtomicU64::new(0);
         let slots = (entries * LOAD_NUM / LOAD_DEN + 1).max(SLOTS_PER_BLOCK as u64).next_multiple_of(SLOTS_PER_BLOCK as u64);
         let blocks = slots / SLOTS_PER_BLOCK as u64;
-        let tmp = path.with_extension("idx.tmp");
+        let tmp = dir.join(format!("index-{}-{}.idx.tmp", std::process::id(), MADE.fetch_add(1, Ordering::Relaxed)));
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
         // Blocks reserved up front: a full disk fails here, never as a
         // SIGBUS on a page of the mapping.
@@ -300,12 +300,58 @@ impl Builder {
             // SAFETY: the temporary file is this builder's alone until renamed.
             .and_then(|_| unsafe { MmapMut::map_mut(&file) });
         match reserved {
-            Ok(map) => Ok(Builder { file, map, slots, blocks, count: 0, tmp, path: path.to_path_buf(), finished: false }),
+            Ok(map) => Ok(Builder { file, map, slots, blocks, count: 0, tmp, finished: false }),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 Err(e)
             }
         }
+    }
+
+    /// Calls `f` with every slot filed under `hash` until it returns `Some`.
+    pub fn find<T>(&self, hash: u64, mut f: impl FnMut(Slot) -> Option<T>) -> Option<T> {
+        let mut i = home(hash, self.slots);
+        loop {
+            let s = read_slot(&self.map, i);
+            if s.hash == 0 {
+                return None;
+            }
+            if s.hash == hash {
+                if let Some(t) = f(s) {
+                    return Some(t);
+                }
+            }
+            i = if i + 1 == self.slots { 0 } else { i + 1 };
+        }
+    }
+
+    /// Asks the CPU to bring the home slot of `hash` into the cache.
+    pub fn prefetch(&self, hash: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let at = slot_offset(home(hash, self.slots));
+            // SAFETY: `at` lies inside the mapping; a prefetch reads nothing.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(self.map.as_ptr().add(at).cast()) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
+    }
+
+    /// Every occupied slot.
+    pub fn for_each(&self, mut f: impl FnMut(Slot)) {
+        for i in 0..self.slots {
+            let s = read_slot(&self.map, i);
+            if s.hash != 0 {
+                f(s);
+            }
+        }
+    }
+
+    /// This builder's slots in a new one with room for `entries`.
+    pub fn grown(self, dir: &Path, entries: u64) -> io::Result<Builder> {
+        let mut b = Builder::create(dir, entries.max(self.count))?;
+        self.for_each(|s| b.insert(s));
+        Ok(b)
     }
 
     /// Files `slot` without looking for an equal key (a rehash of a table
@@ -349,8 +395,8 @@ impl Builder {
         self.slots * LOAD_DEN / LOAD_NUM
     }
 
-    /// Checksums, header, sync, rename, directory sync.
-    pub fn finish(mut self, seed: u64) -> io::Result<PathBuf> {
+    /// Checksums, header, sync, renamed to `path`, directory sync.
+    pub fn finish(mut self, path: &Path, seed: u64) -> io::Result<PathBuf> {
         let checks_at = (1 + self.blocks as usize) * BLOCK;
         for b in 0..self.blocks as usize {
             let sum = xxh3_64(&self.map[BLOCK * (1 + b)..BLOCK * (2 + b)]);
@@ -371,12 +417,12 @@ impl Builder {
         self.map.flush()?;
         self.file.flush()?;
         self.file.sync_all()?;
-        std::fs::rename(&self.tmp, &self.path)?;
+        std::fs::rename(&self.tmp, path)?;
         self.finished = true;
-        if let Some(dir) = self.path.parent() {
+        if let Some(dir) = path.parent() {
             sync_dir(dir)?;
         }
-        Ok(self.path.clone())
+        Ok(path.to_path_buf())
     }
 }
 
@@ -392,10 +438,14 @@ mod tests {
     fn a_built_table_finds_every_slot_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let path = table_path(dir.path(), 7);
-        let mut b = Builder::create(&path, 5000).unwrap();
+        let mut b = Builder::create(dir.path(), 2000).unwrap();
         for n in 1..=5000u32 {
+            if b.len() >= b.capacity() {
+                b = b.grown(dir.path(), b.len() * 2).unwrap();
+            }
             b.insert(slot(hash_key(9, &n.to_le_bytes()), n));
         }
+        assert_eq!(b.find(hash_key(9, &77u32.to_le_bytes()), |s| Some(s.clicks)), Some(77));
         // Two keys under one hash: both kept, told apart by the caller.
         let twin = hash_key(9, &1u32.to_le_bytes());
         b.insert(slot(twin, 9999));
@@ -405,7 +455,7 @@ mod tests {
         } else {
             false
         }));
-        b.finish(9).unwrap();
+        b.finish(&path, 9).unwrap();
         let t = Table::open(&path, 9).unwrap();
         assert_eq!(t.len(), 5001);
         for n in 1..=5000u32 {
@@ -424,11 +474,11 @@ mod tests {
     fn a_damaged_block_is_an_error_never_a_wrong_answer() {
         let dir = tempfile::tempdir().unwrap();
         let path = table_path(dir.path(), 1);
-        let mut b = Builder::create(&path, 1000).unwrap();
+        let mut b = Builder::create(dir.path(), 1000).unwrap();
         for n in 1..=1000u32 {
             b.insert(slot(hash_key(1, &n.to_le_bytes()), n));
         }
-        b.finish(1).unwrap();
+        b.finish(&path, 1).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[BLOCK + 100] ^= 1;
         std::fs::write(&path, &bytes).unwrap();

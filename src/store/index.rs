@@ -70,8 +70,8 @@ impl Index {
         Ok(table.find(self.hash(key), |s: Slot| is_key(s.loc).then_some(s.clicks))?.unwrap_or(0))
     }
 
-    /// Sets `key`'s newest location (the writer and start-up only); true if
-    /// the key is new to the index.
+    /// Sets `key`'s newest location (the writer and start-up only);
+    /// `new_key` when the index did not hold the key.
     pub fn set(&self, key: compact_str::CompactString, loc: Loc, new_key: bool) {
         self.layers.read().recent.insert(key, loc);
         if new_key {
@@ -81,6 +81,11 @@ impl Index {
 
     pub fn len(&self) -> u64 {
         self.keys.load(Ordering::Relaxed)
+    }
+
+    /// Keys filed outside the layers (a bulk load's table).
+    pub fn add_keys(&self, n: u64) {
+        self.keys.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn is_empty(&self) -> bool {

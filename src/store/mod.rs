@@ -143,6 +143,14 @@ impl NewLink {
     }
 }
 
+/// A link of a bulk load (`shortd import`), with what it carries over.
+#[derive(Clone, Debug)]
+pub struct Imported {
+    pub new: NewLink,
+    pub clicks: u64,
+    pub hours: Vec<(u32, crate::analytics::rollup::Hour)>,
+}
+
 /// A change to a link; `None` leaves a field alone.
 #[derive(Clone, Debug, Default)]
 pub struct Patch {
@@ -546,6 +554,19 @@ impl Store {
     pub fn create_queued(&self, new: NewLink) -> Result<tokio::sync::oneshot::Receiver<Result<Created, WriteError>>, WriteError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.send(Command::Create { new, reply })?;
+        Ok(rx)
+    }
+
+    /// For bulk loaders: queues links to be written in one batch; the
+    /// answer holds one result per link, in order.
+    /// `expected` is about how many links the whole load brings.
+    pub fn import_queued(
+        &self,
+        links: Vec<Imported>,
+        expected: u64,
+    ) -> Result<tokio::sync::oneshot::Receiver<Vec<Result<(), WriteError>>>, WriteError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Import { links, expected, reply })?;
         Ok(rx)
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use super::index::Frozen;
 use super::recovery::Recovered;
 use super::{
-    ApplyMode, Change, Created, Idem, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, Version, WriteError, ALIAS_ID,
+    ApplyMode, Change, Created, Idem, Imported, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, Version, WriteError, ALIAS_ID,
     IDEMPOTENCY_WINDOW_MS,
 };
 use crate::analytics::rollup::Hour;
@@ -48,6 +48,9 @@ pub enum Command {
     Update { code: CompactString, patch: Patch, reply: oneshot::Sender<Result<Link, WriteError>> },
     Delete { code: CompactString, reply: oneshot::Sender<Result<(), WriteError>> },
     Apply { change: Change, mode: ApplyMode, reply: oneshot::Sender<Result<bool, WriteError>> },
+    /// A bulk load's links, answered together (`shortd import`).
+    /// `expected`: about how many links the whole load brings.
+    Import { links: Vec<Imported>, expected: u64, reply: oneshot::Sender<Vec<Result<(), WriteError>>> },
     Clicks(Vec<(CompactString, u64)>),
     Rollups(Vec<(CompactString, u32, Hour)>),
     Sync { reply: oneshot::Sender<Result<(), WriteError>> },
@@ -59,6 +62,7 @@ enum Reply {
     Updated(oneshot::Sender<Result<Link, WriteError>>, Result<Link, WriteError>),
     Deleted(oneshot::Sender<Result<(), WriteError>>, Result<(), WriteError>),
     Applied(oneshot::Sender<Result<bool, WriteError>>, Result<bool, WriteError>),
+    Imported(oneshot::Sender<Vec<Result<(), WriteError>>>, Vec<Result<(), WriteError>>),
 }
 
 impl Reply {
@@ -68,6 +72,8 @@ impl Reply {
             (Reply::Updated(tx, r), f) => drop(tx.send(f.map_or(r, |e| Err(e.clone())))),
             (Reply::Deleted(tx, r), f) => drop(tx.send(f.map_or(r, |e| Err(e.clone())))),
             (Reply::Applied(tx, r), f) => drop(tx.send(f.map_or(r, |e| Err(e.clone())))),
+            (Reply::Imported(tx, r), None) => drop(tx.send(r)),
+            (Reply::Imported(tx, r), Some(e)) => drop(tx.send(r.iter().map(|_| Err(e.clone())).collect())),
         }
     }
 }
@@ -75,6 +81,11 @@ impl Reply {
 /// A change to shared state that waits until its records are durable.
 enum Effect {
     SetLoc { key: CompactString, loc: Loc, len: u64 },
+    /// An imported link, straight into the next table.
+    Bulk { hash: u64, loc: Loc, len: u64, clicks: u64 },
+    /// An imported link's click total (the next merge writes it).
+    Clicks { key: CompactString, total: u64 },
+    Hours { key: CompactString, hours: Vec<(u32, Hour)> },
     Idem { key: CompactString, idem: Idem },
     LiveLinks(i64),
 }
@@ -112,6 +123,15 @@ pub struct Writer {
     pending: HashMap<CompactString, Option<Link>>,
     pending_ver: HashMap<CompactString, Version>,
     pending_idem: HashMap<CompactString, (CompactString, u64)>,
+    /// Keys imported earlier in the current batch.
+    pending_import: HashSet<CompactString, super::Hasher>,
+    /// Whether the index holds changes in memory (then an import asks it too).
+    import_asks_memory: bool,
+    /// The next index table, filled as a bulk load goes (the current
+    /// table's slots first), so that no merge has to follow it.
+    bulk: Option<Builder>,
+    /// Set by shutdown: no work that only a running server needs.
+    stopping: bool,
     effects: Vec<Effect>,
     /// Codes whose click totals this batch logs; pending again if it fails.
     batch_clicks: Vec<CompactString>,
@@ -149,6 +169,10 @@ impl Writer {
             pending: HashMap::new(),
             pending_ver: HashMap::new(),
             pending_idem: HashMap::new(),
+            pending_import: HashSet::default(),
+            import_asks_memory: false,
+            bulk: None,
+            stopping: false,
             effects: Vec::new(),
             batch_clicks: Vec::new(),
             replies: Vec::new(),
@@ -205,6 +229,7 @@ impl Writer {
             Some(None) => Ok(Lookup::Deleted),
             None => match self.shared.lookup(code) {
                 Lookup::Unavailable => Err(index_unavailable()),
+                Lookup::Missing => Ok(self.bulk_loc(code).map_or(Lookup::Missing, |loc| self.shared.read_at(code, loc))),
                 found => Ok(found),
             },
         }
@@ -227,6 +252,26 @@ impl Writer {
             Command::Apply { change, mode, reply } => {
                 let r = self.apply_change(change, mode);
                 self.replies.push(Reply::Applied(reply, r));
+            }
+            Command::Import { links, expected, reply } => {
+                self.import_asks_memory = self.shared.index.in_memory() > 0;
+                let results = match self.start_bulk(expected) {
+                    Ok(()) => {
+                        let hashes: Vec<u64> = links.iter().map(|l| l.new.alias.as_ref().map_or(0, |a| self.shared.index.hash(a))).collect();
+                        let mut results = Vec::with_capacity(links.len());
+                        for (i, l) in links.into_iter().enumerate() {
+                            // The table is far larger than the caches: ask
+                            // for the slots of links a few ahead now.
+                            if let (Some(b), Some(&h)) = (&self.bulk, hashes.get(i + 8)) {
+                                b.prefetch(h);
+                            }
+                            results.push(self.import(l, hashes[i]));
+                        }
+                        results
+                    }
+                    Err(e) => links.iter().map(|_| Err(e.clone())).collect(),
+                };
+                self.replies.push(Reply::Imported(reply, results));
             }
             Command::Clicks(totals) => {
                 let mut appended = true;
@@ -341,6 +386,77 @@ impl Writer {
             self.effects.push(Effect::Idem { key, idem: Idem { code, body_hash: hash, at_ms: at } });
         }
         Ok(Created { link, replayed: false })
+    }
+
+    /// One link of a bulk load: its code kept (taken means refused), its
+    /// click total and hourly stats carried over.
+    fn import(&mut self, l: Imported, hash: u64) -> Result<(), WriteError> {
+        let Imported { new, clicks, hours } = l;
+        let Some(alias) = &new.alias else {
+            let code = self.create(new)?.link.code;
+            self.carry(code, clicks, hours);
+            return Ok(());
+        };
+        if let Some(e) = self.refusal() {
+            return Err(e);
+        }
+        let code = CompactString::from(alias.as_str());
+        if self.pending_import.contains(&code) || self.pending.contains_key(&code) {
+            return Err(WriteError::Taken);
+        }
+        // The bulk table holds the current table's keys too; what is in
+        // memory is asked apart.
+        let in_bulk = self.bulk.as_ref().is_some_and(|b| b.find(hash, |s| self.shared.is_key(&code, s.loc).then_some(())).is_some());
+        if in_bulk || self.import_asks_memory && self.shared.loc_of(&code).ok().flatten().is_some() {
+            return Err(WriteError::Taken);
+        }
+        let now = now_ms();
+        let body = Body::Put(Put {
+            key: code.as_bytes(),
+            url: new.url.as_bytes(),
+            id: ALIAS_ID,
+            created_ms: now,
+            expires_ms: new.expires_ms,
+            max_clicks: new.max_clicks,
+            redirect: new.redirect,
+            flags: if new.disabled { record::FLAG_DISABLED } else { 0 },
+        });
+        let (loc, len) = self.append(Record { lsn: 0, time_ms: now, origin: self.opts.origin, body })?;
+        self.pending_import.insert(code.clone());
+        self.effects.push(Effect::Bulk { hash, loc, len, clicks });
+        self.effects.push(Effect::LiveLinks(1));
+        self.carry(code, 0, hours);
+        Ok(())
+    }
+
+    /// Makes the bulk table, with the current table's slots, if there is none.
+    fn start_bulk(&mut self, expected: u64) -> Result<(), WriteError> {
+        if self.bulk.is_some() {
+            return Ok(());
+        }
+        let table = self.shared.index.table();
+        let fail = |e: String| WriteError::Unavailable(format!("cannot make the index table for the import: {e}"));
+        let mut b = Builder::create(&self.opts.dir, table.len() + expected).map_err(|e| fail(e.to_string()))?;
+        table.for_each(|s| b.insert(s)).map_err(|d| {
+            self.shared.table_damaged(d);
+            fail(d.to_string())
+        })?;
+        self.bulk = Some(b);
+        Ok(())
+    }
+
+    fn bulk_loc(&self, code: &str) -> Option<Loc> {
+        let b = self.bulk.as_ref()?;
+        b.find(self.shared.index.hash(code), |s| self.shared.is_key(code, s.loc).then_some(s.loc))
+    }
+
+    fn carry(&mut self, key: CompactString, clicks: u64, hours: Vec<(u32, Hour)>) {
+        if clicks > 0 {
+            self.effects.push(Effect::Clicks { key: key.clone(), total: clicks });
+        }
+        if !hours.is_empty() {
+            self.effects.push(Effect::Hours { key, hours });
+        }
     }
 
     /// The version of a key's newest record, this batch included.
@@ -507,6 +623,7 @@ impl Writer {
         self.pending.clear();
         self.pending_ver.clear();
         self.pending_idem.clear();
+        self.pending_import.clear();
         for reply in self.replies.drain(..) {
             reply.send(failure.as_ref());
         }
@@ -530,6 +647,34 @@ impl Writer {
                         *l = l.saturating_sub(old_len);
                     }
                 }
+            }
+            Effect::Bulk { hash, loc, len, clicks } => {
+                *self.live.entry(loc.seg).or_default() += len;
+                let Some(mut b) = self.bulk.take() else { return };
+                if b.len() >= b.capacity() {
+                    // More links than the load foresaw: room for twice as many.
+                    let more = b.len() * 2;
+                    match b.grown(&self.opts.dir, more) {
+                        Ok(g) => b = g,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot grow the import's index table; the links after this one are not indexed until restart");
+                            return;
+                        }
+                    }
+                }
+                b.insert(Slot { hash, loc, clicks });
+                self.bulk = Some(b);
+                self.shared.index.add_keys(1);
+            }
+            Effect::Clicks { key, total } => {
+                self.shared.click_entry(&key).fetch_max(total, Ordering::Relaxed);
+            }
+            Effect::Hours { key, hours } => {
+                let keys: Vec<_> = hours.iter().map(|(hour, _)| (key.clone(), *hour)).collect();
+                for (hour, h) in hours {
+                    self.shared.rollups.replace(key.clone(), hour, h);
+                }
+                self.shared.rollups.mark_dirty(keys);
             }
             Effect::Idem { key, idem } => {
                 self.shared.idem.insert(key, idem);
@@ -593,9 +738,10 @@ impl Writer {
         let dir = self.opts.dir.clone();
         let live_links = self.shared.live_links.load(Ordering::Relaxed);
         let frozen = self.shared.index.freeze();
+        let bulk = self.bulk.take();
         let handle = std::thread::Builder::new()
             .name("shortd-snapshot".into())
-            .spawn(move || merge(&shared, &dir, &meta, &live, live_links, frozen));
+            .spawn(move || merge(&shared, &dir, &meta, &live, live_links, frozen, bulk));
         match handle {
             Ok(handle) => {
                 self.snapshot = Some(SnapshotJob { meta, started: Instant::now(), handle });
@@ -613,7 +759,9 @@ impl Writer {
                 tracing::info!(file = %path.display(), keys = table.len(), seconds = job.started.elapsed().as_secs_f64(), "snapshot and index table written");
                 let table_path = table.path.clone();
                 self.shared.index.install(table);
-                self.prune_clicks();
+                if !self.stopping {
+                    self.prune_clicks();
+                }
                 if let Ok(all) = super::snapshot::list(&self.opts.dir) {
                     for old in all.into_iter().filter(|p| *p != path) {
                         let _ = std::fs::remove_file(old);
@@ -791,6 +939,7 @@ impl Writer {
     }
 
     fn shutdown(&mut self) {
+        self.stopping = true;
         self.commit(true);
         if let Some(job) = self.snapshot.take() {
             let _ = job.handle.join();
@@ -813,14 +962,26 @@ fn merge(
     live: &[(u32, u64)],
     live_links: u64,
     frozen: Frozen,
+    bulk: Option<Builder>,
 ) -> io::Result<(std::path::PathBuf, Table)> {
     let seed = shared.index.seed();
-    let path = table::table_path(dir, meta.next_lsn);
-    let mut b = Builder::create(&path, frozen.table.len() + frozen.changes.len() as u64)?;
-    frozen.table.for_each(|s| b.insert(s)).map_err(|d| {
-        shared.table_damaged(d);
-        io::Error::other(d.to_string())
-    })?;
+    let changes = frozen.changes.len() as u64;
+    let mut b = match bulk {
+        // It holds the frozen table's slots already.
+        Some(b) if b.len() + changes <= b.capacity() => b,
+        Some(b) => {
+            let room = b.len() + changes;
+            b.grown(dir, room)?
+        }
+        None => {
+            let mut b = Builder::create(dir, frozen.table.len() + changes)?;
+            frozen.table.for_each(|s| b.insert(s)).map_err(|d| {
+                shared.table_damaged(d);
+                io::Error::other(d.to_string())
+            })?;
+            b
+        }
+    };
     for e in frozen.changes.iter() {
         let (key, loc) = (e.key().as_str(), *e.value());
         let hash = table::hash_key(seed, key.as_bytes());
@@ -854,7 +1015,7 @@ fn merge(
             left.push((key, total));
         }
     }
-    let table = Table::open(&b.finish(seed)?, seed).map_err(io::Error::other)?;
+    let table = Table::open(&b.finish(&table::table_path(dir, meta.next_lsn), seed)?, seed).map_err(io::Error::other)?;
     let mut w = SnapshotWriter::create(dir, meta)?;
     w.counts(live_links)?;
     for (key, total) in left {

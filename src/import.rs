@@ -1,0 +1,251 @@
+//! `shortd import`: a JSON lines file (the export format, or create
+//! requests) into a data directory, at the speed of the disk.
+//!
+//! The file is read in chunks cut at line ends; parser threads turn each
+//! chunk into links (`input::export_line` for the common shape, the full
+//! `input::new_link` for the rest), and the chunks go to the store's writer
+//! in file order, one batch each, so that the first of two lines with the
+//! same code wins and errors name their lines. Click totals and hourly
+//! stats come along. Periodic merges are off while loading: the store's
+//! close writes one index table at the end.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::analytics::rollup::{hour_of, Hour, DIM_NAMES};
+use crate::config::{Durability, LinkLimits};
+use crate::input;
+use crate::lists::Blocklist;
+use crate::store::{Imported, Store, StoreOptions, WriteError};
+
+const CHUNK: usize = 1 << 20;
+/// Batches handed to the writer and not answered yet.
+const IN_FLIGHT: usize = 8;
+
+type Reply = tokio::sync::oneshot::Receiver<Vec<Result<(), WriteError>>>;
+
+/// A parsed chunk: its links with their line numbers, and refused lines.
+struct Parsed {
+    /// Bytes of the chunk.
+    bytes: usize,
+    links: Vec<Imported>,
+    lines: Vec<usize>,
+    refused: Vec<(usize, String)>,
+}
+
+pub fn run(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
+    let mut size = 0;
+    let mut input: Box<dyn Read + Send> = if file == Path::new("-") {
+        Box::new(std::io::stdin())
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        size = f.metadata().map_or(0, |m| m.len());
+        Box::new(f)
+    };
+    let mut opts = StoreOptions::new(dir);
+    opts.durability = Durability::Never;
+    opts.snapshot_records = u64::MAX;
+    opts.snapshot_interval = Duration::MAX;
+    let store = Store::open(opts).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let max_url_bytes = limits.max_url_bytes;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let (work_tx, work_rx) = crossbeam_channel::bounded::<(u64, usize, Vec<u8>)>(threads * 2);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<(u64, Parsed)>(threads * 2);
+    let mut totals = Totals::default();
+    let read_error = std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
+            scope.spawn(move || {
+                let blocklist = Blocklist::default();
+                let rules = input::Rules { max_url_bytes, own_host: None, blocklist: &blocklist };
+                for (n, first_line, chunk) in work_rx {
+                    if done_tx.send((n, parse_chunk(&chunk, first_line, &rules))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop((work_rx, done_tx));
+        // The reader runs here; a second thread puts the chunks in order
+        // and hands them to the writer.
+        let feeder = scope.spawn(|| {
+            let mut waiting = BTreeMap::new();
+            let mut next = 0u64;
+            let mut inflight = std::collections::VecDeque::new();
+            let mut t = Totals::default();
+            // The index table is sized from the first chunk's line length
+            // (it grows if the guess falls short).
+            let mut expected = 0u64;
+            for (n, parsed) in done_rx {
+                waiting.insert(n, parsed);
+                while let Some(parsed) = waiting.remove(&next) {
+                    next += 1;
+                    let refused = parsed.refused.len();
+                    t.refused(parsed.refused);
+                    if parsed.links.is_empty() {
+                        continue;
+                    }
+                    if expected == 0 {
+                        let per_line = parsed.bytes as u64 / (parsed.lines.len() + refused).max(1) as u64;
+                        expected = (size / per_line.max(1)).max(1 << 16) + (size / per_line.max(1)) / 32;
+                    }
+                    while inflight.len() >= IN_FLIGHT {
+                        t.settle(inflight.pop_front().expect("not empty"));
+                    }
+                    match store.import_queued(parsed.links, expected) {
+                        Ok(rx) => inflight.push_back((parsed.lines, rx)),
+                        Err(e) => t.refused(parsed.lines.into_iter().map(|l| (l, e.to_string())).collect()),
+                    }
+                }
+            }
+            for pending in inflight {
+                t.settle(pending);
+            }
+            t
+        });
+        let read_error = read_chunks(&mut input, |n, first_line, chunk| work_tx.send((n, first_line, chunk)).is_ok());
+        drop(work_tx);
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "import: file read");
+        totals = feeder.join().expect("the import's feeder panicked");
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "import: every batch answered");
+        read_error
+    });
+    store.persist_rollups(u32::MAX);
+    store.close();
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "import: store closed");
+    read_error.map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("imported {} links in {secs:.1}s ({:.0}/s); {} lines refused", totals.created, totals.created as f64 / secs.max(1e-9), totals.failed);
+    if totals.failed > 0 && totals.created == 0 {
+        return Err("nothing was imported".into());
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    created: u64,
+    failed: u64,
+}
+
+impl Totals {
+    fn refused(&mut self, lines: Vec<(usize, String)>) {
+        for (line, e) in lines {
+            self.failed += 1;
+            eprintln!("line {line}: {e}");
+        }
+    }
+
+    fn settle(&mut self, (lines, rx): (Vec<usize>, Reply)) {
+        match rx.blocking_recv() {
+            Ok(results) => {
+                for (line, r) in lines.into_iter().zip(results) {
+                    match r {
+                        Ok(()) => self.created += 1,
+                        Err(e) => self.refused(vec![(line, e.to_string())]),
+                    }
+                }
+            }
+            Err(_) => self.refused(lines.into_iter().map(|l| (l, "the writer has stopped".to_string())).collect()),
+        }
+    }
+}
+
+/// Reads `input` in chunks that end at a line end, numbered, with the
+/// number of their first line; stops early when `send` says so.
+fn read_chunks(input: &mut dyn Read, mut send: impl FnMut(u64, usize, Vec<u8>) -> bool) -> std::io::Result<()> {
+    let (mut n, mut line) = (0u64, 1usize);
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let mut buf = std::mem::take(&mut carry);
+        let have = buf.len();
+        buf.resize(have + CHUNK, 0);
+        let got = loop {
+            match input.read(&mut buf[have..]) {
+                Ok(got) => break got,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        buf.truncate(have + got);
+        if got == 0 {
+            if !buf.is_empty() {
+                send(n, line, buf);
+            }
+            return Ok(());
+        }
+        let Some(end) = memchr::memrchr(b'\n', &buf) else {
+            carry = buf;
+            continue;
+        };
+        carry = buf[end + 1..].to_vec();
+        buf.truncate(end + 1);
+        let lines = memchr::memchr_iter(b'\n', &buf).count();
+        if !send(n, line, buf) {
+            return Ok(());
+        }
+        n += 1;
+        line += lines;
+    }
+}
+
+fn parse_chunk(chunk: &[u8], first_line: usize, rules: &input::Rules<'_>) -> Parsed {
+    let mut out = Parsed { bytes: chunk.len(), links: Vec::with_capacity(chunk.len() / 128), lines: Vec::new(), refused: Vec::new() };
+    let now = crate::clock::now_ms();
+    for (i, raw) in chunk.split(|&b| b == b'\n').enumerate() {
+        let line = first_line + i;
+        let Ok(text) = std::str::from_utf8(raw) else {
+            out.refused.push((line, "not UTF-8".into()));
+            continue;
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        let parsed = match input::export_line(text, rules, now) {
+            Some((new, clicks)) => Ok(Imported { new, clicks, hours: Vec::new() }),
+            None => general_line(text, rules, now),
+        };
+        match parsed {
+            Ok(l) => {
+                out.links.push(l);
+                out.lines.push(line);
+            }
+            Err(e) => out.refused.push((line, e)),
+        }
+    }
+    out
+}
+
+/// Any line the common shape does not cover: the full rules, with their
+/// exact errors.
+fn general_line(text: &str, rules: &input::Rules<'_>, now: i64) -> Result<Imported, String> {
+    let o = serde_json::from_str::<Map<String, Value>>(text).map_err(|e| e.to_string())?;
+    let new = input::new_link(&o, rules, now, input::Source::Import).map_err(|e| e.to_string())?;
+    let hours = o.get("stats").map(parse_hours).transpose()?.unwrap_or_default();
+    Ok(Imported { new, clicks: o.get("clicks").and_then(Value::as_u64).unwrap_or(0), hours })
+}
+
+/// The `stats` of an export line, back into rollup hours.
+fn parse_hours(v: &Value) -> Result<Vec<(u32, Hour)>, String> {
+    let bad = |what: &str| format!("stats: {what}");
+    let list = v.as_array().ok_or_else(|| bad("must be a list of hours"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for e in list {
+        let at = e["hour"].as_str().ok_or_else(|| bad("each hour needs an RFC 3339 \"hour\""))?;
+        let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(|_| bad("bad \"hour\""))?;
+        let count = |k: &str| e[k].as_u64().map(|n| n.min(u32::MAX as u64) as u32).unwrap_or(0);
+        let mut h = Hour { clicks: count("clicks"), bots: count("bots"), ..Hour::default() };
+        for (d, name) in DIM_NAMES.iter().enumerate() {
+            for (k, n) in e[*name].as_object().into_iter().flatten() {
+                h.values[d].push((k.as_str().into(), n.as_u64().unwrap_or(0).min(u32::MAX as u64) as u32));
+            }
+        }
+        out.push((hour_of((at.unix_timestamp_nanos() / 1_000_000) as i64), h));
+    }
+    Ok(out)
+}
