@@ -441,7 +441,8 @@ mod tests {
         let mut b = Builder::create(dir.path(), 2000).unwrap();
         for n in 1..=5000u32 {
             if b.len() >= b.capacity() {
-                b = b.grown(dir.path(), b.len() * 2).unwrap();
+                let more = b.len() * 2;
+                b = b.grown(dir.path(), more).unwrap();
             }
             b.insert(slot(hash_key(9, &n.to_le_bytes()), n));
         }

@@ -1031,8 +1031,13 @@ fn merge(
     // Encoded under the table's lock (compact, and no disk wait while the
     // aggregator waits); rollups of links gone from the index go with them.
     let (mut bytes, mut ends) = (Vec::new(), Vec::new());
+    // Keys up to the freeze are in the new table (not installed yet), later
+    // ones in memory.
+    let known = |code: &str| {
+        shared.contains(code) || table.find(shared.index.hash(code), |s| shared.is_key(code, s.loc).then_some(())).is_ok_and(|f| f.is_some())
+    };
     shared.rollups.for_all(|code, hour, h| {
-        if shared.contains(code) {
+        if known(code) {
             record::encode_rollup(&h.to_record(code, hour), &mut bytes);
             ends.push(bytes.len());
         }
