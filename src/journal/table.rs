@@ -275,6 +275,9 @@ pub struct Builder {
     count: u64,
     tmp: PathBuf,
     finished: bool,
+    /// Built in anonymous memory (huge pages where the kernel gives them)
+    /// and written to the file at the end; else in the file's own pages.
+    in_memory: bool,
 }
 
 impl Drop for Builder {
@@ -286,8 +289,21 @@ impl Drop for Builder {
 }
 
 impl Builder {
-    /// A table in `dir` with room for `entries` at a load of at most 0.75.
+    /// A table in `dir` with room for `entries` at a load of at most 0.75,
+    /// built in the file's pages (a background merge: no memory of its own).
     pub fn create(dir: &Path, entries: u64) -> io::Result<Builder> {
+        Builder::make(dir, entries, false)
+    }
+
+    /// The same, built in memory and written out at the end: about three
+    /// times faster to fill at tens of millions of entries (no page faults
+    /// on the file, few TLB misses), for a bulk load that can spend the
+    /// memory.
+    pub fn create_in_memory(dir: &Path, entries: u64) -> io::Result<Builder> {
+        Builder::make(dir, entries, true)
+    }
+
+    fn make(dir: &Path, entries: u64, in_memory: bool) -> io::Result<Builder> {
         static MADE: AtomicU64 = AtomicU64::new(0);
         let slots = (entries * LOAD_NUM / LOAD_DEN + 1).max(SLOTS_PER_BLOCK as u64).next_multiple_of(SLOTS_PER_BLOCK as u64);
         let blocks = slots / SLOTS_PER_BLOCK as u64;
@@ -295,12 +311,19 @@ impl Builder {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
         // Blocks reserved up front: a full disk fails here, never as a
         // SIGBUS on a page of the mapping.
-        let reserved = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, (1 + blocks) * BLOCK as u64 + blocks * 8)
-            .map_err(io::Error::from)
-            // SAFETY: the temporary file is this builder's alone until renamed.
-            .and_then(|_| unsafe { MmapMut::map_mut(&file) });
+        let len = (1 + blocks) * BLOCK as u64 + blocks * 8;
+        let reserved = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len).map_err(io::Error::from).and_then(|_| {
+            if in_memory {
+                let map = memmap2::MmapOptions::new().len(len as usize).map_anon()?;
+                let _ = map.advise(memmap2::Advice::HugePage);
+                Ok(map)
+            } else {
+                // SAFETY: the temporary file is this builder's alone until renamed.
+                unsafe { MmapMut::map_mut(&file) }
+            }
+        });
         match reserved {
-            Ok(map) => Ok(Builder { file, map, slots, blocks, count: 0, tmp, finished: false }),
+            Ok(map) => Ok(Builder { file, map, slots, blocks, count: 0, tmp, finished: false, in_memory }),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 Err(e)
@@ -349,7 +372,7 @@ impl Builder {
 
     /// This builder's slots in a new one with room for `entries`.
     pub fn grown(self, dir: &Path, entries: u64) -> io::Result<Builder> {
-        let mut b = Builder::create(dir, entries.max(self.count))?;
+        let mut b = Builder::make(dir, entries.max(self.count), self.in_memory)?;
         self.for_each(|s| b.insert(s));
         Ok(b)
     }
@@ -414,7 +437,14 @@ impl Builder {
         let sum = xxh3_64(&h[..HEADER_SUMMED]);
         h[56..64].copy_from_slice(&sum.to_le_bytes());
         self.map[..64].copy_from_slice(&h);
-        self.map.flush()?;
+        if self.in_memory {
+            use std::os::unix::fs::FileExt;
+            for (i, part) in self.map.chunks(8 << 20).enumerate() {
+                self.file.write_all_at(part, (i * (8 << 20)) as u64)?;
+            }
+        } else {
+            self.map.flush()?;
+        }
         self.file.flush()?;
         self.file.sync_all()?;
         std::fs::rename(&self.tmp, path)?;

@@ -127,6 +127,8 @@ pub struct Writer {
     pending_import: HashSet<CompactString, super::Hasher>,
     /// Whether the index holds changes in memory (then an import asks it too).
     import_asks_memory: bool,
+    /// The time an import batch's links are made at (one clock read a batch).
+    import_now: i64,
     /// The next index table, filled as a bulk load goes (the current
     /// table's slots first), so that no merge has to follow it.
     bulk: Option<Builder>,
@@ -171,6 +173,7 @@ impl Writer {
             pending_idem: HashMap::new(),
             pending_import: HashSet::default(),
             import_asks_memory: false,
+            import_now: 0,
             bulk: None,
             stopping: false,
             effects: Vec::new(),
@@ -255,6 +258,7 @@ impl Writer {
             }
             Command::Import { links, expected, reply } => {
                 self.import_asks_memory = self.shared.index.in_memory() > 0;
+                self.import_now = now_ms();
                 let results = match self.start_bulk(expected) {
                     Ok(()) => {
                         let hashes: Vec<u64> = links.iter().map(|l| l.new.alias.as_ref().map_or(0, |a| self.shared.index.hash(a))).collect();
@@ -262,7 +266,7 @@ impl Writer {
                         for (i, l) in links.into_iter().enumerate() {
                             // The table is far larger than the caches: ask
                             // for the slots of links a few ahead now.
-                            if let (Some(b), Some(&h)) = (&self.bulk, hashes.get(i + 8)) {
+                            if let (Some(b), Some(&h)) = (&self.bulk, hashes.get(i + 16)) {
                                 b.prefetch(h);
                             }
                             results.push(self.import(l, hashes[i]));
@@ -410,7 +414,7 @@ impl Writer {
         if in_bulk || self.import_asks_memory && self.shared.loc_of(&code).ok().flatten().is_some() {
             return Err(WriteError::Taken);
         }
-        let now = now_ms();
+        let now = self.import_now;
         let body = Body::Put(Put {
             key: code.as_bytes(),
             url: new.url.as_bytes(),
@@ -436,7 +440,7 @@ impl Writer {
         }
         let table = self.shared.index.table();
         let fail = |e: String| WriteError::Unavailable(format!("cannot make the index table for the import: {e}"));
-        let mut b = Builder::create(&self.opts.dir, table.len() + expected).map_err(|e| fail(e.to_string()))?;
+        let mut b = Builder::create_in_memory(&self.opts.dir, table.len() + expected).map_err(|e| fail(e.to_string()))?;
         table.for_each(|s| b.insert(s)).map_err(|d| {
             self.shared.table_damaged(d);
             fail(d.to_string())
@@ -612,9 +616,18 @@ impl Writer {
         let batch = self.replies.len();
         let failure = self.log.commit(force_sync || !self.sync_replies.is_empty()).err().map(WriteError::from);
         if failure.is_none() {
-            for effect in std::mem::take(&mut self.effects) {
+            // Kept for the next batch: a large vector made anew each time
+            // costs its page faults again.
+            let mut effects = std::mem::take(&mut self.effects);
+            for i in 0..effects.len() {
+                if let (Some(b), Some(Effect::Bulk { hash, .. })) = (&self.bulk, effects.get(i + 16)) {
+                    b.prefetch(*hash);
+                }
+                let effect = std::mem::replace(&mut effects[i], Effect::LiveLinks(0));
                 self.apply(effect);
             }
+            effects.clear();
+            self.effects = effects;
             self.batch_clicks.clear();
         } else {
             self.effects.clear();
