@@ -60,12 +60,15 @@ fn init_logging(format: LogFormat, level: &str) {
 
 fn serve(cfg: Config) -> Result<(), String> {
     init_logging(cfg.log_format, &cfg.log_level);
+    // Listening for SIGTERM and SIGINT before the first request is served:
+    // a stop sent as soon as /healthz answers must not be missed.
+    let stops = listen_for_stops()?;
     let server = Server::start(cfg).map_err(|e| e.to_string())?;
     let app = server.app().clone();
     std::thread::Builder::new().name("shortd-signals".into()).spawn(move || reload_on_hangup(&app)).map_err(|e| e.to_string())?;
-    wait_for_signal();
-    std::thread::spawn(|| {
-        wait_for_signal();
+    let _ = stops.recv();
+    std::thread::spawn(move || {
+        let _ = stops.recv();
         eprintln!("shortd: second signal, exiting now");
         std::process::exit(130);
     });
@@ -102,18 +105,35 @@ fn reload_on_hangup(app: &crate::http::App) {
     });
 }
 
-fn wait_for_signal() {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-    rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    });
+/// A receiver that gets one message per SIGTERM or SIGINT, from the
+/// moment this returns.
+fn listen_for_stops() -> Result<std::sync::mpsc::Receiver<()>, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("shortd-stops".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                    return;
+                };
+                let _ = ready_tx.send(());
+                loop {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    ready.recv().map_err(|_| "cannot listen for SIGTERM and SIGINT".to_string())?;
+    Ok(rx)
 }
 
 fn link_line(store: &Store, link: &Link) -> Value {
