@@ -120,7 +120,12 @@ pub fn run(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
     tracing::debug!(seconds = started.elapsed().as_secs_f64(), "import: store closed");
     read_error.map_err(|e| format!("reading {}: {e}", file.display()))?;
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("imported {} links in {secs:.1}s ({:.0}/s); {} lines refused", totals.created, totals.created as f64 / secs.max(1e-9), totals.failed);
+    eprintln!(
+        "imported {} links in {secs:.1}s ({:.0}/s); {} lines refused",
+        totals.created,
+        totals.created as f64 / secs.max(1e-9),
+        totals.failed
+    );
     if totals.failed > 0 && totals.created == 0 {
         return Err("nothing was imported".into());
     }

@@ -786,6 +786,9 @@ fn scrub_loop(shared: &Shared, rate: u64, every: Duration, stop: &crossbeam_chan
         for path in snapshot::list(&shared.dir).unwrap_or_default() {
             found.extend(scrub::verify_snapshot(&path, &mut pace).map(|d| (path, "snapshot", d)));
         }
+        if let Err(d) = shared.index.table().verify() {
+            shared.table_damaged(d);
+        }
         for (file, kind, d) in found {
             if shared.damage.lock().contains_key(&file) {
                 continue;

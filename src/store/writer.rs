@@ -44,17 +44,39 @@ const TICK: Duration = Duration::from_millis(100);
 const IDEM_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 pub enum Command {
-    Create { new: NewLink, reply: oneshot::Sender<Result<Created, WriteError>> },
-    Update { code: CompactString, patch: Patch, reply: oneshot::Sender<Result<Link, WriteError>> },
-    Delete { code: CompactString, reply: oneshot::Sender<Result<(), WriteError>> },
-    Apply { change: Change, mode: ApplyMode, reply: oneshot::Sender<Result<bool, WriteError>> },
+    Create {
+        new: NewLink,
+        reply: oneshot::Sender<Result<Created, WriteError>>,
+    },
+    Update {
+        code: CompactString,
+        patch: Patch,
+        reply: oneshot::Sender<Result<Link, WriteError>>,
+    },
+    Delete {
+        code: CompactString,
+        reply: oneshot::Sender<Result<(), WriteError>>,
+    },
+    Apply {
+        change: Change,
+        mode: ApplyMode,
+        reply: oneshot::Sender<Result<bool, WriteError>>,
+    },
     /// A bulk load's links, answered together (`shortd import`).
     /// `expected`: about how many links the whole load brings.
-    Import { links: Vec<Imported>, expected: u64, reply: oneshot::Sender<Vec<Result<(), WriteError>>> },
+    Import {
+        links: Vec<Imported>,
+        expected: u64,
+        reply: oneshot::Sender<Vec<Result<(), WriteError>>>,
+    },
     Clicks(Vec<(CompactString, u64)>),
     Rollups(Vec<(CompactString, u32, Hour)>),
-    Sync { reply: oneshot::Sender<Result<(), WriteError>> },
-    Shutdown { reply: oneshot::Sender<()> },
+    Sync {
+        reply: oneshot::Sender<Result<(), WriteError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 enum Reply {
@@ -80,13 +102,31 @@ impl Reply {
 
 /// A change to shared state that waits until its records are durable.
 enum Effect {
-    SetLoc { key: CompactString, loc: Loc, len: u64 },
+    SetLoc {
+        key: CompactString,
+        loc: Loc,
+        len: u64,
+    },
     /// An imported link, straight into the next table.
-    Bulk { hash: u64, loc: Loc, len: u64, clicks: u64 },
+    Bulk {
+        hash: u64,
+        loc: Loc,
+        len: u64,
+        clicks: u64,
+    },
     /// An imported link's click total (the next merge writes it).
-    Clicks { key: CompactString, total: u64 },
-    Hours { key: CompactString, hours: Vec<(u32, Hour)> },
-    Idem { key: CompactString, idem: Idem },
+    Clicks {
+        key: CompactString,
+        total: u64,
+    },
+    Hours {
+        key: CompactString,
+        hours: Vec<(u32, Hour)>,
+    },
+    Idem {
+        key: CompactString,
+        idem: Idem,
+    },
     LiveLinks(i64),
 }
 
@@ -129,6 +169,8 @@ pub struct Writer {
     import_asks_memory: bool,
     /// The time an import batch's links are made at (one clock read a batch).
     import_now: i64,
+    /// Click totals of the import batch under way, logged after its links.
+    import_clicks: Vec<(CompactString, u64)>,
     /// The next index table, filled as a bulk load goes (the current
     /// table's slots first), so that no merge has to follow it.
     bulk: Option<Builder>,
@@ -174,6 +216,7 @@ impl Writer {
             pending_import: HashSet::default(),
             import_asks_memory: false,
             import_now: 0,
+            import_clicks: Vec::new(),
             bulk: None,
             stopping: false,
             effects: Vec::new(),
@@ -261,7 +304,8 @@ impl Writer {
                 self.import_now = now_ms();
                 let results = match self.start_bulk(expected) {
                     Ok(()) => {
-                        let hashes: Vec<u64> = links.iter().map(|l| l.new.alias.as_ref().map_or(0, |a| self.shared.index.hash(a))).collect();
+                        let hashes: Vec<u64> =
+                            links.iter().map(|l| l.new.alias.as_ref().map_or(0, |a| self.shared.index.hash(a))).collect();
                         let mut results = Vec::with_capacity(links.len());
                         for (i, l) in links.into_iter().enumerate() {
                             // The table is far larger than the caches: ask
@@ -270,6 +314,13 @@ impl Writer {
                                 b.prefetch(h);
                             }
                             results.push(self.import(l, hashes[i]));
+                        }
+                        // The totals are in the table too, but the log is
+                        // what a start falls back on if the table is lost.
+                        for chunk in std::mem::take(&mut self.import_clicks).chunks(CLICKS_PER_RECORD) {
+                            let entries = chunk.iter().map(|(k, n)| (k.as_bytes(), *n)).collect();
+                            // A failed append fails the whole batch at commit.
+                            let _ = self.append(Record { lsn: 0, time_ms: self.import_now, origin: 0, body: Body::Clicks(entries) });
                         }
                         results
                     }
@@ -429,6 +480,9 @@ impl Writer {
         self.pending_import.insert(code.clone());
         self.effects.push(Effect::Bulk { hash, loc, len, clicks });
         self.effects.push(Effect::LiveLinks(1));
+        if clicks > 0 {
+            self.import_clicks.push((code.clone(), clicks));
+        }
         self.carry(code, 0, hours);
         Ok(())
     }
@@ -963,6 +1017,13 @@ impl Writer {
                 self.snapshot_done(job);
             }
         }
+        // The merge met a damaged table: rebuild, and leave a sound one.
+        if self.shared.index_damaged.load(Ordering::Relaxed) && self.refusal().is_none() {
+            self.rebuild_index();
+            if let Some(job) = self.snapshot.take() {
+                self.snapshot_done(job);
+            }
+        }
     }
 }
 
@@ -1047,7 +1108,8 @@ fn merge(
     // Keys up to the freeze are in the new table (not installed yet), later
     // ones in memory.
     let known = |code: &str| {
-        shared.contains(code) || table.find(shared.index.hash(code), |s| shared.is_key(code, s.loc).then_some(())).is_ok_and(|f| f.is_some())
+        shared.contains(code)
+            || table.find(shared.index.hash(code), |s| shared.is_key(code, s.loc).then_some(())).is_ok_and(|f| f.is_some())
     };
     shared.rollups.for_all(|code, hour, h| {
         if known(code) {
