@@ -53,7 +53,8 @@ pub fn run(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
     let store = Store::open(opts).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     let max_url_bytes = limits.max_url_bytes;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    // One core stays the writer's: it is the part that cannot be split.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).clamp(1, 8);
     let (work_tx, work_rx) = crossbeam_channel::bounded::<(u64, usize, Vec<u8>)>(threads * 2);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<(u64, Parsed)>(threads * 2);
     let mut totals = Totals::default();

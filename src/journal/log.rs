@@ -242,6 +242,11 @@ impl Log {
         m::segments(self.segments.len());
     }
 
+    /// Refuses every later write, for `reason`.
+    pub fn poison(&mut self, reason: String) {
+        self.poison_with(reason);
+    }
+
     fn poison_with(&mut self, reason: String) {
         tracing::error!(%reason, "store refuses writes until restart");
         *self.poison.write() = Some(reason);

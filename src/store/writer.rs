@@ -107,13 +107,6 @@ enum Effect {
         loc: Loc,
         len: u64,
     },
-    /// An imported link, straight into the next table.
-    Bulk {
-        hash: u64,
-        loc: Loc,
-        len: u64,
-        clicks: u64,
-    },
     /// An imported link's click total (the next merge writes it).
     Clicks {
         key: CompactString,
@@ -171,6 +164,10 @@ pub struct Writer {
     import_now: i64,
     /// Click totals of the import batch under way, logged after its links.
     import_clicks: Vec<(CompactString, u64)>,
+    /// Links of the import batch under way.
+    import_links: u64,
+    /// The bulk table took entries in the batch under way.
+    bulk_touched: bool,
     /// The next index table, filled as a bulk load goes (the current
     /// table's slots first), so that no merge has to follow it.
     bulk: Option<Builder>,
@@ -217,6 +214,8 @@ impl Writer {
             import_asks_memory: false,
             import_now: 0,
             import_clicks: Vec::new(),
+            import_links: 0,
+            bulk_touched: false,
             bulk: None,
             stopping: false,
             effects: Vec::new(),
@@ -315,6 +314,8 @@ impl Writer {
                             }
                             results.push(self.import(l, hashes[i]));
                         }
+                        let n = std::mem::take(&mut self.import_links);
+                        self.effects.push(Effect::LiveLinks(n as i64));
                         // The totals are in the table too, but the log is
                         // what a start falls back on if the table is lost.
                         for chunk in std::mem::take(&mut self.import_clicks).chunks(CLICKS_PER_RECORD) {
@@ -478,12 +479,29 @@ impl Writer {
         });
         let (loc, len) = self.append(Record { lsn: 0, time_ms: now, origin: self.opts.origin, body })?;
         self.pending_import.insert(code.clone());
-        self.effects.push(Effect::Bulk { hash, loc, len, clicks });
-        self.effects.push(Effect::LiveLinks(1));
+        // Filed at once, not after the commit (a batch that fails drops the
+        // whole bulk table and stops the import: see `commit`).
+        self.bulk_insert(Slot { hash, loc, clicks })?;
+        *self.live.entry(loc.seg).or_default() += len;
+        self.import_links += 1;
         if clicks > 0 {
             self.import_clicks.push((code.clone(), clicks));
         }
         self.carry(code, 0, hours);
+        Ok(())
+    }
+
+    fn bulk_insert(&mut self, slot: Slot) -> Result<(), WriteError> {
+        let mut b = self.bulk.take().ok_or_else(|| WriteError::Unavailable("the import's index table is gone".into()))?;
+        if b.len() >= b.capacity() {
+            // More links than the load foresaw: room for twice as many.
+            let more = b.len() * 2;
+            b = b.grown(&self.opts.dir, more).map_err(|e| WriteError::Unavailable(format!("cannot grow the import's index table: {e}")))?;
+        }
+        b.insert(slot);
+        self.bulk = Some(b);
+        self.bulk_touched = true;
+        self.shared.index.add_keys(1);
         Ok(())
     }
 
@@ -673,24 +691,27 @@ impl Writer {
             // Kept for the next batch: a large vector made anew each time
             // costs its page faults again.
             let mut effects = std::mem::take(&mut self.effects);
-            for i in 0..effects.len() {
-                if let (Some(b), Some(Effect::Bulk { hash, .. })) = (&self.bulk, effects.get(i + 16)) {
-                    b.prefetch(*hash);
-                }
-                let effect = std::mem::replace(&mut effects[i], Effect::LiveLinks(0));
+            for effect in effects.drain(..) {
                 self.apply(effect);
             }
-            effects.clear();
             self.effects = effects;
             self.batch_clicks.clear();
         } else {
             self.effects.clear();
+            if self.bulk.take().is_some() && self.bulk_touched {
+                // Its entries of this batch name records that may not be
+                // there: the load stops here, and is run again.
+                self.log.poison(
+                    "an import batch failed to be written; run the import again (lines already imported are refused as taken)".into(),
+                );
+            }
             self.shared.dirty_clicks.lock().extend(self.batch_clicks.drain(..));
         }
         self.pending.clear();
         self.pending_ver.clear();
         self.pending_idem.clear();
         self.pending_import.clear();
+        self.bulk_touched = false;
         for reply in self.replies.drain(..) {
             reply.send(failure.as_ref());
         }
@@ -714,24 +735,6 @@ impl Writer {
                         *l = l.saturating_sub(old_len);
                     }
                 }
-            }
-            Effect::Bulk { hash, loc, len, clicks } => {
-                *self.live.entry(loc.seg).or_default() += len;
-                let Some(mut b) = self.bulk.take() else { return };
-                if b.len() >= b.capacity() {
-                    // More links than the load foresaw: room for twice as many.
-                    let more = b.len() * 2;
-                    match b.grown(&self.opts.dir, more) {
-                        Ok(g) => b = g,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot grow the import's index table; the links after this one are not indexed until restart");
-                            return;
-                        }
-                    }
-                }
-                b.insert(Slot { hash, loc, clicks });
-                self.bulk = Some(b);
-                self.shared.index.add_keys(1);
             }
             Effect::Clicks { key, total } => {
                 self.shared.click_entry(&key).fetch_max(total, Ordering::Relaxed);
