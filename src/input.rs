@@ -158,13 +158,8 @@ fn alias_field(v: &Value, field: &str) -> Result<String, Invalid> {
 
 fn url_field(rules: &Rules<'_>, v: &Value) -> Result<String, Invalid> {
     let raw = string_field(v, "url")?;
-    let url = target::validate(raw, rules.max_url_bytes, rules.own_host).map_err(|e| invalid("url", e.to_string()))?;
-    if let Some(host) = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_owned)) {
-        if rules.blocklist.blocks(&host) {
-            return Err(invalid("url", "points at a blocked domain"));
-        }
-    }
-    Ok(url)
+    target::validate_with(raw, rules.max_url_bytes, rules.own_host, |host| rules.blocklist.blocks(host))
+        .map_err(|e| invalid("url", e.to_string()))
 }
 
 fn redirect_field(v: &Value) -> Result<u16, Invalid> {

@@ -26,10 +26,18 @@ pub enum TargetError {
     Credentials,
     #[error("must not point back at this shortener")]
     SelfReference,
+    #[error("points at a blocked domain")]
+    Blocked,
 }
 
 /// Checks `raw` and returns the form to store.
 pub fn validate(raw: &str, max_len: usize, own_host: Option<&str>) -> Result<String, TargetError> {
+    validate_with(raw, max_len, own_host, |_| false)
+}
+
+/// `validate`, then asks `blocked` about the host of the stored form, from
+/// the same parse of the URL.
+pub fn validate_with(raw: &str, max_len: usize, own_host: Option<&str>, blocked: impl FnOnce(&str) -> bool) -> Result<String, TargetError> {
     if raw.is_empty() {
         return Err(TargetError::Empty);
     }
@@ -45,8 +53,8 @@ pub fn validate(raw: &str, max_len: usize, own_host: Option<&str>) -> Result<Str
     }
     // The parser forgives `http:host` and backslashes; clients reading
     // Location may not, and the stored form is sent as it was given.
-    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
-    if !(lower.starts_with("http://") || lower.starts_with("https://")) || raw.contains('\\') {
+    let starts = |prefix: &str| raw.as_bytes().get(..prefix.len()).is_some_and(|b| b.eq_ignore_ascii_case(prefix.as_bytes()));
+    if !(starts("http://") || starts("https://")) || raw.contains('\\') {
         return Err(TargetError::NotAbsolute);
     }
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or(TargetError::NoHost)?;
@@ -55,14 +63,20 @@ pub fn validate(raw: &str, max_len: usize, own_host: Option<&str>) -> Result<Str
         return Err(TargetError::Credentials);
     }
     if let Some(own) = own_host {
-        let bare = |h: &str| h.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
-        if bare(host) == bare(own) {
+        fn bare(h: &str) -> &str {
+            h.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.')
+        }
+        if bare(host).eq_ignore_ascii_case(bare(own)) {
             return Err(TargetError::SelfReference);
         }
     }
     let stored = if raw.is_ascii() { raw.to_string() } else { url.to_string() };
     if stored.len() > max_len {
         return Err(TargetError::TooLong(max_len));
+    }
+    // The host of the stored form: re-parsing `stored` gives the same one.
+    if blocked(host) {
+        return Err(TargetError::Blocked);
     }
     Ok(stored)
 }
@@ -102,6 +116,7 @@ mod tests {
         assert_eq!(validate("https://[::1]/x", 8192, Some("[::1]")), Err(TargetError::SelfReference));
         assert_eq!(validate("https://[::1]/x", 8192, Some("::1")), Err(TargetError::SelfReference));
         assert!(matches!(validate("http://", 8192, None), Err(TargetError::Unparsable(_) | TargetError::NoHost)));
+        assert_eq!(validate_with("https://Evil.Example/x", 8192, None, |h| h == "evil.example"), Err(TargetError::Blocked));
         assert_eq!(validate(&format!("https://e.com/{}", "a".repeat(9000)), 8192, None), Err(TargetError::TooLong(8192)));
     }
 
