@@ -85,7 +85,7 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
         Route::Redirect(_) | Route::NotFound => Err(Problem::not_found("this path")),
         Route::Internal(rest) => {
             let rest = rest.to_owned();
-            super::internal::handle(app, &rest, req).await
+            Box::pin(super::internal::handle(app, &rest, req)).await
         }
         _ => {
             authorize(app, peer, req.headers())?;
@@ -94,34 +94,37 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
                     limit.check(app.access.client_ip(peer, req.headers())).map_err(Problem::too_many_requests)?;
                 }
             }
+            // Every branch but the create is boxed: the future of this
+            // function is as large as its largest branch, and hyper's
+            // service moves it into a box of its own on every request.
             match (route, req.method().clone()) {
                 (Route::Links, Method::POST) => create(app, req).await,
-                (Route::Links, _) => list(app, &req).await,
-                (Route::LinksBatch, _) => batch(app, peer, req).await,
-                (Route::Link(code), Method::GET | Method::HEAD) => get(app, code).await,
+                (Route::Links, _) => Box::pin(list(app, &req)).await,
+                (Route::LinksBatch, _) => Box::pin(batch(app, peer, req)).await,
+                (Route::Link(code), Method::GET | Method::HEAD) => Box::pin(get(app, code)).await,
                 (Route::Link(code), Method::PATCH) => {
                     let code = code.to_owned();
-                    patch(app, &code, req).await
+                    Box::pin(patch(app, &code, req)).await
                 }
                 (Route::Link(code), _) => {
                     let code = code.to_owned();
-                    app.links.delete(&code).await?;
+                    Box::pin(app.links.delete(&code)).await?;
                     Ok(empty(StatusCode::NO_CONTENT))
                 }
                 (Route::HotStats, _) => Ok(hot(app, &req)?),
                 (Route::Stats, _) => super::stats::all(app, req.uri().query()),
                 (Route::LinkStats(code), _) => {
                     let code = code.to_owned();
-                    super::stats::link(app, &code, req.uri().query()).await
+                    Box::pin(super::stats::link(app, &code, req.uri().query())).await
                 }
                 (Route::LinkQr(code), _) => {
                     let code = code.to_owned();
-                    super::stats::qr(app, &code, &req).await
+                    Box::pin(super::stats::qr(app, &code, &req)).await
                 }
                 (Route::Cluster, _) => Ok(super::internal::cluster_view(app)),
                 (Route::ClusterMember(id), _) => {
                     let id = id.to_owned();
-                    super::internal::remove_member(app, &id).await
+                    Box::pin(super::internal::remove_member(app, &id)).await
                 }
                 _ => Err(Problem::not_found("this path")),
             }
