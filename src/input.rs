@@ -168,16 +168,8 @@ fn url_field(rules: &Rules<'_>, v: &Value) -> Result<String, Invalid> {
 }
 
 fn url_text(rules: &Rules<'_>, raw: &str) -> Result<String, Invalid> {
-    let url = target::validate(raw, rules.max_url_bytes, rules.own_host).map_err(|e| invalid("url", e.to_string()))?;
-    if rules.blocklist.is_empty() {
-        return Ok(url);
-    }
-    if let Some(host) = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_owned)) {
-        if rules.blocklist.blocks(&host) {
-            return Err(invalid("url", "points at a blocked domain"));
-        }
-    }
-    Ok(url)
+    target::validate_with(raw, rules.max_url_bytes, rules.own_host, |host| !rules.blocklist.is_empty() && rules.blocklist.blocks(host))
+        .map_err(|e| invalid("url", e.to_string()))
 }
 
 fn redirect_field(v: &Value) -> Result<u16, Invalid> {

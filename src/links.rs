@@ -31,7 +31,9 @@ impl Links {
     pub async fn create(&self, new: NewLink) -> Result<Created, WriteError> {
         match self {
             Links::Local { store, .. } => store.create(new).await,
-            Links::Clustered(c) => c.create(new).await,
+            // Boxed: a cluster's create is a large future, and a local
+            // create would otherwise carry its size on every request.
+            Links::Clustered(c) => Box::pin(c.create(new)).await,
         }
     }
 

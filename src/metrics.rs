@@ -8,12 +8,13 @@
 //! itself, since the exporter's histograms record one sample at a time
 //! through a shared queue.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Counter};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
 
@@ -252,8 +253,36 @@ impl Metrics {
     }
 }
 
+thread_local! {
+    /// This thread's handles to the request counters it has counted on, so
+    /// that a request costs one short scan instead of a registry look-up
+    /// (hashing the name and both labels). At most routes x status labels.
+    static REQUEST_COUNTERS: RefCell<Vec<(&'static str, &'static str, Counter)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The handle of a counter without labels, looked up once the recorder is
+/// installed (a handle taken before would count nowhere, forever).
+fn cached(cell: &'static OnceLock<Counter>, name: &'static str) -> Counter {
+    if METRICS.get().is_none() {
+        return counter!(name);
+    }
+    cell.get_or_init(|| counter!(name)).clone()
+}
+
 pub fn api_request(route: &'static str, status: u16) {
-    counter!(HTTP_REQUESTS, "route" => route, "status" => status_label(status)).increment(1);
+    let status = status_label(status);
+    if METRICS.get().is_none() {
+        counter!(HTTP_REQUESTS, "route" => route, "status" => status).increment(1);
+        return;
+    }
+    REQUEST_COUNTERS.with_borrow_mut(|known| match known.iter().find(|(r, s, _)| *r == route && *s == status) {
+        Some((_, _, c)) => c.increment(1),
+        None => {
+            let c = counter!(HTTP_REQUESTS, "route" => route, "status" => status);
+            c.increment(1);
+            known.push((route, status, c));
+        }
+    });
 }
 
 fn status_label(status: u16) -> &'static str {
@@ -285,7 +314,8 @@ pub fn store_appended(bytes: u64) {
 }
 
 pub fn commit_batch(size: usize) {
-    counter!(STORE_COMMITS).increment(1);
+    static COMMITS: OnceLock<Counter> = OnceLock::new();
+    cached(&COMMITS, STORE_COMMITS).increment(1);
     histogram!(STORE_BATCH).record(size as f64);
 }
 
@@ -331,7 +361,8 @@ pub fn scrub_pass_done(unix_seconds: f64) {
 }
 
 pub fn link_created() {
-    counter!(LINKS_CREATED).increment(1);
+    static CREATED: OnceLock<Counter> = OnceLock::new();
+    cached(&CREATED, LINKS_CREATED).increment(1);
 }
 
 pub fn coalesced_wait() {

@@ -26,10 +26,18 @@ pub enum TargetError {
     Credentials,
     #[error("must not point back at this shortener")]
     SelfReference,
+    #[error("points at a blocked domain")]
+    Blocked,
 }
 
 /// Checks `raw` and returns the form to store.
 pub fn validate(raw: &str, max_len: usize, own_host: Option<&str>) -> Result<String, TargetError> {
+    validate_with(raw, max_len, own_host, |_| false)
+}
+
+/// `validate`, then asks `blocked` about the host of the stored form, from
+/// the same parse of the URL.
+pub fn validate_with(raw: &str, max_len: usize, own_host: Option<&str>, blocked: impl FnOnce(&str) -> bool) -> Result<String, TargetError> {
     if raw.is_empty() {
         return Err(TargetError::Empty);
     }
@@ -43,9 +51,15 @@ pub fn validate(raw: &str, max_len: usize, own_host: Option<&str>) -> Result<Str
         if own_host.is_some_and(|own| own.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').eq_ignore_ascii_case(host)) {
             return Err(TargetError::SelfReference);
         }
+        // The parser's host is the lower-case one.
+        let lower =
+            if host.bytes().any(|b| b.is_ascii_uppercase()) { std::borrow::Cow::Owned(host.to_ascii_lowercase()) } else { host.into() };
+        if blocked(&lower) {
+            return Err(TargetError::Blocked);
+        }
         return Ok(raw.to_string());
     }
-    parsed(raw, max_len, own_host)
+    parsed(raw, max_len, own_host, blocked)
 }
 
 /// The host of a target in the shape most links have, which the URL parser
@@ -72,15 +86,15 @@ fn plain_host(raw: &str) -> Option<&str> {
     (last.as_bytes().first().is_some_and(u8::is_ascii_alphabetic) && tail_ok).then_some(host)
 }
 
-fn parsed(raw: &str, max_len: usize, own_host: Option<&str>) -> Result<String, TargetError> {
+fn parsed(raw: &str, max_len: usize, own_host: Option<&str>, blocked: impl FnOnce(&str) -> bool) -> Result<String, TargetError> {
     let url = url::Url::parse(raw).map_err(|e| TargetError::Unparsable(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(TargetError::Scheme);
     }
     // The parser forgives `http:host` and backslashes; clients reading
     // Location may not, and the stored form is sent as it was given.
-    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
-    if !(lower.starts_with("http://") || lower.starts_with("https://")) || raw.contains('\\') {
+    let starts = |prefix: &str| raw.as_bytes().get(..prefix.len()).is_some_and(|b| b.eq_ignore_ascii_case(prefix.as_bytes()));
+    if !(starts("http://") || starts("https://")) || raw.contains('\\') {
         return Err(TargetError::NotAbsolute);
     }
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or(TargetError::NoHost)?;
@@ -89,14 +103,20 @@ fn parsed(raw: &str, max_len: usize, own_host: Option<&str>) -> Result<String, T
         return Err(TargetError::Credentials);
     }
     if let Some(own) = own_host {
-        let bare = |h: &str| h.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
-        if bare(host) == bare(own) {
+        fn bare(h: &str) -> &str {
+            h.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.')
+        }
+        if bare(host).eq_ignore_ascii_case(bare(own)) {
             return Err(TargetError::SelfReference);
         }
     }
     let stored = if raw.is_ascii() { raw.to_string() } else { url.to_string() };
     if stored.len() > max_len {
         return Err(TargetError::TooLong(max_len));
+    }
+    // The host of the stored form: re-parsing `stored` gives the same one.
+    if blocked(host) {
+        return Err(TargetError::Blocked);
     }
     Ok(stored)
 }
@@ -136,6 +156,7 @@ mod tests {
         assert_eq!(validate("https://[::1]/x", 8192, Some("[::1]")), Err(TargetError::SelfReference));
         assert_eq!(validate("https://[::1]/x", 8192, Some("::1")), Err(TargetError::SelfReference));
         assert!(matches!(validate("http://", 8192, None), Err(TargetError::Unparsable(_) | TargetError::NoHost)));
+        assert_eq!(validate_with("https://Evil.Example/x", 8192, None, |h| h == "evil.example"), Err(TargetError::Blocked));
         assert_eq!(validate(&format!("https://e.com/{}", "a".repeat(9000)), 8192, None), Err(TargetError::TooLong(8192)));
     }
 
@@ -162,11 +183,12 @@ mod tests {
             "https://a.b:80/",
             "https://a.b:99999/",
             "https://u@a.b/",
+            "https://Blocked.Example/x",
         ];
         for raw in samples {
-            let slow = parsed(raw, 8192, Some("sho.rt"));
+            let slow = parsed(raw, 8192, Some("sho.rt"), |h| h == "blocked.example");
             if plain_host(raw).is_some() {
-                assert_eq!(validate(raw, 8192, Some("sho.rt")), slow, "{raw}");
+                assert_eq!(validate_with(raw, 8192, Some("sho.rt"), |h| h == "blocked.example"), slow, "{raw}");
             }
         }
         assert_eq!(plain_host("https://Example.COM/Path?q=1#f"), Some("Example.COM"));

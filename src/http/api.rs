@@ -27,6 +27,7 @@ const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 const MAX_BATCH: usize = 1000;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
+const IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
 /// Longest search (`q=`) accepted: the longest URL fits, and more is no search.
 const MAX_QUERY_BYTES: usize = 8192;
 
@@ -35,8 +36,9 @@ const MAX_QUERY_BYTES: usize = 8192;
 struct BodyRead(Arc<std::sync::atomic::AtomicBool>);
 
 pub async fn handle(app: Arc<App>, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_owned();
-    let route = route(&path);
+    // A refcount, not a copy: the route borrows the path while `req` moves on.
+    let uri = req.uri().clone();
+    let route = route(uri.path());
     let name = route.name();
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
@@ -83,7 +85,7 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
         Route::Redirect(_) | Route::NotFound => Err(Problem::not_found("this path")),
         Route::Internal(rest) => {
             let rest = rest.to_owned();
-            super::internal::handle(app, &rest, req).await
+            Box::pin(super::internal::handle(app, &rest, req)).await
         }
         _ => {
             authorize(app, peer, req.headers())?;
@@ -92,34 +94,37 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
                     limit.check(app.access.client_ip(peer, req.headers())).map_err(Problem::too_many_requests)?;
                 }
             }
+            // Every branch but the create is boxed: the future of this
+            // function is as large as its largest branch, and hyper's
+            // service moves it into a box of its own on every request.
             match (route, req.method().clone()) {
                 (Route::Links, Method::POST) => create(app, req).await,
-                (Route::Links, _) => list(app, &req).await,
-                (Route::LinksBatch, _) => batch(app, peer, req).await,
-                (Route::Link(code), Method::GET | Method::HEAD) => get(app, code).await,
+                (Route::Links, _) => Box::pin(list(app, &req)).await,
+                (Route::LinksBatch, _) => Box::pin(batch(app, peer, req)).await,
+                (Route::Link(code), Method::GET | Method::HEAD) => Box::pin(get(app, code)).await,
                 (Route::Link(code), Method::PATCH) => {
                     let code = code.to_owned();
-                    patch(app, &code, req).await
+                    Box::pin(patch(app, &code, req)).await
                 }
                 (Route::Link(code), _) => {
                     let code = code.to_owned();
-                    app.links.delete(&code).await?;
+                    Box::pin(app.links.delete(&code)).await?;
                     Ok(empty(StatusCode::NO_CONTENT))
                 }
                 (Route::HotStats, _) => Ok(hot(app, &req)?),
                 (Route::Stats, _) => super::stats::all(app, req.uri().query()),
                 (Route::LinkStats(code), _) => {
                     let code = code.to_owned();
-                    super::stats::link(app, &code, req.uri().query()).await
+                    Box::pin(super::stats::link(app, &code, req.uri().query())).await
                 }
                 (Route::LinkQr(code), _) => {
                     let code = code.to_owned();
-                    super::stats::qr(app, &code, &req).await
+                    Box::pin(super::stats::qr(app, &code, &req)).await
                 }
                 (Route::Cluster, _) => Ok(super::internal::cluster_view(app)),
                 (Route::ClusterMember(id), _) => {
                     let id = id.to_owned();
-                    super::internal::remove_member(app, &id).await
+                    Box::pin(super::internal::remove_member(app, &id)).await
                 }
                 _ => Err(Problem::not_found("this path")),
             }
@@ -206,9 +211,13 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 pub fn view<'a>(app: &App, link: &'a Link) -> LinkView<'a> {
+    view_in(&app.public_base, link)
+}
+
+fn view_in<'a>(public_base: &str, link: &'a Link) -> LinkView<'a> {
     LinkView {
         code: &link.code,
-        short_url: format!("{}{}", app.public_base, link.code),
+        short_url: format!("{public_base}{}", link.code),
         url: &link.url,
         created_at: rfc3339(link.created_ms),
         expires_at: (link.expires_ms != 0).then(|| rfc3339(link.expires_ms)),
@@ -220,11 +229,77 @@ pub fn view<'a>(app: &App, link: &'a Link) -> LinkView<'a> {
 }
 
 pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
+    json_bytes(status, serde_json::to_vec(value).unwrap_or_default())
+}
+
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, JSON);
     resp
+}
+
+/// One link as JSON: the bytes `json(.., &view(..))` would give, written
+/// straight into one buffer of the right size (a create, get or patch
+/// answers with this; a test holds the two to the same bytes).
+fn link_json(public_base: &str, link: &Link) -> Vec<u8> {
+    let mut out = Vec::with_capacity(200 + public_base.len() + 2 * link.code.len() + link.url.len());
+    out.extend_from_slice(b"{\"code\":");
+    json_str(&mut out, &[&link.code]);
+    out.extend_from_slice(b",\"short_url\":");
+    json_str(&mut out, &[public_base, &link.code]);
+    out.extend_from_slice(b",\"url\":");
+    json_str(&mut out, &[&link.url]);
+    out.extend_from_slice(b",\"created_at\":");
+    json_str(&mut out, &[&rfc3339(link.created_ms)]);
+    out.extend_from_slice(b",\"expires_at\":");
+    match link.expires_ms {
+        0 => out.extend_from_slice(b"null"),
+        ms => json_str(&mut out, &[&rfc3339(ms)]),
+    }
+    out.extend_from_slice(b",\"max_clicks\":");
+    match link.max_clicks {
+        0 => out.extend_from_slice(b"null"),
+        n => json_int(&mut out, n),
+    }
+    out.extend_from_slice(b",\"redirect\":");
+    json_int(&mut out, link.redirect.into());
+    out.extend_from_slice(b",\"clicks\":");
+    json_int(&mut out, link.clicks);
+    out.extend_from_slice(if link.disabled { b",\"disabled\":true}" } else { b",\"disabled\":false}" });
+    out
+}
+
+fn json_int(out: &mut Vec<u8>, n: u64) {
+    let _ = std::io::Write::write_fmt(out, format_args!("{n}"));
+}
+
+/// The parts as one JSON string, escaped as serde_json escapes.
+fn json_str(out: &mut Vec<u8>, parts: &[&str]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for part in parts {
+        let bytes = part.as_bytes();
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            let escape: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                0..=0x1f => &[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]],
+                _ => continue,
+            };
+            out.extend_from_slice(&bytes[start..i]);
+            out.extend_from_slice(escape);
+            start = i + 1;
+        }
+        out.extend_from_slice(&bytes[start..]);
+    }
+    out.push(b'"');
 }
 
 pub(super) fn empty(status: StatusCode) -> Response<Body> {
@@ -241,9 +316,10 @@ pub(super) async fn read_body(app: &App, req: Request<Incoming>, json_only: bool
 /// `read_body` with its own size limit (node-to-node requests).
 pub(super) async fn read_body_up_to(req: Request<Incoming>, json_only: bool, limit: usize) -> Result<Bytes, Problem> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        let is_json = ct == "application/json" || ct.ends_with("+json");
-        let is_lines = ct == "application/x-ndjson" || ct == "application/jsonl" || ct == "application/json-lines";
+        let ct = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
+        let is = |name: &str| ct.eq_ignore_ascii_case(name);
+        let is_json = is("application/json") || ct.len() >= 5 && ct.as_bytes()[ct.len() - 5..].eq_ignore_ascii_case(b"+json");
+        let is_lines = is("application/x-ndjson") || is("application/jsonl") || is("application/json-lines");
         if !(is_json || (!json_only && is_lines)) {
             return Err(Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -294,7 +370,7 @@ pub fn parse_create(app: &App, obj: &Map<String, Value>, now: i64) -> Result<New
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
     let bad = || Problem::invalid("Idempotency-Key", format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"));
     let s = v.to_str().map_err(|_| bad())?;
     if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY || !s.bytes().all(|b| b.is_ascii_graphic()) {
@@ -319,7 +395,7 @@ async fn create(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Pro
     if !created.replayed {
         metrics::link_created();
     }
-    let mut resp = json(StatusCode::CREATED, &view(app, &created.link));
+    let mut resp = json_bytes(StatusCode::CREATED, link_json(&app.public_base, &created.link));
     if let Ok(loc) = HeaderValue::from_str(&format!("/api/v1/links/{}", created.link.code)) {
         resp.headers_mut().insert(header::LOCATION, loc);
     }
@@ -331,7 +407,7 @@ async fn create(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Pro
 
 async fn get(app: &App, code: &str) -> Result<Response<Body>, Problem> {
     match app.links.get(code).await? {
-        Lookup::Live(link) => Ok(json(StatusCode::OK, &view(app, &link))),
+        Lookup::Live(link) => Ok(json_bytes(StatusCode::OK, link_json(&app.public_base, &link))),
         Lookup::Deleted => Err(Problem::gone(code)),
         Lookup::Missing => Err(Problem::not_found(&format!("link {code}"))),
         Lookup::Unavailable => {
@@ -344,7 +420,7 @@ async fn patch(app: &App, code: &str, req: Request<Incoming>) -> Result<Response
     let body = read_body(app, req, true).await?;
     let p = parse_patch(app, &body)?;
     let link = app.links.update(code, p, body).await?;
-    Ok(json(StatusCode::OK, &view(app, &link)))
+    Ok(json_bytes(StatusCode::OK, link_json(&app.public_base, &link)))
 }
 
 /// A PATCH body as a change; refuses what the API refuses.
@@ -468,4 +544,40 @@ fn hot(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
         .map(|(code, count)| serde_json::json!({"code": code.as_str(), "requests": count, "per_second": count as f64 / window.as_secs_f64()}))
         .collect();
     Ok(json(StatusCode::OK, &serde_json::json!({"window_seconds": window.as_secs(), "codes": top})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(code: &str, url: &str, expires_ms: i64, max_clicks: u64, disabled: bool) -> Link {
+        Link {
+            code: code.into(),
+            url: url.into(),
+            id: 7,
+            created_ms: 1_764_601_774_123,
+            expires_ms,
+            max_clicks,
+            redirect: 301,
+            clicks: 42,
+            disabled,
+        }
+    }
+
+    #[test]
+    fn link_json_is_what_serde_json_writes() {
+        let every_byte: String = (0u8..0x80).map(char::from).collect();
+        let links = [
+            link("abc123", "https://example.com/a?b=c#d", 0, 0, false),
+            link("my-alias", "https://example.com/\"quoted\"\\back", 1_800_000_000_000, 5, true),
+            link("x", &every_byte, 1_800_000_000_500, 1 << 53, false),
+            link("x", "https://bücher.example/ä", 0, 1, true),
+        ];
+        for base in ["http://127.0.0.1:8080/", "https://sho.rt/\"odd\"/"] {
+            for l in &links {
+                let want = serde_json::to_vec(&view_in(base, l)).unwrap();
+                assert_eq!(String::from_utf8(link_json(base, l)).unwrap(), String::from_utf8(want).unwrap());
+            }
+        }
+    }
 }

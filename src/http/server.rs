@@ -387,10 +387,11 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
                 };
             }
         }
-        let conn = self.conn.clone();
-        let handled = api::handle(self.app.clone(), self.peer, req);
+        let (conn, app, peer) = (self.conn.clone(), self.app.clone(), self.peer);
+        // The handler's future (a few KB) starts inside the box, so only
+        // its arguments are moved there.
         SvcFuture::Api(Box::pin(async move {
-            let resp = handled.await;
+            let resp = api::handle(app, peer, req).await;
             // The request body has been read; later bytes start the next request.
             conn.partial.set(false);
             resp
