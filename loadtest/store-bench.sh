@@ -1,31 +1,66 @@
 #!/usr/bin/env bash
-# Bulk import speed, restart time with a snapshot, and memory per link.
+# The store at scale on one node: import speed, restart time, anonymous and
+# mapped memory, disk per link, and hot against uniform redirects.
 # usage: loadtest/store-bench.sh [LINKS] (default 1000000)
+#   STORE_BENCH_DIR=dir  where the file and the data go (default a temporary
+#                        directory under target/tmp; 20 M links take ~8 GB)
+# Restart: a graceful stop, then `serve` until the first /healthz answers,
+# median of 5. Memory: RssAnon and RssFile of the server after the restart
+# and after 1000 sampled redirects. Redirects: wrk -t1 -c64 10 s on CPU 1,
+# the server (--workers 1) on CPU 0; "hot" asks for one link, "uniform" for
+# links drawn uniformly from all of them (mostly cache misses).
 source "$(dirname "$0")/lib.sh"
 N=${1:-1000000}
 build_shortd
-WORK=$(mktemp -d)
-trap 'kill $SHORTD_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-python3 "$HERE/gen-links.py" "$N" > "$WORK/links.jsonl"
-URL_BYTES=$(head -1 "$WORK/links.jsonl" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["url"]))')
-echo "links: $N, URL bytes each: $URL_BYTES"
-/usr/bin/time -f "import: %e s wall, %M KiB max RSS" "$SHORTD" import --data-dir "$WORK/data" "$WORK/links.jsonl"
-du -sh "$WORK/data"
-PORT=$(free_port)
+mkdir -p "$ROOT/target/tmp"
+WORK=${STORE_BENCH_DIR:-$(mktemp -d -p "$ROOT/target/tmp" store-bench.XXXXXX)}
+PID=
+trap '[ -n "$PID" ] && kill $PID 2>/dev/null; wait 2>/dev/null; [ -z "${STORE_BENCH_DIR:-}" ] && rm -rf "$WORK"' EXIT
+FILE="$WORK/links-$N.jsonl"
+[ -s "$FILE" ] || python3 "$HERE/gen-links.py" "$N" 60 k > "$FILE"
+DATA="$WORK/data-$N"
+rm -rf "$DATA"
+sync
+echo "links: $N ($(du -h "$FILE" | cut -f1) of JSON lines)"
 T0=$(date +%s.%N)
-"$SHORTD" serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --log-level warn --workers 1 &
-SHORTD_PID=$!
-wait_http "http://127.0.0.1:$PORT/healthz"
+"$SHORTD" import --data-dir "$DATA" "$FILE"
 T1=$(date +%s.%N)
-echo "restart (snapshot load + replay) until /healthz answers: $(echo "$T1 - $T0" | bc) s"
-# Touch nothing: the index is in anonymous memory, URLs stay in the mapped log (page cache).
-grep -E "VmRSS|RssAnon|RssFile" "/proc/$SHORTD_PID/status"
-ANON_KB=$(awk '/RssAnon/ {print $2}' "/proc/$SHORTD_PID/status")
-# Baseline: an empty store's anonymous memory.
-PORT2=$(free_port)
-"$SHORTD" serve --listen "127.0.0.1:$PORT2" --data-dir "$WORK/empty" --log-level warn --workers 1 &
-EMPTY_PID=$!
-wait_http "http://127.0.0.1:$PORT2/healthz"
-BASE_KB=$(awk '/RssAnon/ {print $2}' "/proc/$EMPTY_PID/status")
-kill $EMPTY_PID
-echo "anonymous memory per link beyond an empty server: $(( (ANON_KB - BASE_KB) * 1024 / N )) bytes (URLs live in the mapped log)"
+echo "import: $(echo "$T1 - $T0" | bc) s wall, $(echo "$N / ($T1 - $T0)" | bc) links/s"
+DISK=$(du -sb "$DATA" | cut -f1)
+TABLE=$(du -cb "$DATA"/index-*.idx | tail -1 | cut -f1)
+echo "disk: $((DISK / N)) bytes per link (index table $((TABLE / N)) of them)"
+
+start() {
+  PORT=$(free_port)
+  local t0 t1
+  t0=$(date +%s.%N)
+  taskset -c 0 "$SHORTD" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" --log-level warn --workers 1 &
+  PID=$!
+  until curl -fs -o /dev/null "http://127.0.0.1:$PORT/healthz"; do sleep 0.002; done
+  t1=$(date +%s.%N)
+  echo "$t1 - $t0" | bc
+}
+stop() { kill -TERM "$PID"; wait "$PID" || true; PID=; }
+
+TIMES=()
+for _ in 1 2 3 4 5; do TIMES+=("$(start)"); stop; done
+echo "restart to first /healthz: ${TIMES[*]} s; median $(printf '%s\n' "${TIMES[@]}" | sort -n | sed -n 3p) s"
+
+start > /dev/null
+mem() { awk '/RssAnon|RssFile/ {printf "%s %d kB  ", $1, $2}' "/proc/$PID/status"; echo; }
+echo "after the restart: $(mem)"
+BAD=0
+for i in $(shuf -i 0-$((N - 1)) -n 1000); do
+  LOC=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$PORT/k$i")
+  case "$LOC" in "302 https://www.example.com/articles/"*"/$i") ;; *) BAD=$((BAD + 1)) ;; esac
+done
+echo "1000 sampled links: $BAD wrong"
+ANON=$(awk '/RssAnon/ {print $2}' "/proc/$PID/status")
+echo "after them: $(mem)anonymous memory per link: $((ANON * 1024 / N)) bytes"
+
+rate() { taskset -c 1 wrk -t1 -c64 -d10s -s "$HERE/keys.lua" "http://127.0.0.1:$PORT" -- "$1" uniform | awk '/Requests\/sec/ {print $2}'; }
+HOT=$(rate 1)
+UNIFORM=$(rate "$N")
+echo "redirects/s: hot $HOT, uniform over $N links $UNIFORM ($(echo "scale=2; $UNIFORM / $HOT" | bc)x hot)"
+echo "after the load: $(mem)"
+stop
