@@ -51,6 +51,11 @@ const HEADER_SUMMED: usize = 56;
 /// linear probes short.
 const LOAD_NUM: u64 = 4;
 const LOAD_DEN: u64 = 3;
+/// Tables up to this size are built in anonymous memory and written with
+/// `pwrite` (what the power-loss harness can follow); larger ones through
+/// a shared mapping of the file, so a merge of tens of millions of links
+/// takes no memory of its own.
+const IN_MEMORY_MAX: u64 = 64 << 20;
 
 /// One occupied slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,9 +295,11 @@ impl Drop for Builder {
 
 impl Builder {
     /// A table in `dir` with room for `entries` at a load of at most 0.75,
-    /// built in the file's pages (a background merge: no memory of its own).
+    /// for a background merge: built in memory up to `IN_MEMORY_MAX` bytes,
+    /// in the file's own pages past that (no memory of its own).
     pub fn create(dir: &Path, entries: u64) -> io::Result<Builder> {
-        Builder::make(dir, entries, false)
+        let slots = (entries * LOAD_NUM / LOAD_DEN + 1).div_ceil(SLOTS_PER_BLOCK as u64);
+        Builder::make(dir, entries, slots * (BLOCK as u64 + 8) <= IN_MEMORY_MAX)
     }
 
     /// The same, built in memory and written out at the end: about three
@@ -312,16 +319,21 @@ impl Builder {
         // Blocks reserved up front: a full disk fails here, never as a
         // SIGBUS on a page of the mapping.
         let len = (1 + blocks) * BLOCK as u64 + blocks * 8;
-        let reserved = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len).map_err(io::Error::from).and_then(|_| {
-            if in_memory {
-                let map = memmap2::MmapOptions::new().len(len as usize).map_anon()?;
-                let _ = map.advise(memmap2::Advice::HugePage);
-                Ok(map)
-            } else {
-                // SAFETY: the temporary file is this builder's alone until renamed.
-                unsafe { MmapMut::map_mut(&file) }
-            }
-        });
+        // Synced once reserved, so that its size is on disk (and seen by the
+        // power-loss harness) before any of its bytes.
+        let reserved = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len)
+            .map_err(io::Error::from)
+            .and_then(|_| file.sync_all())
+            .and_then(|_| {
+                if in_memory {
+                    let map = memmap2::MmapOptions::new().len(len as usize).map_anon()?;
+                    let _ = map.advise(memmap2::Advice::HugePage);
+                    Ok(map)
+                } else {
+                    // SAFETY: the temporary file is this builder's alone until renamed.
+                    unsafe { MmapMut::map_mut(&file) }
+                }
+            });
         match reserved {
             Ok(map) => Ok(Builder { file, map, slots, blocks, count: 0, tmp, finished: false, in_memory }),
             Err(e) => {
