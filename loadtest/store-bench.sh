@@ -30,6 +30,7 @@ DISK=$(du -sb "$DATA" | cut -f1)
 TABLE=$(du -cb "$DATA"/index-*.idx | tail -1 | cut -f1)
 echo "disk: $((DISK / N)) bytes per link (index table $((TABLE / N)) of them)"
 
+# start: serve in the background; STARTED is the seconds to the first /healthz.
 start() {
   PORT=$(free_port)
   local t0 t1
@@ -38,15 +39,15 @@ start() {
   PID=$!
   until curl -fs -o /dev/null "http://127.0.0.1:$PORT/healthz"; do sleep 0.002; done
   t1=$(date +%s.%N)
-  echo "$t1 - $t0" | bc
+  STARTED=$(echo "$t1 - $t0" | bc)
 }
 stop() { kill -TERM "$PID"; wait "$PID" || true; PID=; }
 
 TIMES=()
-for _ in 1 2 3 4 5; do TIMES+=("$(start)"); stop; done
+for _ in 1 2 3 4 5; do start; TIMES+=("$STARTED"); stop; done
 echo "restart to first /healthz: ${TIMES[*]} s; median $(printf '%s\n' "${TIMES[@]}" | sort -n | sed -n 3p) s"
 
-start > /dev/null
+start
 mem() { awk '/RssAnon|RssFile/ {printf "%s %d kB  ", $1, $2}' "/proc/$PID/status"; echo; }
 echo "after the restart: $(mem)"
 BAD=0
