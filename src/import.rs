@@ -2,12 +2,14 @@
 //! requests) into a data directory, at the speed of the disk.
 //!
 //! The file is read in chunks cut at line ends; parser threads turn each
-//! chunk into links (`input::export_line` for the common shape, the full
-//! `input::new_link` for the rest), and the chunks go to the store's writer
-//! in file order, one batch each, so that the first of two lines with the
-//! same code wins and errors name their lines. Click totals and hourly
-//! stats come along. Periodic merges are off while loading: the store's
-//! close writes one index table at the end.
+//! chunk into links, and the chunks go to the store's writer in file order,
+//! one batch each, so that the first of two lines with the same code wins
+//! and errors name their lines. A line in the common shape
+//! (`input::export_line`) becomes its put record right here, with no copy
+//! of its strings, and the writer only numbers it and files it; any other
+//! line takes the full `input::new_link` and the writer's create path.
+//! Click totals and hourly stats come along. Periodic merges are off while
+//! loading: the store's close writes one index table at the end.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -19,8 +21,9 @@ use serde_json::{Map, Value};
 use crate::analytics::rollup::{hour_of, Hour, DIM_NAMES};
 use crate::config::{Durability, LinkLimits};
 use crate::input;
+use crate::journal::record::{self, Body, Put, Record};
 use crate::lists::Blocklist;
-use crate::store::{Imported, Store, StoreOptions, WriteError};
+use crate::store::{ImportBatch, ImportEntry, Imported, Store, StoreOptions, WriteError, ALIAS_ID};
 
 const CHUNK: usize = 1 << 20;
 /// Batches handed to the writer and not answered yet.
@@ -32,7 +35,8 @@ type Reply = tokio::sync::oneshot::Receiver<Vec<Result<(), WriteError>>>;
 struct Parsed {
     /// Bytes of the chunk.
     bytes: usize,
-    links: Vec<Imported>,
+    batch: ImportBatch,
+    /// The line of each of `batch.entries`.
     lines: Vec<usize>,
     refused: Vec<(usize, String)>,
 }
@@ -53,19 +57,20 @@ pub fn run(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
     let store = Store::open(opts).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     let max_url_bytes = limits.max_url_bytes;
-    // One core stays the writer's: it is the part that cannot be split.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).clamp(1, 8);
+    // As many parsers as cores: they take most of the work, and the writer
+    // (the part that cannot be split) shares a core with one.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
     let (work_tx, work_rx) = crossbeam_channel::bounded::<(u64, usize, Vec<u8>)>(threads * 2);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<(u64, Parsed)>(threads * 2);
     let mut totals = Totals::default();
     let read_error = std::thread::scope(|scope| {
         for _ in 0..threads {
-            let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
+            let (work_rx, done_tx, store) = (work_rx.clone(), done_tx.clone(), &store);
             scope.spawn(move || {
                 let blocklist = Blocklist::default();
                 let rules = input::Rules { max_url_bytes, own_host: None, blocklist: &blocklist };
                 for (n, first_line, chunk) in work_rx {
-                    if done_tx.send((n, parse_chunk(&chunk, first_line, &rules))).is_err() {
+                    if done_tx.send((n, parse_chunk(&chunk, first_line, &rules, &|key| store.key_hash(key)))).is_err() {
                         return;
                     }
                 }
@@ -88,7 +93,7 @@ pub fn run(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
                     next += 1;
                     let refused = parsed.refused.len();
                     t.refused(parsed.refused);
-                    if parsed.links.is_empty() {
+                    if parsed.lines.is_empty() {
                         continue;
                     }
                     if expected == 0 {
@@ -98,7 +103,7 @@ pub fn run(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
                     while inflight.len() >= IN_FLIGHT {
                         t.settle(inflight.pop_front().expect("not empty"));
                     }
-                    match store.import_queued(parsed.links, expected) {
+                    match store.import_queued(parsed.batch, expected) {
                         Ok(rx) => inflight.push_back((parsed.lines, rx)),
                         Err(e) => t.refused(parsed.lines.into_iter().map(|l| (l, e.to_string())).collect()),
                     }
@@ -169,16 +174,9 @@ fn read_chunks(input: &mut dyn Read, mut send: impl FnMut(u64, usize, Vec<u8>) -
     let mut carry: Vec<u8> = Vec::new();
     loop {
         let mut buf = std::mem::take(&mut carry);
-        let have = buf.len();
-        buf.resize(have + CHUNK, 0);
-        let got = loop {
-            match input.read(&mut buf[have..]) {
-                Ok(got) => break got,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        buf.truncate(have + got);
+        buf.reserve(CHUNK);
+        // Into the spare capacity, which `read_to_end` does not zero first.
+        let got = Read::take(&mut *input, CHUNK as u64).read_to_end(&mut buf)?;
         if got == 0 {
             if !buf.is_empty() {
                 send(n, line, buf);
@@ -200,8 +198,11 @@ fn read_chunks(input: &mut dyn Read, mut send: impl FnMut(u64, usize, Vec<u8>) -
     }
 }
 
-fn parse_chunk(chunk: &[u8], first_line: usize, rules: &input::Rules<'_>) -> Parsed {
-    let mut out = Parsed { bytes: chunk.len(), links: Vec::with_capacity(chunk.len() / 128), lines: Vec::new(), refused: Vec::new() };
+fn parse_chunk(chunk: &[u8], first_line: usize, rules: &input::Rules<'_>, key_hash: &dyn Fn(&str) -> u64) -> Parsed {
+    let mut out = Parsed { bytes: chunk.len(), batch: ImportBatch::default(), lines: Vec::new(), refused: Vec::new() };
+    let b = &mut out.batch;
+    b.records.reserve(chunk.len());
+    b.entries.reserve(chunk.len() / 128);
     let now = crate::clock::now_ms();
     for (i, raw) in chunk.split(|&b| b == b'\n').enumerate() {
         let line = first_line + i;
@@ -212,17 +213,39 @@ fn parse_chunk(chunk: &[u8], first_line: usize, rules: &input::Rules<'_>) -> Par
         if text.trim().is_empty() {
             continue;
         }
-        let parsed = match input::export_line(text, rules, now) {
-            Some((new, clicks)) => Ok(Imported { new, clicks, hours: Vec::new() }),
-            None => general_line(text, rules, now),
-        };
-        match parsed {
-            Ok(l) => {
-                out.links.push(l);
-                out.lines.push(line);
+        match input::export_line(text, rules, now) {
+            Some(e) if e.alias.is_some() => {
+                let key = e.alias.as_deref().unwrap_or_default();
+                let body = Body::Put(Put {
+                    key: key.as_bytes(),
+                    url: e.url.as_bytes(),
+                    id: ALIAS_ID,
+                    created_ms: now,
+                    expires_ms: e.expires_ms,
+                    max_clicks: e.max_clicks,
+                    redirect: e.redirect,
+                    flags: if e.disabled { record::FLAG_DISABLED } else { 0 },
+                });
+                let at = b.records.len() as u32;
+                record::encode(&Record { lsn: 0, time_ms: now, origin: 0, body }, &mut b.records);
+                b.entries.push(ImportEntry::Record { at, hash: key_hash(key), clicks: e.clicks });
             }
-            Err(e) => out.refused.push((line, e)),
+            Some(e) => {
+                b.links.push(Imported { new: e.to_new_link(), clicks: e.clicks, hours: Vec::new() });
+                b.entries.push(ImportEntry::Link);
+            }
+            None => match general_line(text, rules, now) {
+                Ok(l) => {
+                    b.links.push(l);
+                    b.entries.push(ImportEntry::Link);
+                }
+                Err(e) => {
+                    out.refused.push((line, e));
+                    continue;
+                }
+            },
         }
+        out.lines.push(line);
     }
     out
 }

@@ -3,6 +3,8 @@
 //! `shortd import`). A refusal names the field and the reason; the HTTP
 //! edge turns it into a problem+json body, the import into a line error.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use crate::code::validate_alias;
@@ -164,10 +166,10 @@ fn alias_field(v: &Value, field: &str) -> Result<String, Invalid> {
 }
 
 fn url_field(rules: &Rules<'_>, v: &Value) -> Result<String, Invalid> {
-    url_text(rules, string_field(v, "url")?)
+    url_text(rules, string_field(v, "url")?).map(Cow::into_owned)
 }
 
-fn url_text(rules: &Rules<'_>, raw: &str) -> Result<String, Invalid> {
+fn url_text<'a>(rules: &Rules<'_>, raw: &'a str) -> Result<Cow<'a, str>, Invalid> {
     target::validate_with(raw, rules.max_url_bytes, rules.own_host, |host| !rules.blocklist.is_empty() && rules.blocklist.blocks(host))
         .map_err(|e| invalid("url", e.to_string()))
 }
@@ -209,13 +211,39 @@ fn expiry(obj: &Map<String, Value>, now: i64, past_ok: bool) -> Result<Option<i6
     Ok(None)
 }
 
-/// An export line in its common shape, read without building a JSON
-/// map: `(link, clicks)`, or `None` when the line needs `new_link` (any
-/// other field or type, `stats`, a value out of range, a refusal), which
-/// then decides, with its exact error. What this accepts, `new_link` with
-/// `Source::Import` accepts the same way.
-pub fn export_line(line: &str, rules: &Rules<'_>, now: i64) -> Option<(NewLink, u64)> {
-    use std::borrow::Cow;
+/// A link of an export line in its common shape (`export_line`), borrowing
+/// from the line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Exported<'a> {
+    pub url: Cow<'a, str>,
+    pub alias: Option<Cow<'a, str>>,
+    pub expires_ms: i64,
+    pub max_clicks: u64,
+    pub redirect: u16,
+    pub disabled: bool,
+    pub clicks: u64,
+}
+
+impl Exported<'_> {
+    pub fn to_new_link(&self) -> NewLink {
+        NewLink {
+            url: self.url.to_string(),
+            alias: self.alias.as_deref().map(str::to_string),
+            expires_ms: self.expires_ms,
+            max_clicks: self.max_clicks,
+            redirect: self.redirect,
+            disabled: self.disabled,
+            idempotency: None,
+        }
+    }
+}
+
+/// An export line in its common shape, read without building a JSON map
+/// and without copying its strings, or `None` when the line needs
+/// `new_link` (any other field or type, `stats`, a value out of range, a
+/// refusal), which then decides, with its exact error. What this accepts,
+/// `new_link` with `Source::Import` accepts the same way.
+pub fn export_line<'a>(line: &'a str, rules: &Rules<'_>, now: i64) -> Option<Exported<'a>> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Line<'a> {
@@ -240,20 +268,21 @@ pub fn export_line(line: &str, rules: &Rules<'_>, now: i64) -> Option<(NewLink, 
         #[serde(default)]
         short_url: Option<serde::de::IgnoredAny>,
     }
-    let l: Line<'_> = serde_json::from_str(line).ok()?;
+    let l: Line<'a> = serde_json::from_str(line).ok()?;
     // `created_at` and `short_url` are ignored by `new_link` too, if they
     // are strings; anything else there goes the long way.
     let _ = (l.created_at, l.short_url);
-    let (alias, field) = match (&l.alias, &l.code) {
+    let alias = match (l.alias, l.code) {
         (Some(_), Some(_)) => return None,
-        (Some(a), None) => (Some(a), "alias"),
-        (None, Some(c)) => (Some(c), "code"),
-        (None, None) => (None, ""),
+        (a, c) => a.or(c),
     };
-    if let Some(a) = alias {
-        validate_alias(a).map_err(|e| invalid(field, e.reason())).ok()?;
+    if let Some(a) = &alias {
+        validate_alias(a).ok()?;
     }
-    let url = url_text(rules, &l.url).ok()?;
+    let url = match l.url {
+        Cow::Borrowed(raw) => url_text(rules, raw).ok()?,
+        Cow::Owned(raw) => Cow::Owned(url_text(rules, &raw).ok()?.into_owned()),
+    };
     let expires_ms = match &l.expires_at {
         None => 0,
         Some(text) => {
@@ -275,16 +304,7 @@ pub fn export_line(line: &str, rules: &Rules<'_>, now: i64) -> Option<(NewLink, 
         Some(n) if n < 1000 && REDIRECT_STATUSES.contains(&(n as u16)) => n as u16,
         Some(_) => return None,
     };
-    let new = NewLink {
-        url,
-        alias: alias.map(|a| a.to_string()),
-        expires_ms,
-        max_clicks,
-        redirect,
-        disabled: l.disabled.unwrap_or(false),
-        idempotency: None,
-    };
-    Some((new, l.clicks.unwrap_or(0)))
+    Some(Exported { url, alias, expires_ms, max_clicks, redirect, disabled: l.disabled.unwrap_or(false), clicks: l.clicks.unwrap_or(0) })
 }
 
 #[cfg(test)]
@@ -328,5 +348,38 @@ mod tests {
         let n = new_link(&obj(exported.clone()), &rules(64), now, Source::Import).unwrap();
         assert_eq!((n.alias.as_deref(), n.disabled, n.expires_ms > 0), (Some("moved"), true, true));
         assert!(new_link(&obj(exported), &rules(64), now, Source::Api).is_err(), "the API takes export-only fields");
+    }
+
+    #[test]
+    fn the_common_export_shape_is_read_as_new_link_reads_it() {
+        let now = 1_700_000_000_000;
+        let common = [
+            r#"{"code":"abc1234","url":"https://a.example/x","created_at":"2026-11-30T12:00:00Z","expires_at":null,"max_clicks":null,"redirect":302,"clicks":3,"disabled":false}"#,
+            r#"{"code":"abc1234","url":"https://a.example/x","expires_at":"2027-01-01T00:00:00Z","max_clicks":5,"redirect":301,"disabled":true}"#,
+            r#"{"alias":"my-link","url":"https:\/\/a.example\/escaped","short_url":"http://x/my-link"}"#,
+            r#"{"url":"https://a.example/","expires_at":"2020-01-01T00:00:00Z"}"#,
+        ];
+        let others = [
+            r#"{"alias":"my-link","url":"https://a.example/\u00e9"}"#,
+            r#"{"code":"api","url":"https://a.example/"}"#,
+            r#"{"code":"abc1234","alias":"other","url":"https://a.example/"}"#,
+            r#"{"code":"abc1234","url":"https://evil.example/"}"#,
+            r#"{"code":"abc1234","url":"https://sho.rt/loop"}"#,
+            r#"{"code":"abc1234","url":"https://a.example/","redirect":303}"#,
+            r#"{"code":"abc1234","url":"https://a.example/","max_clicks":0}"#,
+            r#"{"code":"abc1234","url":"https://a.example/","stats":[]}"#,
+            r#"{"code":"abc1234","url":"https://a.example/","created_at":7}"#,
+            r#"{"code":"abc1234","url":"https://a.example/0123456789012345678901234567890123456789012345678901234567890123"}"#,
+        ];
+        for line in common.iter().chain(&others) {
+            let o: Map<String, Value> = serde_json::from_str(line).unwrap();
+            let full = new_link(&o, &rules(64), now, Source::Import);
+            if let Some(e) = export_line(line, &rules(64), now) {
+                assert_eq!(full.as_ref().ok(), Some(&e.to_new_link()), "{line}");
+                assert_eq!(e.clicks, o.get("clicks").and_then(Value::as_u64).unwrap_or(0), "{line}");
+            } else {
+                assert!(!common.contains(line), "the common shape went the long way: {line}");
+            }
+        }
     }
 }

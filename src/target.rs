@@ -5,6 +5,8 @@
 //! stored in the URL parser's ASCII form (punycode host, percent-encoded
 //! path), because a `Location` header must be ASCII to reach every client.
 
+use std::borrow::Cow;
+
 /// Why a target was refused; the text is the problem's `reason`.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
@@ -32,34 +34,41 @@ pub enum TargetError {
 
 /// Checks `raw` and returns the form to store.
 pub fn validate(raw: &str, max_len: usize, own_host: Option<&str>) -> Result<String, TargetError> {
-    validate_with(raw, max_len, own_host, |_| false)
+    validate_with(raw, max_len, own_host, |_| false).map(Cow::into_owned)
 }
 
 /// `validate`, then asks `blocked` about the host of the stored form, from
-/// the same parse of the URL.
-pub fn validate_with(raw: &str, max_len: usize, own_host: Option<&str>, blocked: impl FnOnce(&str) -> bool) -> Result<String, TargetError> {
+/// the same parse of the URL. The stored form is borrowed when it is `raw`
+/// as given (the common case).
+pub fn validate_with<'a>(
+    raw: &'a str,
+    max_len: usize,
+    own_host: Option<&str>,
+    blocked: impl FnOnce(&str) -> bool,
+) -> Result<Cow<'a, str>, TargetError> {
     if raw.is_empty() {
         return Err(TargetError::Empty);
     }
     if raw.len() > max_len {
         return Err(TargetError::TooLong(max_len));
     }
-    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(TargetError::BadCharacter);
-    }
+    // The plain shape is printable ASCII: no whitespace or control
+    // characters to look for.
     if let Some(host) = plain_host(raw) {
         if own_host.is_some_and(|own| own.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').eq_ignore_ascii_case(host)) {
             return Err(TargetError::SelfReference);
         }
         // The parser's host is the lower-case one.
-        let lower =
-            if host.bytes().any(|b| b.is_ascii_uppercase()) { std::borrow::Cow::Owned(host.to_ascii_lowercase()) } else { host.into() };
+        let lower = if host.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(host.to_ascii_lowercase()) } else { host.into() };
         if blocked(&lower) {
             return Err(TargetError::Blocked);
         }
-        return Ok(raw.to_string());
+        return Ok(raw.into());
     }
-    parsed(raw, max_len, own_host, blocked)
+    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(TargetError::BadCharacter);
+    }
+    parsed(raw, max_len, own_host, blocked).map(Cow::Owned)
 }
 
 /// The host of a target in the shape most links have, which the URL parser
@@ -70,7 +79,7 @@ pub fn validate_with(raw: &str, max_len: usize, own_host: Option<&str>, blocked:
 /// a backslash. `None` sends the target through the parser.
 fn plain_host(raw: &str) -> Option<&str> {
     let rest = raw.strip_prefix("https://").or_else(|| raw.strip_prefix("http://"))?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let end = memchr::memchr3(b'/', b'?', b'#', rest.as_bytes()).unwrap_or(rest.len());
     let (host, tail) = rest.split_at(end);
     let mut last = "";
     for label in host.split('.') {
@@ -156,7 +165,7 @@ mod tests {
         assert_eq!(validate("https://[::1]/x", 8192, Some("[::1]")), Err(TargetError::SelfReference));
         assert_eq!(validate("https://[::1]/x", 8192, Some("::1")), Err(TargetError::SelfReference));
         assert!(matches!(validate("http://", 8192, None), Err(TargetError::Unparsable(_) | TargetError::NoHost)));
-        assert_eq!(validate_with("https://Evil.Example/x", 8192, None, |h| h == "evil.example"), Err(TargetError::Blocked));
+        assert_eq!(validate_with("https://Evil.Example/x", 8192, None, |h| h == "evil.example").map(Cow::into_owned), Err(TargetError::Blocked));
         assert_eq!(validate(&format!("https://e.com/{}", "a".repeat(9000)), 8192, None), Err(TargetError::TooLong(8192)));
     }
 
@@ -188,7 +197,7 @@ mod tests {
         for raw in samples {
             let slow = parsed(raw, 8192, Some("sho.rt"), |h| h == "blocked.example");
             if plain_host(raw).is_some() {
-                assert_eq!(validate_with(raw, 8192, Some("sho.rt"), |h| h == "blocked.example"), slow, "{raw}");
+                assert_eq!(validate_with(raw, 8192, Some("sho.rt"), |h| h == "blocked.example").map(Cow::into_owned), slow, "{raw}");
             }
         }
         assert_eq!(plain_host("https://Example.COM/Path?q=1#f"), Some("Example.COM"));

@@ -164,15 +164,38 @@ impl Log {
     /// a new segment when the active one is full. Returns where it will lie
     /// and its padded size.
     pub fn append(&mut self, mut rec: Record<'_>) -> Result<(Loc, u64), LogError> {
+        self.place(|lsn, buf| {
+            rec.lsn = lsn;
+            record::encode(&rec, buf);
+        })
+    }
+
+    /// `append` for a record `record::encode` made elsewhere (padding
+    /// included, any LSN): it is numbered here.
+    pub fn append_encoded(&mut self, rec: &[u8]) -> Result<(Loc, u64), LogError> {
+        self.place(|lsn, buf| {
+            let at = buf.len();
+            buf.extend_from_slice(rec);
+            record::renumber(&mut buf[at..], lsn);
+        })
+    }
+
+    /// The bytes from `loc` on if they are still in the batch, not yet
+    /// written to the segment.
+    pub fn buffered(&self, loc: Loc) -> Option<&[u8]> {
+        let off = (loc.off as u64).checked_sub(self.buf_off)?;
+        (loc.seg == self.active).then(|| self.buf.get(off as usize..)).flatten()
+    }
+
+    fn place(&mut self, encode: impl FnOnce(u64, &mut Vec<u8>)) -> Result<(Loc, u64), LogError> {
         if let Some(e) = self.failed.clone().or_else(|| self.refusal()) {
             return Err(e);
         }
         if self.file.is_none() {
             self.roll()?;
         }
-        rec.lsn = self.next_lsn;
         let mut start = self.buf.len();
-        record::encode(&rec, &mut self.buf);
+        encode(self.next_lsn, &mut self.buf);
         let size = (self.buf.len() - start) as u64;
         if size > self.segment_bytes - SEGMENT_HEADER_LEN as u64 {
             self.buf.truncate(start);

@@ -108,6 +108,17 @@ pub enum Body<'a> {
     },
 }
 
+impl<'a> Body<'a> {
+    /// The key a put or delete is about.
+    pub fn key(&self) -> Option<&'a [u8]> {
+        match self {
+            Body::Put(p) => Some(p.key),
+            Body::Delete { key } => Some(key),
+            _ => None,
+        }
+    }
+}
+
 /// One link's counts for one hour, as bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rollup<'a> {
@@ -253,6 +264,16 @@ pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) -> usize {
     out[start..start + 8].copy_from_slice(&sum.to_le_bytes());
     out.resize(start + padded(len), 0);
     len
+}
+
+/// Gives an encoded record (as `encode` wrote it, padding included) the
+/// LSN `lsn`, and its checksum anew: records made on other threads are
+/// numbered by the log that takes them.
+pub fn renumber(rec: &mut [u8], lsn: u64) {
+    let len = u32::from_le_bytes(rec[8..12].try_into().expect("4 bytes")) as usize;
+    rec[16..24].copy_from_slice(&lsn.to_le_bytes());
+    let sum = xxh3_64(&rec[8..len]);
+    rec[..8].copy_from_slice(&sum.to_le_bytes());
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -422,6 +443,10 @@ mod tests {
         let (back, back_len) = decode(&buf, 0).unwrap();
         assert_eq!(back, rec);
         assert_eq!(back_len, len);
+        let mut numbered = vec![];
+        encode(&Record { lsn: 0, ..rec.clone() }, &mut numbered);
+        renumber(&mut numbered, rec.lsn);
+        assert_eq!(numbered, buf, "a record numbered after encoding is the one encoded with its LSN");
         let (peeked, peek_len) = peek_put(&buf, 0).unwrap();
         assert_eq!(peek_len, len);
         match &rec.body {

@@ -124,7 +124,7 @@ pub enum Lookup {
 }
 
 /// A create request after validation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewLink {
     pub url: String,
     pub alias: Option<String>,
@@ -149,6 +149,27 @@ pub struct Imported {
     pub new: NewLink,
     pub clicks: u64,
     pub hours: Vec<(u32, crate::analytics::rollup::Hour)>,
+}
+
+/// One chunk of a bulk load (`shortd import`), in file order: put records
+/// its parser encoded, and links that take the writer's full path.
+#[derive(Debug, Default)]
+pub struct ImportBatch {
+    /// Put records as `journal::record::encode` makes them (any LSN, origin
+    /// 0), one after another; the writer numbers them.
+    pub records: Vec<u8>,
+    pub entries: Vec<ImportEntry>,
+    /// The links of the `ImportEntry::Link` entries, in their order.
+    pub links: Vec<Imported>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum ImportEntry {
+    /// The put record at `at` in `records`; `hash` is its key's
+    /// `Store::key_hash`, `clicks` its click total.
+    Record { at: u32, hash: u64, clicks: u64 },
+    /// The next of `links`.
+    Link,
 }
 
 /// A change to a link; `None` leaves a field alone.
@@ -305,11 +326,7 @@ impl Shared {
         };
         match record::decode(seg.bytes(), loc.off as usize) {
             Ok((rec, _)) => {
-                let key = match &rec.body {
-                    Body::Put(p) => p.key,
-                    Body::Delete { key } => key,
-                    _ => &[][..],
-                };
+                let key = rec.body.key().unwrap_or_default();
                 if key == code.as_bytes() {
                     return Some(f(&rec));
                 }
@@ -327,22 +344,14 @@ impl Shared {
     /// The key of the put or delete at `loc`.
     pub fn key_at(&self, loc: Loc) -> Option<CompactString> {
         let seg = self.segment(loc.seg)?;
-        match record::decode(seg.bytes(), loc.off as usize).ok()?.0.body {
-            Body::Put(p) => Some(CompactString::from_utf8_lossy(p.key)),
-            Body::Delete { key } => Some(CompactString::from_utf8_lossy(key)),
-            _ => None,
-        }
+        record::decode(seg.bytes(), loc.off as usize).ok()?.0.body.key().map(CompactString::from_utf8_lossy)
     }
 
     /// Whether the record at `loc` is `code`'s (a table candidate).
     pub fn is_key(&self, code: &str, loc: Loc) -> bool {
         let Some(seg) = self.segment(loc.seg) else { return false };
         match record::decode(seg.bytes(), loc.off as usize) {
-            Ok((rec, _)) => match &rec.body {
-                Body::Put(p) => p.key == code.as_bytes(),
-                Body::Delete { key } => *key == code.as_bytes(),
-                _ => false,
-            },
+            Ok((rec, _)) => rec.body.key() == Some(code.as_bytes()),
             Err(_) => false,
         }
     }
@@ -562,12 +571,17 @@ impl Store {
     /// `expected` is about how many links the whole load brings.
     pub fn import_queued(
         &self,
-        links: Vec<Imported>,
+        batch: ImportBatch,
         expected: u64,
     ) -> Result<tokio::sync::oneshot::Receiver<Vec<Result<(), WriteError>>>, WriteError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Command::Import { links, expected, reply })?;
+        self.send(Command::Import { batch, expected, reply })?;
         Ok(rx)
+    }
+
+    /// The index's hash of `key`, for `ImportEntry::Record`.
+    pub fn key_hash(&self, key: &str) -> u64 {
+        self.shared.index.hash(key)
     }
 
     pub async fn update(&self, code: &str, patch: Patch) -> Result<Link, WriteError> {
@@ -639,11 +653,7 @@ impl Store {
                 if scanned > max_scan {
                     return Some(Cursor(here));
                 }
-                let key = match &rec.body {
-                    Body::Put(p) => p.key,
-                    Body::Delete { key } => key,
-                    _ => continue,
-                };
+                let Some(key) = rec.body.key() else { continue };
                 let key = std::str::from_utf8(key).unwrap_or_default();
                 if self.shared.loc_of(key).ok().flatten() == Some(here) && visit(key, &rec) {
                     return Some(Cursor(Loc { seg: seg.number, off: at as u32 }));

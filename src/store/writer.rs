@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use super::index::Frozen;
 use super::recovery::Recovered;
 use super::{
-    ApplyMode, Change, Created, Idem, Imported, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, Version, WriteError, ALIAS_ID,
+    ApplyMode, Change, Created, Idem, ImportBatch, ImportEntry, Imported, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, Version, WriteError, ALIAS_ID,
     IDEMPOTENCY_WINDOW_MS,
 };
 use crate::analytics::rollup::Hour;
@@ -65,7 +65,7 @@ pub enum Command {
     /// A bulk load's links, answered together (`shortd import`).
     /// `expected`: about how many links the whole load brings.
     Import {
-        links: Vec<Imported>,
+        batch: ImportBatch,
         expected: u64,
         reply: oneshot::Sender<Vec<Result<(), WriteError>>>,
     },
@@ -156,12 +156,6 @@ pub struct Writer {
     pending: HashMap<CompactString, Option<Link>>,
     pending_ver: HashMap<CompactString, Version>,
     pending_idem: HashMap<CompactString, (CompactString, u64)>,
-    /// Keys imported earlier in the current batch.
-    pending_import: HashSet<CompactString, super::Hasher>,
-    /// Whether the index holds changes in memory (then an import asks it too).
-    import_asks_memory: bool,
-    /// The time an import batch's links are made at (one clock read a batch).
-    import_now: i64,
     /// Click totals of the import batch under way, logged after its links.
     import_clicks: Vec<(CompactString, u64)>,
     /// Links of the import batch under way.
@@ -210,9 +204,6 @@ impl Writer {
             pending: HashMap::new(),
             pending_ver: HashMap::new(),
             pending_idem: HashMap::new(),
-            pending_import: HashSet::default(),
-            import_asks_memory: false,
-            import_now: 0,
             import_clicks: Vec::new(),
             import_links: 0,
             bulk_touched: false,
@@ -298,34 +289,10 @@ impl Writer {
                 let r = self.apply_change(change, mode);
                 self.replies.push(Reply::Applied(reply, r));
             }
-            Command::Import { links, expected, reply } => {
-                self.import_asks_memory = self.shared.index.in_memory() > 0;
-                self.import_now = now_ms();
+            Command::Import { batch, expected, reply } => {
                 let results = match self.start_bulk(expected) {
-                    Ok(()) => {
-                        let hashes: Vec<u64> =
-                            links.iter().map(|l| l.new.alias.as_ref().map_or(0, |a| self.shared.index.hash(a))).collect();
-                        let mut results = Vec::with_capacity(links.len());
-                        for (i, l) in links.into_iter().enumerate() {
-                            // The table is far larger than the caches: ask
-                            // for the slots of links a few ahead now.
-                            if let (Some(b), Some(&h)) = (&self.bulk, hashes.get(i + 16)) {
-                                b.prefetch(h);
-                            }
-                            results.push(self.import(l, hashes[i]));
-                        }
-                        let n = std::mem::take(&mut self.import_links);
-                        self.effects.push(Effect::LiveLinks(n as i64));
-                        // The totals are in the table too, but the log is
-                        // what a start falls back on if the table is lost.
-                        for chunk in std::mem::take(&mut self.import_clicks).chunks(CLICKS_PER_RECORD) {
-                            let entries = chunk.iter().map(|(k, n)| (k.as_bytes(), *n)).collect();
-                            // A failed append fails the whole batch at commit.
-                            let _ = self.append(Record { lsn: 0, time_ms: self.import_now, origin: 0, body: Body::Clicks(entries) });
-                        }
-                        results
-                    }
-                    Err(e) => links.iter().map(|_| Err(e.clone())).collect(),
+                    Ok(()) => self.import_batch(batch),
+                    Err(e) => batch.entries.iter().map(|_| Err(e.clone())).collect(),
                 };
                 self.replies.push(Reply::Imported(reply, results));
             }
@@ -444,9 +411,56 @@ impl Writer {
         Ok(Created { link, replayed: false })
     }
 
-    /// One link of a bulk load: its code kept (taken means refused), its
-    /// click total and hourly stats carried over.
-    fn import(&mut self, l: Imported, hash: u64) -> Result<(), WriteError> {
+    /// A chunk of a bulk load: each link's code kept (taken means refused),
+    /// its click total and hourly stats carried over.
+    fn import_batch(&mut self, batch: ImportBatch) -> Vec<Result<(), WriteError>> {
+        let ImportBatch { records, entries, links } = batch;
+        let asks_memory = self.shared.index.in_memory() > 0;
+        let now = now_ms();
+        let mut links = links.into_iter();
+        let mut results = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            // The table is far larger than the caches: ask for the slots of
+            // links a few ahead now.
+            if let (Some(b), Some(ImportEntry::Record { hash, .. })) = (&self.bulk, entries.get(i + 16)) {
+                b.prefetch(*hash);
+            }
+            results.push(match *entry {
+                ImportEntry::Record { at, hash, clicks } => self.import_record(&records[at as usize..], hash, clicks, asks_memory),
+                ImportEntry::Link => match links.next() {
+                    Some(l) => self.import_link(l, asks_memory, now),
+                    None => Err(WriteError::Unavailable("an import batch with fewer links than entries".into())),
+                },
+            });
+        }
+        let n = std::mem::take(&mut self.import_links);
+        self.effects.push(Effect::LiveLinks(n as i64));
+        // The totals are in the table too, but the log is what a start
+        // falls back on if the table is lost.
+        for chunk in std::mem::take(&mut self.import_clicks).chunks(CLICKS_PER_RECORD) {
+            let entries = chunk.iter().map(|(k, n)| (k.as_bytes(), *n)).collect();
+            // A failed append fails the whole batch at commit.
+            let _ = self.append(Record { lsn: 0, time_ms: now, origin: 0, body: Body::Clicks(entries) });
+        }
+        results
+    }
+
+    /// A link of a bulk load as the put record its parser encoded.
+    fn import_record(&mut self, rec: &[u8], hash: u64, clicks: u64, asks_memory: bool) -> Result<(), WriteError> {
+        let malformed = || WriteError::Unavailable("an import batch's record is not an encoded put".into());
+        let Ok((Some((key, _)), len)) = record::peek_put(rec, 0) else { return Err(malformed()) };
+        let code = std::str::from_utf8(key).map_err(|_| malformed())?;
+        if self.is_imported(code, hash, asks_memory) {
+            return Err(WriteError::Taken);
+        }
+        let (loc, size) = self.log.append_encoded(&rec[..record::padded(len)])?;
+        self.since_snapshot += 1;
+        self.filed_import(code, Slot { hash, loc, clicks }, size)
+    }
+
+    /// A link of a bulk load that takes the full path: a generated code, or
+    /// hourly stats to carry.
+    fn import_link(&mut self, l: Imported, asks_memory: bool, now: i64) -> Result<(), WriteError> {
         let Imported { new, clicks, hours } = l;
         let Some(alias) = &new.alias else {
             let code = self.create(new)?.link.code;
@@ -456,19 +470,12 @@ impl Writer {
         if let Some(e) = self.refusal() {
             return Err(e);
         }
-        let code = CompactString::from(alias.as_str());
-        if self.pending_import.contains(&code) || self.pending.contains_key(&code) {
+        let hash = self.shared.index.hash(alias);
+        if self.is_imported(alias, hash, asks_memory) {
             return Err(WriteError::Taken);
         }
-        // The bulk table holds the current table's keys too; what is in
-        // memory is asked apart.
-        let in_bulk = self.bulk.as_ref().is_some_and(|b| b.find(hash, |s| self.shared.is_key(&code, s.loc).then_some(())).is_some());
-        if in_bulk || self.import_asks_memory && self.shared.loc_of(&code).ok().flatten().is_some() {
-            return Err(WriteError::Taken);
-        }
-        let now = self.import_now;
         let body = Body::Put(Put {
-            key: code.as_bytes(),
+            key: alias.as_bytes(),
             url: new.url.as_bytes(),
             id: ALIAS_ID,
             created_ms: now,
@@ -477,18 +484,40 @@ impl Writer {
             redirect: new.redirect,
             flags: if new.disabled { record::FLAG_DISABLED } else { 0 },
         });
-        let (loc, len) = self.append(Record { lsn: 0, time_ms: now, origin: self.opts.origin, body })?;
-        self.pending_import.insert(code.clone());
-        // Filed at once, not after the commit (a batch that fails drops the
-        // whole bulk table and stops the import: see `commit`).
-        self.bulk_insert(Slot { hash, loc, clicks })?;
-        *self.live.entry(loc.seg).or_default() += len;
-        self.import_links += 1;
-        if clicks > 0 {
-            self.import_clicks.push((code.clone(), clicks));
-        }
-        self.carry(code, 0, hours);
+        let (loc, size) = self.append(Record { lsn: 0, time_ms: now, origin: self.opts.origin, body })?;
+        self.filed_import(alias, Slot { hash, loc, clicks }, size)?;
+        self.carry(CompactString::from(alias.as_str()), 0, hours);
         Ok(())
+    }
+
+    /// Whether a bulk load already has `code`, in this batch or before.
+    fn is_imported(&self, code: &str, hash: u64, asks_memory: bool) -> bool {
+        // The bulk table holds the current table's keys too; what is in
+        // memory is asked apart.
+        self.pending.contains_key(code)
+            || self.bulk.as_ref().is_some_and(|b| b.find(hash, |s| self.holds_key(code, s.loc).then_some(())).is_some())
+            || asks_memory && self.shared.loc_of(code).ok().flatten().is_some()
+    }
+
+    /// An imported link's record is in the log: its slot goes straight into
+    /// the bulk table, not after the commit (a batch that fails drops the
+    /// whole table and stops the import: see `commit`).
+    fn filed_import(&mut self, code: &str, slot: Slot, size: u64) -> Result<(), WriteError> {
+        self.bulk_insert(slot)?;
+        *self.live.entry(slot.loc.seg).or_default() += size;
+        self.import_links += 1;
+        if slot.clicks > 0 {
+            self.import_clicks.push((code.into(), slot.clicks));
+        }
+        Ok(())
+    }
+
+    /// Whether the record at `loc`, written or still in the batch, is `code`'s.
+    fn holds_key(&self, code: &str, loc: Loc) -> bool {
+        match self.log.buffered(loc) {
+            Some(b) => record::decode(b, 0).is_ok_and(|(rec, _)| rec.body.key() == Some(code.as_bytes())),
+            None => self.shared.is_key(code, loc),
+        }
     }
 
     fn bulk_insert(&mut self, slot: Slot) -> Result<(), WriteError> {
@@ -523,7 +552,7 @@ impl Writer {
 
     fn bulk_loc(&self, code: &str) -> Option<Loc> {
         let b = self.bulk.as_ref()?;
-        b.find(self.shared.index.hash(code), |s| self.shared.is_key(code, s.loc).then_some(s.loc))
+        b.find(self.shared.index.hash(code), |s| self.holds_key(code, s.loc).then_some(s.loc))
     }
 
     fn carry(&mut self, key: CompactString, clicks: u64, hours: Vec<(u32, Hour)>) {
@@ -710,7 +739,6 @@ impl Writer {
         self.pending.clear();
         self.pending_ver.clear();
         self.pending_idem.clear();
-        self.pending_import.clear();
         self.bulk_touched = false;
         for reply in self.replies.drain(..) {
             reply.send(failure.as_ref());
@@ -890,11 +918,7 @@ impl Writer {
                 }
             };
             let here = Loc { seg: seg.number, off: at as u32 };
-            let key = match &rec.body {
-                Body::Put(p) => p.key,
-                Body::Delete { key } => key,
-                _ => continue,
-            };
+            let Some(key) = rec.body.key() else { continue };
             let key = CompactString::from_utf8_lossy(key);
             if self.shared.loc_of(&key).ok().flatten() == Some(here) {
                 let copy = Record { lsn: 0, time_ms: rec.time_ms, origin: rec.origin, body: rec.body.clone() };
@@ -989,11 +1013,7 @@ impl Writer {
             let end = if seg.number == written.seg { written.off as usize } else { seg.len() };
             for found in Scan::new(seg.bytes(), SEGMENT_HEADER_LEN, end) {
                 if let Found::Record { rec, at, .. } = found {
-                    let key = match &rec.body {
-                        Body::Put(p) => p.key,
-                        Body::Delete { key } => key,
-                        _ => continue,
-                    };
+                    let Some(key) = rec.body.key() else { continue };
                     index.insert(CompactString::from_utf8_lossy(key), Loc { seg: seg.number, off: at as u32 });
                 }
             }
