@@ -122,6 +122,53 @@ fn export_then_import_round_trips_every_link() {
     assert_eq!(ka, kb);
 }
 
+/// Runs `shortd import` of `lines` into `dir`; returns its report.
+fn import(dir: &Path, lines: &[String]) -> String {
+    let file = dir.with_extension("jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = common::cli(&["import", "--data-dir", dir.to_str().unwrap(), file.to_str().unwrap()]);
+    let report = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "import failed: {report}");
+    report
+}
+
+#[test]
+fn an_import_keeps_the_first_of_a_code_given_twice_and_names_each_refused_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut lines = vec![
+        r#"{"code":"dup0001","url":"https://first.example/a","clicks":4}"#.to_string(),
+        r#"{"code":"dup0001","url":"https://second.example/a"}"#.to_string(),
+        r#"{"code":"bad0001","url":"ftp://x.example/"}"#.to_string(),
+        String::new(),
+        r#"{"url":"https://generated.example/"}"#.to_string(),
+        r#"{"alias":"stats01","url":"https://s.example/","stats":[{"hour":"2026-11-30T12:00:00Z","clicks":2}]}"#.to_string(),
+    ];
+    // Enough lines for several of the importer's 1 MiB chunks.
+    let filler = 20_000;
+    lines.extend((0..filler).map(|i| format!(r#"{{"code":"f{i:06}","url":"https://filler.example/{i}/{}","redirect":301}}"#, "x".repeat(40))));
+    lines.push(r#"{"code":"dup0001","url":"https://third.example/"}"#.to_string());
+    lines.push(r#"{"code":"stats01","url":"https://third.example/"}"#.to_string());
+    let last = lines.len();
+    let report = import(&dir, &lines);
+    assert!(report.contains(&format!("imported {} links", filler + 3)) && report.contains("4 lines refused"), "{report}");
+    for (line, why) in [(2, "taken"), (3, "url"), (last - 1, "taken"), (last, "taken")] {
+        assert!(report.lines().any(|l| l.starts_with(&format!("line {line}: ")) && l.contains(why)), "line {line} ({why}) in {report}");
+    }
+
+    // Into a store that now has an index table: taken codes stay refused.
+    let report = import(&dir, &[r#"{"code":"dup0001","url":"https://fourth.example/"}"#.into(), r#"{"code":"new0001","url":"https://new.example/"}"#.into()]);
+    assert!(report.contains("imported 1 links") && report.contains("1 lines refused") && report.contains("line 1: "), "{report}");
+
+    let links = export(&dir);
+    assert_eq!(links.len(), filler + 4);
+    assert_eq!((links["dup0001"]["url"].as_str(), links["dup0001"]["clicks"].as_u64()), (Some("https://first.example/a"), Some(4)));
+    assert_eq!(links["stats01"]["url"], "https://s.example/");
+    assert_eq!(links["new0001"]["url"], "https://new.example/");
+    assert_eq!(links["f019999"]["redirect"], 301);
+    assert!(links.values().any(|v| v["url"] == "https://generated.example/"));
+}
+
 #[test]
 fn check_passes_a_healthy_dir_and_names_a_damaged_segment() {
     let tmp = tempfile::tempdir().unwrap();
