@@ -15,7 +15,10 @@
 # user+system ticks of the whole process (every thread) from
 # /proc/PID/stat over the run, divided by the writes it answered. A Redis
 # AOF rewrite runs in a forked child, whose CPU is not in those ticks.
-# usage: loadtest/compare-redis.sh [ROUNDS] [SECONDS] [REDIS_REQUESTS]
+#
+# SLOW_FSYNC_US=N runs both servers under loadtest/slow-fsync.c, which adds
+# N microseconds to every fsync: the same comparison on a slower disk.
+# usage: [SLOW_FSYNC_US=N] loadtest/compare-redis.sh [ROUNDS] [SECONDS] [REDIS_REQUESTS]
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${1:-5}
 SECS=${2:-10}
@@ -31,15 +34,23 @@ WORK=$(mktemp -d -p "$BASE" compare-redis.XXXXXX)
 REDIS_PID='' SHORTD_PID=''
 trap 'kill $SHORTD_PID $REDIS_PID 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
+SLOW=()
+if [ -n "${SLOW_FSYNC_US:-}" ]; then
+  cc -shared -fPIC -O2 -o "$WORK/slow-fsync.so" "$HERE/slow-fsync.c" -ldl
+  SLOW=(env LD_PRELOAD="$WORK/slow-fsync.so" SLOW_FSYNC_US="$SLOW_FSYNC_US")
+  echo "every fsync of both servers takes $SLOW_FSYNC_US us longer"
+fi
+
 RPORT=$(free_port)
 mkdir -p "$WORK/redis"
-taskset -c 0 redis-server --bind 127.0.0.1 --port "$RPORT" --dir "$WORK/redis" --appendonly yes --appendfsync always \
+${SLOW[@]+"${SLOW[@]}"} taskset -c 0 redis-server --bind 127.0.0.1 --port "$RPORT" --dir "$WORK/redis" --appendonly yes --appendfsync always \
   --save '' --daemonize no --logfile "$WORK/redis/redis.log" &
 REDIS_PID=$!
 for _ in $(seq 100); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 [ "$(redis-cli -p "$RPORT" config get appendfsync | tail -1)" = always ] || { echo "redis is not on appendfsync always" >&2; exit 1; }
 
 SPORT=$(free_port)
+SHORTD_WRAP=(${SLOW[@]+"${SLOW[@]}"})
 start_shortd "$SPORT" "$WORK/shortd" --workers 1 --durability always
 curl -fs -X POST "http://127.0.0.1:$SPORT/api/v1/links" -H 'content-type: application/json' \
   -d '{"url":"https://www.example.com/load/check"}' -o /dev/null -w "shortd POST /api/v1/links -> %{http_code}\n"

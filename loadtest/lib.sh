@@ -55,7 +55,8 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else prin
 start_shortd() {
   # start_shortd PORT DATADIR ARGS...: shortd pinned to CPU 0; sets SHORTD_PID.
   local port=$1 dir=$2; shift 2
-  taskset -c 0 "$SHORTD" serve --listen "127.0.0.1:$port" --data-dir "$dir" --log-level warn "$@" &
+  # SHORTD_WRAP: a command (array) to run it under, such as env.
+  ${SHORTD_WRAP[@]+"${SHORTD_WRAP[@]}"} taskset -c 0 "$SHORTD" serve --listen "127.0.0.1:$port" --data-dir "$dir" --log-level warn "$@" &
   SHORTD_PID=$!
   wait_http "http://127.0.0.1:$port/healthz"
 }

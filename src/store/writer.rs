@@ -231,9 +231,18 @@ impl Writer {
             match first {
                 Ok(cmd) => {
                     batch.push(cmd);
+                    // The first command woke this thread, maybe on the core
+                    // of the worker still reading the rest of its requests:
+                    // let it run once, so that they join this batch and its
+                    // sync rather than wait a whole sync for the next one.
+                    let mut yielded = false;
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
                             Ok(cmd) => batch.push(cmd),
+                            Err(_) if !yielded => {
+                                yielded = true;
+                                std::thread::yield_now();
+                            }
                             Err(_) => break,
                         }
                     }
