@@ -165,7 +165,10 @@ mod tests {
         assert_eq!(validate("https://[::1]/x", 8192, Some("[::1]")), Err(TargetError::SelfReference));
         assert_eq!(validate("https://[::1]/x", 8192, Some("::1")), Err(TargetError::SelfReference));
         assert!(matches!(validate("http://", 8192, None), Err(TargetError::Unparsable(_) | TargetError::NoHost)));
-        assert_eq!(validate_with("https://Evil.Example/x", 8192, None, |h| h == "evil.example").map(Cow::into_owned), Err(TargetError::Blocked));
+        assert_eq!(
+            validate_with("https://Evil.Example/x", 8192, None, |h| h == "evil.example").map(Cow::into_owned),
+            Err(TargetError::Blocked)
+        );
         assert_eq!(validate(&format!("https://e.com/{}", "a".repeat(9000)), 8192, None), Err(TargetError::TooLong(8192)));
     }
 

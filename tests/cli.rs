@@ -146,7 +146,9 @@ fn an_import_keeps_the_first_of_a_code_given_twice_and_names_each_refused_line()
     ];
     // Enough lines for several of the importer's 1 MiB chunks.
     let filler = 20_000;
-    lines.extend((0..filler).map(|i| format!(r#"{{"code":"f{i:06}","url":"https://filler.example/{i}/{}","redirect":301}}"#, "x".repeat(40))));
+    lines.extend(
+        (0..filler).map(|i| format!(r#"{{"code":"f{i:06}","url":"https://filler.example/{i}/{}","redirect":301}}"#, "x".repeat(40))),
+    );
     lines.push(r#"{"code":"dup0001","url":"https://third.example/"}"#.to_string());
     lines.push(r#"{"code":"stats01","url":"https://third.example/"}"#.to_string());
     let last = lines.len();
@@ -157,7 +159,10 @@ fn an_import_keeps_the_first_of_a_code_given_twice_and_names_each_refused_line()
     }
 
     // Into a store that now has an index table: taken codes stay refused.
-    let report = import(&dir, &[r#"{"code":"dup0001","url":"https://fourth.example/"}"#.into(), r#"{"code":"new0001","url":"https://new.example/"}"#.into()]);
+    let report = import(
+        &dir,
+        &[r#"{"code":"dup0001","url":"https://fourth.example/"}"#.into(), r#"{"code":"new0001","url":"https://new.example/"}"#.into()],
+    );
     assert!(report.contains("imported 1 links") && report.contains("1 lines refused") && report.contains("line 1: "), "{report}");
 
     let links = export(&dir);

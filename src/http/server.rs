@@ -197,6 +197,7 @@ fn worker_main(app: Arc<App>, listener: StdListener, mut stop: watch::Receiver<b
                 }
             })
         };
+        let pump = tokio::task::spawn_local(crate::store::pump_replies());
         let mut conns = JoinSet::new();
         loop {
             tokio::select! {
@@ -231,6 +232,7 @@ fn worker_main(app: Arc<App>, listener: StdListener, mut stop: watch::Receiver<b
         let _ = tokio::time::timeout(DRAIN_DEADLINE, async { while conns.join_next().await.is_some() {} }).await;
         conns.abort_all();
         flusher.abort();
+        pump.abort();
         worker.clicks.borrow_mut().flush();
     });
 }

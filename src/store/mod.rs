@@ -33,7 +33,7 @@ mod writer;
 
 pub use recovery::KEY_FILE;
 pub use search::Order;
-use writer::{Command, Writer};
+use writer::{Command, Delivery, Writer};
 
 /// Hash state for every in-memory map keyed by codes: foldhash's quality
 /// variant, seeded per process, fast on short keys and not predictable by a
@@ -460,7 +460,7 @@ pub struct StoreStats {
 
 pub struct Store {
     shared: Arc<Shared>,
-    tx: Option<Sender<Command>>,
+    tx: Option<Sender<(Command, Option<Pump>)>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Dropped to stop the scrub thread.
     scrub_stop: Mutex<Option<Sender<()>>>,
@@ -546,7 +546,8 @@ impl Store {
     fn send(&self, cmd: Command) -> Result<(), WriteError> {
         let tx = self.tx.as_ref().ok_or_else(|| WriteError::Unavailable(self.poisoned().unwrap_or_else(|| "opened read-only".into())))?;
         // Never block: the caller is a worker thread that also serves redirects.
-        tx.try_send(cmd).map_err(|e| match e {
+        let via = PUMP.with(|p| p.borrow().clone());
+        tx.try_send((cmd, via)).map_err(|e| match e {
             crossbeam_channel::TrySendError::Full(_) => WriteError::Unavailable("the writer's queue is full; retry shortly".into()),
             crossbeam_channel::TrySendError::Disconnected(_) => WriteError::Unavailable("the writer has stopped".into()),
         })
@@ -761,13 +762,34 @@ impl Store {
         self.persist_clicks();
         if let Some(tx) = &self.tx {
             let (reply, rx) = tokio::sync::oneshot::channel();
-            if tx.send(Command::Shutdown { reply }).is_ok() {
+            if tx.send((Command::Shutdown { reply }, None)).is_ok() {
                 let _ = rx.blocking_recv();
             }
         }
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
+    }
+}
+
+/// Where the writer sends the answers for one thread's commands: a task on
+/// that thread (`pump_replies`) hands them out, so that a batch wakes the
+/// thread once instead of once per answer (each wake from another thread
+/// is a syscall).
+type Pump = tokio::sync::mpsc::UnboundedSender<Delivery>;
+
+thread_local! {
+    static PUMP: std::cell::RefCell<Option<Pump>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Hands out the writer's answers to this thread's commands, for as long as
+/// it runs; spawn it on each worker thread's `LocalSet`. Commands sent from
+/// threads without one are answered by the writer itself.
+pub async fn pump_replies() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    PUMP.with(|p| *p.borrow_mut() = Some(tx));
+    while let Some(delivery) = rx.recv().await {
+        delivery.deliver();
     }
 }
 

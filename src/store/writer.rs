@@ -23,8 +23,8 @@ use tokio::sync::oneshot;
 use super::index::Frozen;
 use super::recovery::Recovered;
 use super::{
-    ApplyMode, Change, Created, Idem, ImportBatch, ImportEntry, Imported, Link, Loc, Lookup, NewLink, Patch, Shared, StoreOptions, Version, WriteError, ALIAS_ID,
-    IDEMPOTENCY_WINDOW_MS,
+    ApplyMode, Change, Created, Idem, ImportBatch, ImportEntry, Imported, Link, Loc, Lookup, NewLink, Patch, Pump, Shared, StoreOptions,
+    Version, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS,
 };
 use crate::analytics::rollup::Hour;
 use crate::code::CODE_SPACE;
@@ -100,6 +100,20 @@ impl Reply {
     }
 }
 
+/// Answers of one batch for one thread, handed out there (`pump_replies`).
+pub struct Delivery {
+    replies: Vec<Reply>,
+    failure: Option<WriteError>,
+}
+
+impl Delivery {
+    pub fn deliver(self) {
+        for reply in self.replies {
+            reply.send(self.failure.as_ref());
+        }
+    }
+}
+
 /// A change to shared state that waits until its records are durable.
 enum Effect {
     SetLoc {
@@ -171,6 +185,8 @@ pub struct Writer {
     /// Codes whose click totals this batch logs; pending again if it fails.
     batch_clicks: Vec<CompactString>,
     replies: Vec<Reply>,
+    /// Where each of `replies` goes: the pump of the thread that asked, if any.
+    reply_via: Vec<Option<Pump>>,
     sync_replies: Vec<oneshot::Sender<Result<(), WriteError>>>,
     _lock: Option<File>,
 }
@@ -212,6 +228,7 @@ impl Writer {
             effects: Vec::new(),
             batch_clicks: Vec::new(),
             replies: Vec::new(),
+            reply_via: Vec::new(),
             sync_replies: Vec::new(),
             _lock: lock,
             opts,
@@ -222,7 +239,7 @@ impl Writer {
         self.log.refusal().map(WriteError::from)
     }
 
-    pub fn run(mut self, rx: Receiver<Command>) {
+    pub fn run(mut self, rx: Receiver<(Command, Option<Pump>)>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let busy = self.compacting.is_some();
@@ -251,10 +268,13 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             let mut shutdown = None;
-            for cmd in batch.drain(..) {
+            for (cmd, via) in batch.drain(..) {
                 match cmd {
                     Command::Shutdown { reply } => shutdown = Some(reply),
-                    cmd => self.handle(cmd),
+                    cmd => {
+                        self.handle(cmd);
+                        self.reply_via.resize(self.replies.len(), via);
+                    }
                 }
             }
             self.commit(false);
@@ -749,8 +769,23 @@ impl Writer {
         self.pending_ver.clear();
         self.pending_idem.clear();
         self.bulk_touched = false;
-        for reply in self.replies.drain(..) {
-            reply.send(failure.as_ref());
+        // Answers to the same thread go to its pump together.
+        let mut pumps: Vec<(Pump, Vec<Reply>)> = Vec::new();
+        let vias = self.reply_via.drain(..).chain(std::iter::repeat(None));
+        for (reply, via) in self.replies.drain(..).zip(vias) {
+            match via {
+                Some(p) => match pumps.iter_mut().find(|(q, _)| q.same_channel(&p)) {
+                    Some((_, replies)) => replies.push(reply),
+                    None => pumps.push((p, vec![reply])),
+                },
+                None => reply.send(failure.as_ref()),
+            }
+        }
+        for (pump, replies) in pumps {
+            // A thread that stopped pumping is answered from here.
+            if let Err(tokio::sync::mpsc::error::SendError(d)) = pump.send(Delivery { replies, failure: failure.clone() }) {
+                d.deliver();
+            }
         }
         for reply in self.sync_replies.drain(..) {
             let _ = reply.send(failure.clone().map_or(Ok(()), Err));
