@@ -945,3 +945,44 @@ fn damage_before_intact_records_in_the_newest_segment_stops_the_start() {
     assert_all_live(&store, &links[1..], "intact links after repair");
     store.close();
 }
+
+// ---------------------------------------------------------------- compaction
+
+/// Compaction copies a segment in chunks of a few thousand records; a
+/// segment with many more live records than a chunk loses none of them,
+/// whether the record is at the start, the end or a chunk's edge.
+#[test]
+fn compacting_a_segment_of_many_chunks_keeps_every_live_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let mut o = StoreOptions::new(&dir);
+    o.segment_bytes = 2 << 20;
+    o.compact_ratio = 0.5;
+    o.snapshot_records = 1000;
+    let store = open(o.clone());
+    // About 130 bytes a record: some 16 000 records in each 2 MiB segment.
+    let links = create_all(&store, urls("many", 40_000, 20));
+    let first = disk::segments(&dir)[0].clone();
+    let rt = rt();
+    // Most of the first segment's links go, so that it is worth compacting;
+    // the rest (thousands, several chunks' worth of records) must move.
+    let (gone, kept): (Vec<_>, Vec<_>) = links.iter().enumerate().partition(|(i, _)| *i < 16_000 && i % 5 != 0);
+    rt.block_on(async {
+        for (_, l) in &gone {
+            store.delete(&l.code).await.expect("delete");
+        }
+    });
+    let kept: Vec<Link> = kept.into_iter().map(|(_, l)| l.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first.exists() {
+        assert!(Instant::now() < deadline, "the first segment was not compacted away in 30 s: {:?}", disk::segments(&dir));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_all_live(&store, &kept, "after compaction");
+    store.close();
+    let store = open(o);
+    assert_all_live(&store, &kept, "after compaction and a restart");
+    for (_, l) in gone.iter().take(100) {
+        assert_eq!(seen(&store, &l.code), Seen::Deleted, "{}", l.code);
+    }
+}

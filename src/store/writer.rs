@@ -948,10 +948,13 @@ impl Writer {
         let started = Instant::now();
         let end = self.log.sealed().get(&seg.number).map_or(seg.len(), |&l| l as usize);
         let mut scan = Scan::new(seg.bytes(), job.at, end);
-        let mut stopped = false;
+        let (mut stopped, mut done) = (false, false);
         for _ in 0..COMPACT_CHUNK {
             let (at, rec) = match scan.next() {
-                None => break,
+                None => {
+                    done = true;
+                    break;
+                }
                 Some(Found::Record { at, rec, .. }) => (at, rec),
                 Some(Found::Damage { at, resume, reason }) => {
                     // Every intact record after the damage is still copied;
@@ -976,7 +979,8 @@ impl Writer {
                 }
             }
         }
-        let done = scan.next().is_none();
+        // A chunk that ended on the last record finds that out next step
+        // (asking the scan now would take a record from the next chunk).
         job.at = scan.position();
         self.commit(true);
         m::compaction_seconds(started.elapsed());
