@@ -8,7 +8,8 @@
 # median of 5. Memory: RssAnon and RssFile of the server after the restart
 # and after 1000 sampled redirects. Redirects: wrk -t1 -c64 10 s on CPU 1,
 # the server (--workers 1) on CPU 0; "hot" asks for one link, "uniform" for
-# links drawn uniformly from all of them (mostly cache misses).
+# links drawn uniformly from all of them (mostly cache misses); then both
+# again with --analytics off.
 source "$(dirname "$0")/lib.sh"
 N=${1:-1000000}
 build_shortd
@@ -35,7 +36,7 @@ start() {
   PORT=$(free_port)
   local t0 t1
   t0=$(date +%s.%N)
-  taskset -c 0 "$SHORTD" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" --log-level warn --workers 1 &
+  taskset -c 0 "$SHORTD" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" --log-level warn --workers 1 "$@" &
   PID=$!
   until curl -fs -o /dev/null "http://127.0.0.1:$PORT/healthz"; do sleep 0.002; done
   t1=$(date +%s.%N)
@@ -64,4 +65,11 @@ HOT=$(rate 1)
 UNIFORM=$(rate "$N")
 echo "redirects/s: hot $HOT, uniform over $N links $UNIFORM ($(echo "scale=2; $UNIFORM / $HOT" | bc)x hot)"
 echo "after the load: $(mem)"
+stop
+# The same without analytics: a uniform load clicks a new link almost every
+# time, and each first click of a link makes its hourly rollup.
+start --analytics off
+HOT=$(rate 1)
+UNIFORM=$(rate "$N")
+echo "with --analytics off: hot $HOT, uniform $UNIFORM ($(echo "scale=2; $UNIFORM / $HOT" | bc)x hot)"
 stop
