@@ -155,8 +155,8 @@ impl Index {
         *l = Layers { recent: Arc::new(recent), frozen: None, table: Arc::new(Table::empty()) };
     }
 
-    /// Drops the entries of `recent` for which `drop` holds (start-up with
-    /// --repair, before any table is installed).
+    /// Keeps only the entries of `recent` for which `keep` holds (start-up
+    /// with --repair, before any table is installed).
     pub fn retain_recent(&self, keep: impl Fn(&Loc) -> bool) {
         let l = self.layers.read();
         let before = l.recent.len();
