@@ -346,7 +346,7 @@ impl Log {
         // fdatasync per segment, not per write).
         self.sync()?;
         let next = self.active + 1;
-        let (seg, file) = match Segment::create(&self.dir, next, self.segment_bytes) {
+        let (seg, file) = match Segment::create(&self.dir, next, self.segment_bytes, self.durability != Durability::Never) {
             Ok(made) => made,
             Err(e) if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) => {
                 return Err(LogError::DiskFull(format!("cannot create segment {next}: {e}")));

@@ -39,18 +39,22 @@ pub struct Segment {
 
 impl Segment {
     /// Creates a zero-filled segment of `size` bytes with its header, and
-    /// returns the write handle beside the mapping.
+    /// returns the write handle beside the mapping. With `written_zeros` the
+    /// zeros are written out, not just reserved: see `write_zeros`.
     ///
     /// The file is built under a temporary name and renamed into place, so
     /// a crash mid-roll leaves a stray `.tmp` (removed at the next start),
     /// never a segment without its header.
-    pub fn create(dir: &Path, number: u32, size: u64) -> io::Result<(Segment, File)> {
+    pub fn create(dir: &Path, number: u32, size: u64, written_zeros: bool) -> io::Result<(Segment, File)> {
         let path = segment_path(dir, number);
         let tmp = path.with_extension("log.tmp");
         let _ = std::fs::remove_file(&tmp);
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&tmp)?;
         let made = (|| {
             preallocate(&file, size)?;
+            if written_zeros {
+                write_zeros(&file, size)?;
+            }
             file.write_all_at(&header(number), 0)?;
             file.sync_all()?;
             std::fs::rename(&tmp, &path)?;
@@ -113,6 +117,26 @@ fn preallocate(file: &File, size: u64) -> io::Result<()> {
     // Reserving the blocks up front means a later pwrite inside the segment
     // cannot fail for lack of space; ENOSPC shows up here, at roll time.
     rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size).map_err(io::Error::from)
+}
+
+/// Blocks that `fallocate` reserves are "unwritten" extents: the first
+/// write into one must also change the extent tree, so every fdatasync of
+/// a fresh stretch of the segment carries a metadata write beside the data
+/// (like an append that grows a file). Writing the zeros once, when the
+/// segment is made, leaves later fdatasyncs only the data to flush: here
+/// (ext4, virtio disk) 131–141 µs per 8 KiB pwrite + fdatasync against
+/// 195–224 µs into reserved blocks and 214–218 µs appending. It costs one
+/// extra sequential write of the segment (~35 ms for 64 MiB here), so
+/// only logs that sync per batch or on a timer ask for it.
+fn write_zeros(file: &File, size: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
 }
 
 /// Makes a rename or a new file in `dir` durable.
