@@ -307,6 +307,41 @@ pub fn export_line<'a>(line: &'a str, rules: &Rules<'_>, now: i64) -> Option<Exp
     Some(Exported { url, alias, expires_ms, max_clicks, redirect, disabled: l.disabled.unwrap_or(false), clicks: l.clicks.unwrap_or(0) })
 }
 
+/// A create request in its common shape (`url`, and perhaps `alias`,
+/// `max_clicks` and `redirect`), read without building a JSON map; `None`
+/// sends it to `new_link`, which decides with its exact error. What this
+/// accepts, `new_link` with `Source::Api` accepts the same way.
+pub fn plain_create(body: &[u8], rules: &Rules<'_>) -> Option<NewLink> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Create<'a> {
+        #[serde(borrow)]
+        url: Cow<'a, str>,
+        #[serde(borrow, default)]
+        alias: Option<Cow<'a, str>>,
+        #[serde(default)]
+        max_clicks: Option<u64>,
+        #[serde(default)]
+        redirect: Option<u64>,
+    }
+    let c: Create<'_> = serde_json::from_slice(body).ok()?;
+    if let Some(a) = &c.alias {
+        validate_alias(a).ok()?;
+    }
+    let max_clicks = match c.max_clicks {
+        None => 0,
+        Some(n) if (1..=MAX_CLICKS).contains(&n) => n,
+        Some(_) => return None,
+    };
+    let redirect = match c.redirect {
+        None => 302,
+        Some(n) if n < 1000 && REDIRECT_STATUSES.contains(&(n as u16)) => n as u16,
+        Some(_) => return None,
+    };
+    let url = url_text(rules, &c.url).ok()?.into_owned();
+    Some(NewLink { url, alias: c.alias.map(Cow::into_owned), expires_ms: 0, max_clicks, redirect, disabled: false, idempotency: None })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,6 +414,39 @@ mod tests {
                 assert_eq!(e.clicks, o.get("clicks").and_then(Value::as_u64).unwrap_or(0), "{line}");
             } else {
                 assert!(!common.contains(line), "the common shape went the long way: {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_common_create_shape_is_read_as_new_link_reads_it() {
+        let now = 1_700_000_000_000;
+        let common = [
+            r#"{"url":"https://a.example/x"}"#,
+            r#"{"url":"https://a.example/x","alias":"my-link","max_clicks":5,"redirect":301}"#,
+            r#"{"url":"https:\/\/a.example\/escaped","max_clicks":null}"#,
+        ];
+        let others = [
+            r#"{"url":"https://a.example/","ttl_seconds":60}"#,
+            r#"{"url":"https://a.example/","alias":"api"}"#,
+            r#"{"url":"https://a.example/","alias":null}"#,
+            r#"{"url":"https://evil.example/"}"#,
+            r#"{"url":"https://sho.rt/loop"}"#,
+            r#"{"url":"https://a.example/","redirect":303}"#,
+            r#"{"url":"https://a.example/","max_clicks":0}"#,
+            r#"{"url":"https://a.example/","code":"abc1234"}"#,
+            r#"{"url":"https://a.example/","disabled":true}"#,
+            r#"{"url":7}"#,
+            r#"{"url":"https://a.example/","url":"https://b.example/"}"#,
+            r#"{"url":"https://a.example/0123456789012345678901234567890123456789012345678901234567890123"}"#,
+        ];
+        for body in common.iter().chain(&others) {
+            let full = serde_json::from_str::<Map<String, Value>>(body)
+                .map_err(|_| ())
+                .and_then(|o| new_link(&o, &rules(64), now, Source::Api).map_err(|_| ()));
+            match plain_create(body.as_bytes(), &rules(64)) {
+                Some(fast) => assert_eq!(full.as_ref().ok(), Some(&fast), "{body}"),
+                None => assert!(!common.contains(body), "the common shape went the long way: {body}"),
             }
         }
     }

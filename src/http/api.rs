@@ -382,15 +382,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 async fn create(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
     let idem = idempotency_key(req.headers())?;
     let body = read_body(app, req, true).await?;
-    let obj = parse_object(&body)?;
-    let mut new = parse_create(app, &obj, clock::now_ms())?;
-    if let Some(key) = idem {
-        // Canonical form: sorted keys (serde_json's map), no whitespace, and
-        // explicit nulls dropped, since they mean the same as absence.
-        let meaningful: Map<String, Value> = obj.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
-        let canonical = serde_json::to_vec(&meaningful).unwrap_or_default();
-        new.idempotency = Some((key, xxhash_rust::xxh3::xxh3_64(&canonical)));
-    }
+    let fast = if idem.is_none() { input::plain_create(&body, &rules(app)) } else { None };
+    let new = match fast {
+        Some(new) => new,
+        None => full_create(app, &body, idem)?,
+    };
     let created = app.links.create(new).await?;
     if !created.replayed {
         metrics::link_created();
@@ -403,6 +399,20 @@ async fn create(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Pro
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(resp)
+}
+
+/// A create body in any shape `new_link` takes, with its idempotency key.
+fn full_create(app: &App, body: &[u8], idem: Option<String>) -> Result<NewLink, Problem> {
+    let obj = parse_object(body)?;
+    let mut new = parse_create(app, &obj, clock::now_ms())?;
+    if let Some(key) = idem {
+        // Canonical form: sorted keys (serde_json's map), no whitespace, and
+        // explicit nulls dropped, since they mean the same as absence.
+        let meaningful: Map<String, Value> = obj.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let canonical = serde_json::to_vec(&meaningful).unwrap_or_default();
+        new.idempotency = Some((key, xxhash_rust::xxh3::xxh3_64(&canonical)));
+    }
+    Ok(new)
 }
 
 async fn get(app: &App, code: &str) -> Result<Response<Body>, Problem> {

@@ -23,8 +23,8 @@ use tokio::sync::oneshot;
 use super::index::Frozen;
 use super::recovery::Recovered;
 use super::{
-    ApplyMode, Change, Created, Idem, ImportBatch, ImportEntry, Imported, Link, Loc, Lookup, NewLink, Patch, Pump, Shared, StoreOptions,
-    Version, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS,
+    ApplyMode, Change, Created, Hasher, Idem, ImportBatch, ImportEntry, Imported, Link, Loc, Lookup, NewLink, Patch, Pump, Shared,
+    StoreOptions, Version, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS,
 };
 use crate::analytics::rollup::Hour;
 use crate::code::CODE_SPACE;
@@ -120,6 +120,9 @@ enum Effect {
         key: CompactString,
         loc: Loc,
         len: u64,
+        /// The writer found no record of `key` anywhere (a create), so
+        /// there is no older location to look up and discount.
+        new_key: bool,
     },
     /// An imported link's click total (the next merge writes it).
     Clicks {
@@ -167,9 +170,9 @@ pub struct Writer {
     drained: Vec<(u32, u64)>,
     last_idem_prune: Instant,
     // Changes earlier in the current batch, seen by later commands in it.
-    pending: HashMap<CompactString, Option<Link>>,
-    pending_ver: HashMap<CompactString, Version>,
-    pending_idem: HashMap<CompactString, (CompactString, u64)>,
+    pending: HashMap<CompactString, Option<Link>, Hasher>,
+    pending_ver: HashMap<CompactString, Version, Hasher>,
+    pending_idem: HashMap<CompactString, (CompactString, u64), Hasher>,
     /// Click totals of the import batch under way, logged after its links.
     import_clicks: Vec<(CompactString, u64)>,
     /// Links of the import batch under way.
@@ -217,9 +220,9 @@ impl Writer {
             held: HashSet::new(),
             drained: Vec::new(),
             last_idem_prune: Instant::now(),
-            pending: HashMap::new(),
-            pending_ver: HashMap::new(),
-            pending_idem: HashMap::new(),
+            pending: HashMap::default(),
+            pending_ver: HashMap::default(),
+            pending_idem: HashMap::default(),
             import_clicks: Vec::new(),
             import_links: 0,
             bulk_touched: false,
@@ -422,7 +425,7 @@ impl Writer {
                 + record::padded(record::HEADER_LEN + 10 + ikey.len() + code.len());
             self.log.ensure_room(both as u64)?;
         }
-        self.put(&link, Version { ms: link.created_ms, origin: self.opts.origin })?;
+        self.put(&link, Version { ms: link.created_ms, origin: self.opts.origin }, true)?;
         self.effects.push(Effect::LiveLinks(1));
         if let Some((ikey, hash)) = new.idempotency {
             let at = now_ms();
@@ -635,7 +638,7 @@ impl Writer {
         let was_live = matches!(before, Lookup::Live(_));
         match &change.link {
             Some(link) => {
-                self.put(link, change.version)?;
+                self.put(link, change.version, false)?;
                 if !was_live {
                     self.effects.push(Effect::LiveLinks(1));
                 }
@@ -659,7 +662,8 @@ impl Writer {
         }
     }
 
-    fn put(&mut self, link: &Link, version: Version) -> Result<(), WriteError> {
+    /// Logs `link`; `new_key` when `state` found no record of its code.
+    fn put(&mut self, link: &Link, version: Version, new_key: bool) -> Result<(), WriteError> {
         let flags = if link.disabled { record::FLAG_DISABLED } else { 0 };
         let body = Body::Put(Put {
             key: link.code.as_bytes(),
@@ -674,7 +678,7 @@ impl Writer {
         let (loc, len) = self.append(Record { lsn: 0, time_ms: version.ms, origin: version.origin, body })?;
         self.pending.insert(link.code.clone(), Some(link.clone()));
         self.pending_ver.insert(link.code.clone(), version);
-        self.effects.push(Effect::SetLoc { key: link.code.clone(), loc, len });
+        self.effects.push(Effect::SetLoc { key: link.code.clone(), loc, len, new_key });
         Ok(())
     }
 
@@ -705,7 +709,7 @@ impl Writer {
         if let Some(d) = patch.disabled {
             link.disabled = d;
         }
-        self.put(&link, self.next_version(&code))?;
+        self.put(&link, self.next_version(&code), false)?;
         link.clicks = self.shared.clicks_of(&code);
         Ok(link)
     }
@@ -729,7 +733,7 @@ impl Writer {
         let (loc, len) = self.append(rec)?;
         self.pending.insert(code.clone(), None);
         self.pending_ver.insert(code.clone(), version);
-        self.effects.push(Effect::SetLoc { key: code.clone(), loc, len });
+        self.effects.push(Effect::SetLoc { key: code.clone(), loc, len, new_key: false });
         Ok(())
     }
 
@@ -797,9 +801,9 @@ impl Writer {
 
     fn apply(&mut self, effect: Effect) {
         match effect {
-            Effect::SetLoc { key, loc, len } => {
+            Effect::SetLoc { key, loc, len, new_key } => {
                 *self.live.entry(loc.seg).or_default() += len;
-                let old = self.shared.loc_of(&key).ok().flatten();
+                let old = if new_key { None } else { self.shared.loc_of(&key).ok().flatten() };
                 self.shared.index.set(key, loc, old.is_none());
                 if let Some(old) = old {
                     if let Some((old_len, _)) = self.shared.segments.record_len_at(old) {
@@ -970,7 +974,7 @@ impl Writer {
             if self.shared.loc_of(&key).ok().flatten() == Some(here) {
                 let copy = Record { lsn: 0, time_ms: rec.time_ms, origin: rec.origin, body: rec.body.clone() };
                 match self.append(copy) {
-                    Ok((loc, len)) => self.effects.push(Effect::SetLoc { key, loc, len }),
+                    Ok((loc, len)) => self.effects.push(Effect::SetLoc { key, loc, len, new_key: false }),
                     Err(e) => {
                         tracing::warn!(error = %e, "compaction stopped; it starts over later");
                         stopped = true;
