@@ -54,6 +54,11 @@ impl Hour {
         }
         let named = vals.iter().filter(|(k, _)| k != OTHER).count();
         if named < cap || value == OTHER {
+            // Most links see one value per dimension in an hour; a Vec's
+            // first push would make room for four.
+            if vals.is_empty() {
+                vals.reserve_exact(1);
+            }
             vals.push((value.into(), n));
             return;
         }
