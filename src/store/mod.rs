@@ -693,13 +693,11 @@ impl Store {
         if dirty.is_empty() {
             return;
         }
-        let totals: Vec<(CompactString, u64)> = dirty
-            .into_iter()
-            .filter_map(|k| {
-                let n = self.shared.clicks.get(k.as_str())?.load(Ordering::Relaxed);
-                Some((k, n))
-            })
-            .collect();
+        let mut totals: Vec<(CompactString, u64)> = Vec::with_capacity(dirty.len());
+        totals.extend(dirty.into_iter().filter_map(|k| {
+            let n = self.shared.clicks.get(k.as_str())?.load(Ordering::Relaxed);
+            Some((k, n))
+        }));
         let keys: Vec<CompactString> = totals.iter().map(|(k, _)| k.clone()).collect();
         if let Err(e) = self.send(Command::Clicks(totals)) {
             // Still dirty: the next round logs them.
