@@ -4,6 +4,7 @@
 //! store, so a refusal changes nothing; every refusal is a `Problem` that
 //! names the field and the reason.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -309,13 +310,35 @@ pub(super) fn empty(status: StatusCode) -> Response<Body> {
 }
 
 /// Reads a JSON body within the size limit.
-pub(super) async fn read_body(app: &App, req: Request<Incoming>, json_only: bool) -> Result<Bytes, Problem> {
-    read_body_up_to(req, json_only, app.cfg.max_body_bytes).await
+pub(super) fn read_body(app: &App, req: Request<Incoming>, json_only: bool) -> impl Future<Output = Result<Bytes, Problem>> {
+    read_body_up_to(req, json_only, app.cfg.max_body_bytes)
 }
 
-/// `read_body` with its own size limit (node-to-node requests).
-pub(super) async fn read_body_up_to(req: Request<Incoming>, json_only: bool, limit: usize) -> Result<Bytes, Problem> {
-    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+/// `read_body` with its own size limit (node-to-node requests). Not an
+/// `async fn`: the headers are checked before the future is made, so it
+/// holds the body alone, not the whole request (a create's future is
+/// moved through every level of the handler that awaits it).
+pub(super) fn read_body_up_to(req: Request<Incoming>, json_only: bool, limit: usize) -> impl Future<Output = Result<Bytes, Problem>> {
+    let checked = check_body_headers(req.headers(), json_only, limit);
+    let read = req.extensions().get::<BodyRead>().cloned();
+    let body = req.into_body();
+    async move {
+        checked?;
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => {
+                if let Some(r) = read {
+                    r.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(collected.to_bytes())
+            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Problem::too_large("body", limit)),
+            Err(e) => Err(Problem::invalid("body", format!("could not be read: {e}"))),
+        }
+    }
+}
+
+fn check_body_headers(headers: &HeaderMap, json_only: bool, limit: usize) -> Result<(), Problem> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim();
         let is = |name: &str| ct.eq_ignore_ascii_case(name);
         let is_json = is("application/json") || ct.len() >= 5 && ct.as_bytes()[ct.len() - 5..].eq_ignore_ascii_case(b"+json");
@@ -330,21 +353,11 @@ pub(super) async fn read_body_up_to(req: Request<Incoming>, json_only: bool, lim
             .with_field("Content-Type", "must be application/json"));
         }
     }
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Problem::too_large("body", limit));
     }
-    let read = req.extensions().get::<BodyRead>().cloned();
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => {
-            if let Some(r) = read {
-                r.0.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            Ok(collected.to_bytes())
-        }
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Problem::too_large("body", limit)),
-        Err(e) => Err(Problem::invalid("body", format!("could not be read: {e}"))),
-    }
+    Ok(())
 }
 
 fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, Problem> {
