@@ -294,17 +294,24 @@ pub fn export_line<'a>(line: &'a str, rules: &Rules<'_>, now: i64) -> Option<Exp
             ms
         }
     };
-    let max_clicks = match l.max_clicks {
+    let (max_clicks, redirect) = plain_limits(l.max_clicks, l.redirect)?;
+    Some(Exported { url, alias, expires_ms, max_clicks, redirect, disabled: l.disabled.unwrap_or(false), clicks: l.clicks.unwrap_or(0) })
+}
+
+/// `max_clicks` and `redirect` of the fast paths, defaulted; `None` for a
+/// value `new_link` would refuse.
+fn plain_limits(max_clicks: Option<u64>, redirect: Option<u64>) -> Option<(u64, u16)> {
+    let max_clicks = match max_clicks {
         None => 0,
         Some(n) if (1..=MAX_CLICKS).contains(&n) => n,
         Some(_) => return None,
     };
-    let redirect = match l.redirect {
+    let redirect = match redirect {
         None => 302,
         Some(n) if n < 1000 && REDIRECT_STATUSES.contains(&(n as u16)) => n as u16,
         Some(_) => return None,
     };
-    Some(Exported { url, alias, expires_ms, max_clicks, redirect, disabled: l.disabled.unwrap_or(false), clicks: l.clicks.unwrap_or(0) })
+    Some((max_clicks, redirect))
 }
 
 /// A create request in its common shape (`url`, and perhaps `alias`,
@@ -328,16 +335,7 @@ pub fn plain_create(body: &[u8], rules: &Rules<'_>) -> Option<NewLink> {
     if let Some(a) = &c.alias {
         validate_alias(a).ok()?;
     }
-    let max_clicks = match c.max_clicks {
-        None => 0,
-        Some(n) if (1..=MAX_CLICKS).contains(&n) => n,
-        Some(_) => return None,
-    };
-    let redirect = match c.redirect {
-        None => 302,
-        Some(n) if n < 1000 && REDIRECT_STATUSES.contains(&(n as u16)) => n as u16,
-        Some(_) => return None,
-    };
+    let (max_clicks, redirect) = plain_limits(c.max_clicks, c.redirect)?;
     let url = url_text(rules, &c.url).ok()?.into_owned();
     Some(NewLink { url, alias: c.alias.map(Cow::into_owned), expires_ms: 0, max_clicks, redirect, disabled: false, idempotency: None })
 }
