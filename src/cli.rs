@@ -3,8 +3,11 @@
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::analytics::rollup::{Hour, DIM_NAMES, MS_PER_HOUR};
 use crate::config::{Cli, Command, Config, Durability, LogFormat};
@@ -60,12 +63,14 @@ fn init_logging(format: LogFormat, level: &str) {
 
 fn serve(cfg: Config) -> Result<(), String> {
     init_logging(cfg.log_format, &cfg.log_level);
-    // Listening for SIGTERM and SIGINT before the first request is served:
-    // a stop sent as soon as /healthz answers must not be missed.
-    let stops = listen_for_stops()?;
+    // Listening for signals before the first request is served: a stop, or
+    // a SIGHUP (whose default action ends the process), sent as soon as
+    // /healthz answers must not be missed.
+    let stops = listen_for(&[SignalKind::terminate(), SignalKind::interrupt()], "shortd-stops")?;
+    let hangups = listen_for(&[SignalKind::hangup()], "shortd-hangups")?;
     let server = Server::start(cfg).map_err(|e| e.to_string())?;
     let app = server.app().clone();
-    std::thread::Builder::new().name("shortd-signals".into()).spawn(move || reload_on_hangup(&app)).map_err(|e| e.to_string())?;
+    std::thread::Builder::new().name("shortd-reload".into()).spawn(move || reload_on_hangup(&app, &hangups)).map_err(|e| e.to_string())?;
     let _ = stops.recv();
     std::thread::spawn(move || {
         let _ = stops.recv();
@@ -85,54 +90,50 @@ fn serve(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGHUP re-reads the key file, the blocklist and the GeoIP database; once a minute, rate-limit
-/// state of quiet clients is dropped.
-fn reload_on_hangup(app: &crate::http::App) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-    rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-        let mut prune = tokio::time::interval(std::time::Duration::from_secs(60));
-        loop {
-            tokio::select! {
-                _ = hup.recv() => {
-                    app.access.reload();
-                    app.analytics.geo.reload();
-                }
-                _ = prune.tick() => app.access.prune(),
+/// Each SIGHUP re-reads the key file, the blocklist and the GeoIP database;
+/// once a minute, rate-limit state of quiet clients is dropped.
+fn reload_on_hangup(app: &crate::http::App, hangups: &Receiver<()>) {
+    const PRUNE_EVERY: Duration = Duration::from_secs(60);
+    let mut next_prune = Instant::now() + PRUNE_EVERY;
+    loop {
+        match hangups.recv_timeout(next_prune.saturating_duration_since(Instant::now())) {
+            Ok(()) => {
+                app.access.reload();
+                app.analytics.geo.reload();
             }
+            Err(RecvTimeoutError::Timeout) => {
+                app.access.prune();
+                next_prune = Instant::now() + PRUNE_EVERY;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
         }
-    });
+    }
 }
 
-/// A receiver that gets one message per SIGTERM or SIGINT, from the
-/// moment this returns.
-fn listen_for_stops() -> Result<std::sync::mpsc::Receiver<()>, String> {
+/// A receiver that gets one message per signal of the given kinds, from
+/// the moment this returns (their handlers are installed by then).
+fn listen_for(kinds: &[SignalKind], thread: &str) -> Result<Receiver<()>, String> {
+    let kinds = kinds.to_vec();
     let (tx, rx) = std::sync::mpsc::channel();
     let (ready_tx, ready) = std::sync::mpsc::channel();
+    let cannot = format!("cannot listen for signals {kinds:?}");
     std::thread::Builder::new()
-        .name("shortd-stops".into())
+        .name(thread.into())
         .spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                    return;
-                };
+                let Ok(streams) = kinds.into_iter().map(signal).collect::<Result<Vec<_>, _>>() else { return };
                 let _ = ready_tx.send(());
-                loop {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                    if tx.send(()).is_err() {
-                        return;
-                    }
+                let mut forwards = tokio::task::JoinSet::new();
+                for mut stream in streams {
+                    let tx = tx.clone();
+                    forwards.spawn(async move { while stream.recv().await.is_some() && tx.send(()).is_ok() {} });
                 }
+                forwards.join_all().await;
             });
         })
         .map_err(|e| e.to_string())?;
-    ready.recv().map_err(|_| "cannot listen for SIGTERM and SIGINT".to_string())?;
+    ready.recv().map_err(|_| cannot)?;
     Ok(rx)
 }
 

@@ -34,6 +34,18 @@ fn api_key_file_is_reloaded_on_sighup() {
 }
 
 #[test]
+fn a_hangup_as_soon_as_the_server_answers_reloads_and_does_not_stop_it() {
+    // SIGHUP's default action ends a process: the handler must be in place
+    // before /healthz first answers, which is when Server::start returns.
+    for _ in 0..5 {
+        let s = Server::start(&[]);
+        s.hangup();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(s.get("/healthz").status, 200, "the server died of a SIGHUP sent right after start");
+    }
+}
+
+#[test]
 fn slow_clients_do_not_delay_others_and_are_dropped_after_the_header_timeout() {
     let s = Server::start(&["--header-timeout", "2s"]);
     let code = s.create(json!({"url": "https://example.com/slow"}))["code"].as_str().unwrap().to_string();
