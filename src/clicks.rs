@@ -167,6 +167,7 @@ fn aggregate(
     };
     let mut folder = Aggregation::default();
     let mut apply = |batch: &mut Batch| {
+        let mut hot = hot.batch();
         for (code, n) in batch.counts.drain() {
             count(&code, n);
             hot.record(&code, n);

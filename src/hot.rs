@@ -83,9 +83,15 @@ impl HotKeys {
     }
 
     pub fn record(&self, code: &str, n: u64) {
+        self.batch().record(code, n);
+    }
+
+    /// Records many codes under one lock and one look at the clock (the
+    /// aggregator's batch: under uniform load, a few thousand codes).
+    pub fn batch(&self) -> Batch<'_> {
         let mut inner = self.inner.lock();
         HotKeys::rotate(&mut inner, self.window);
-        inner.0.add(code, n);
+        Batch(inner)
     }
 
     /// The `limit` most requested codes with their counts over `covered()`.
@@ -106,6 +112,14 @@ impl HotKeys {
     pub fn window(&self) -> Duration {
         let inner = self.inner.lock();
         (self.window + inner.2.elapsed()).max(Duration::from_secs(1))
+    }
+}
+
+pub struct Batch<'a>(parking_lot::MutexGuard<'a, (SpaceSaving, SpaceSaving, Instant)>);
+
+impl Batch<'_> {
+    pub fn record(&mut self, code: &str, n: u64) {
+        self.0 .0.add(code, n);
     }
 }
 

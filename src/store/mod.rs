@@ -282,7 +282,7 @@ pub struct Shared {
     /// Click totals changed since the index table was written (the table
     /// holds the rest).
     pub clicks: Map<AtomicU64>,
-    pub dirty_clicks: Mutex<HashSet<CompactString>>,
+    pub dirty_clicks: Mutex<HashSet<CompactString, Hasher>>,
     pub idem: Map<Idem>,
     pub segments: Arc<Segments>,
     /// Why the store refuses writes, once it does (set by the log).
@@ -689,15 +689,18 @@ impl Store {
 
     /// Hands changed click totals to the writer to be logged.
     pub fn persist_clicks(&self) {
-        let dirty = std::mem::take(&mut *self.shared.dirty_clicks.lock());
+        // Drained, not taken: the set keeps its room for the next second's
+        // codes instead of growing again from nothing.
+        let mut dirty = self.shared.dirty_clicks.lock();
         if dirty.is_empty() {
             return;
         }
         let mut totals: Vec<(CompactString, u64)> = Vec::with_capacity(dirty.len());
-        totals.extend(dirty.into_iter().filter_map(|k| {
+        totals.extend(dirty.drain().filter_map(|k| {
             let n = self.shared.clicks.get(k.as_str())?.load(Ordering::Relaxed);
             Some((k, n))
         }));
+        drop(dirty);
         let keys: Vec<CompactString> = totals.iter().map(|(k, _)| k.clone()).collect();
         if let Err(e) = self.send(Command::Clicks(totals)) {
             // Still dirty: the next round logs them.

@@ -61,7 +61,7 @@ pub fn recover(opts: &StoreOptions) -> Result<Recovered, OpenError> {
         key,
         index: Index::new(seed),
         clicks: Default::default(),
-        dirty_clicks: Mutex::new(HashSet::new()),
+        dirty_clicks: Mutex::default(),
         idem: Default::default(),
         segments,
         poisoned: Arc::new(RwLock::new(None)),

@@ -26,7 +26,7 @@ use super::{
     ApplyMode, Change, Created, Hasher, Idem, ImportBatch, ImportEntry, Imported, Link, Loc, Lookup, NewLink, Patch, Pump, Shared,
     StoreOptions, Version, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS,
 };
-use crate::analytics::rollup::Hour;
+use crate::analytics::rollup::{Hour, Packed};
 use crate::code::CODE_SPACE;
 use crate::journal::record::{self, Body, Put, Record};
 use crate::journal::scan::{Found, Scan};
@@ -70,7 +70,7 @@ pub enum Command {
         reply: oneshot::Sender<Vec<Result<(), WriteError>>>,
     },
     Clicks(Vec<(CompactString, u64)>),
-    Rollups(Vec<(CompactString, u32, Hour)>),
+    Rollups(Vec<(CompactString, u32, Packed)>),
     Sync {
         reply: oneshot::Sender<Result<(), WriteError>>,
     },
