@@ -223,6 +223,26 @@ fn crash_during_segment_roll_leaves_a_startable_store() {
     crash_during_roll(SEGMENT);
 }
 
+#[test]
+fn the_next_segment_is_prepared_ahead_and_a_close_leaves_none_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let store = open(opts(&dir));
+    let links = create_all(&store, urls("spare", 1500, 60));
+    let segs = disk::segments(&dir);
+    assert!(segs.len() >= 3, "1500 links fit in {} segment(s) of {SEGMENT} bytes", segs.len());
+    let spare = dir.join(format!("{:08}.log.tmp", segs.len() + 1));
+    let prepared = common::poll_until(Duration::from_secs(5), || spare.exists().then_some(()));
+    assert!(prepared.is_some(), "no segment prepared after {}", segs.len());
+    store.close();
+    let left: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.ends_with(".tmp")).collect();
+    assert!(left.is_empty(), "a close left {left:?}");
+    let store = open(opts(&dir));
+    assert_all_live(&store, &links, "after a close and a start");
+    store.close();
+}
+
 /// A record longer than a whole segment (a long URL with a small
 /// `--segment-bytes`; the server's settings refuse that pair, the library
 /// refuses the record) is refused, and the store carries on.

@@ -4,7 +4,8 @@
 //! buffer (`append` answers where each will lie), and `commit` writes the
 //! buffer with one `pwrite` and syncs once when the durability mode asks:
 //! group commit. When the active segment is full it is synced, sealed and
-//! the next one preallocated (`roll`).
+//! the next one, prepared meanwhile on a helper thread, put in its place
+//! (`roll`).
 //!
 //! Failure is all or nothing per batch: the first failed write, sync or
 //! roll fails every record of the batch (`commit` returns it), and any
@@ -63,6 +64,16 @@ pub struct Log {
     failed: Option<LogError>,
     /// Sealed segments and where their data ends.
     sealed: std::collections::HashMap<u32, u64>,
+    /// The next segment, being prepared on a helper thread.
+    spare: Option<Spare>,
+}
+
+/// A segment prepared ahead of its roll: preallocating, zeroing and
+/// syncing 64 MiB takes tens of milliseconds (more on a slow disk), which
+/// in the roll itself would stall every write in flight.
+struct Spare {
+    number: u32,
+    made: std::thread::JoinHandle<io::Result<File>>,
 }
 
 /// What the log shares with readers.
@@ -106,6 +117,7 @@ impl Log {
             failed: None,
             sealed: segments.all().iter().filter(|s| s.number != active).map(|s| (s.number, s.len() as u64)).collect(),
             segments,
+            spare: None,
         };
         log.publish_written();
         let opened = if active == 0 {
@@ -123,6 +135,7 @@ impl Log {
             // Out of space for a first segment: not poisoned; appends try again.
             Err(LogError::DiskFull(e)) => tracing::error!(error = %e, "no space for a log segment; creates fail until there is"),
             Err(e) => log.poison_with(format!("cannot open the log for writing: {e}")),
+            Ok(()) if log.spare.is_none() => log.prepare_spare(log.active + 1),
             Ok(()) => {}
         }
         log
@@ -346,7 +359,13 @@ impl Log {
         // fdatasync per segment, not per write).
         self.sync()?;
         let next = self.active + 1;
-        let (seg, file) = match Segment::create(&self.dir, next, self.segment_bytes, self.durability != Durability::Never) {
+        // A spare that failed is made again here, where its error is
+        // classified and reported.
+        let made = match self.take_spare(next) {
+            Some(file) => Segment::install(&self.dir, next, file),
+            None => Segment::create(&self.dir, next, self.segment_bytes, self.durability != Durability::Never),
+        };
+        let (seg, file) = match made {
             Ok(made) => made,
             Err(e) if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) => {
                 return Err(LogError::DiskFull(format!("cannot create segment {next}: {e}")));
@@ -363,6 +382,35 @@ impl Log {
         self.publish_written();
         self.dirty = false;
         m::segments(self.segments.len());
+        self.prepare_spare(next + 1);
         Ok(())
+    }
+
+    fn prepare_spare(&mut self, number: u32) {
+        let (dir, size, zeros) = (self.dir.clone(), self.segment_bytes, self.durability != Durability::Never);
+        let made = std::thread::Builder::new().name("shortd-segment".into()).spawn(move || Segment::prepare(&dir, number, size, zeros));
+        // Without a thread the roll makes the segment itself.
+        self.spare = made.ok().map(|made| Spare { number, made });
+    }
+
+    /// The prepared segment `number`, if its helper made it.
+    fn take_spare(&mut self, number: u32) -> Option<File> {
+        let spare = self.spare.take()?;
+        let made = spare.made.join().ok()?.ok()?;
+        if spare.number == number {
+            return Some(made);
+        }
+        let _ = std::fs::remove_file(segment::temporary_path(&self.dir, spare.number));
+        None
+    }
+}
+
+impl Drop for Log {
+    /// A spare that was never rolled into is not left taking disk space.
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.made.join();
+            let _ = std::fs::remove_file(segment::temporary_path(&self.dir, spare.number));
+        }
     }
 }

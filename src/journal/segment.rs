@@ -23,6 +23,11 @@ pub fn segment_path(dir: &Path, number: u32) -> PathBuf {
     dir.join(format!("{number:08}.log"))
 }
 
+/// Where a segment is built before it is renamed into place.
+pub fn temporary_path(dir: &Path, number: u32) -> PathBuf {
+    segment_path(dir, number).with_extension("log.tmp")
+}
+
 /// Parses `00000042.log` into 42.
 pub fn segment_number(name: &str) -> Option<u32> {
     let stem = name.strip_suffix(".log")?;
@@ -46,8 +51,14 @@ impl Segment {
     /// a crash mid-roll leaves a stray `.tmp` (removed at the next start),
     /// never a segment without its header.
     pub fn create(dir: &Path, number: u32, size: u64, written_zeros: bool) -> io::Result<(Segment, File)> {
-        let path = segment_path(dir, number);
-        let tmp = path.with_extension("log.tmp");
+        let file = Segment::prepare(dir, number, size, written_zeros)?;
+        Segment::install(dir, number, file)
+    }
+
+    /// The slow half of `create`: the segment built and synced under its
+    /// temporary name, which a helper thread can do ahead of the roll.
+    pub fn prepare(dir: &Path, number: u32, size: u64, written_zeros: bool) -> io::Result<File> {
+        let tmp = temporary_path(dir, number);
         let _ = std::fs::remove_file(&tmp);
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&tmp)?;
         let made = (|| {
@@ -56,11 +67,20 @@ impl Segment {
                 write_zeros(&file, size)?;
             }
             file.write_all_at(&header(number), 0)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            sync_dir(dir)
+            file.sync_all()
         })();
         if let Err(e) = made {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(file)
+    }
+
+    /// The quick half of `create`: a prepared segment renamed into place
+    /// and mapped.
+    pub fn install(dir: &Path, number: u32, file: File) -> io::Result<(Segment, File)> {
+        let (tmp, path) = (temporary_path(dir, number), segment_path(dir, number));
+        if let Err(e) = std::fs::rename(&tmp, &path).and_then(|()| sync_dir(dir)) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
