@@ -31,6 +31,7 @@ pub const STORE_COMMITS: &str = "shortd_store_commits_total";
 pub const STORE_BATCH: &str = "shortd_store_commit_batch_size";
 pub const FSYNC_SECONDS: &str = "shortd_store_fsync_duration_seconds";
 pub const SEGMENTS: &str = "shortd_store_segments";
+pub const ROLL_SECONDS: &str = "shortd_store_roll_duration_seconds";
 pub const SNAPSHOT_SECONDS: &str = "shortd_store_snapshot_duration_seconds";
 pub const COMPACTION_SECONDS: &str = "shortd_store_compaction_duration_seconds";
 pub const KEY_MISMATCHES: &str = "shortd_store_key_mismatches_total";
@@ -185,6 +186,7 @@ fn describe() {
     describe_counter!(STORE_COMMITS, "Group commits (one write, at most one fsync each)");
     describe_histogram!(STORE_BATCH, "Requests per group commit");
     describe_histogram!(FSYNC_SECONDS, Unit::Seconds, "Time spent in fdatasync");
+    describe_histogram!(ROLL_SECONDS, Unit::Seconds, "Time the writer spent moving to a new log segment (sync of the old one excluded; writes wait meanwhile)");
     describe_gauge!(SEGMENTS, "Log segment files");
     describe_histogram!(SNAPSHOT_SECONDS, Unit::Seconds, "Time to write a snapshot");
     describe_histogram!(COMPACTION_SECONDS, Unit::Seconds, "Time per compaction step");
@@ -321,6 +323,10 @@ pub fn commit_batch(size: usize) {
 
 pub fn fsync_seconds(d: Duration) {
     histogram!(FSYNC_SECONDS).record(d.as_secs_f64());
+}
+
+pub fn roll_seconds(d: Duration) {
+    histogram!(ROLL_SECONDS).record(d.as_secs_f64());
 }
 
 pub fn segments(n: usize) {

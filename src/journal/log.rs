@@ -358,6 +358,7 @@ impl Log {
         // sealed one must be on disk before any snapshot can cover it (one
         // fdatasync per segment, not per write).
         self.sync()?;
+        let started = Instant::now();
         let next = self.active + 1;
         // A spare that failed is made again here, where its error is
         // classified and reported.
@@ -383,6 +384,7 @@ impl Log {
         self.dirty = false;
         m::segments(self.segments.len());
         self.prepare_spare(next + 1);
+        m::roll_seconds(started.elapsed());
         Ok(())
     }
 
