@@ -186,7 +186,11 @@ fn describe() {
     describe_counter!(STORE_COMMITS, "Group commits (one write, at most one fsync each)");
     describe_histogram!(STORE_BATCH, "Requests per group commit");
     describe_histogram!(FSYNC_SECONDS, Unit::Seconds, "Time spent in fdatasync");
-    describe_histogram!(ROLL_SECONDS, Unit::Seconds, "Time the writer spent moving to a new log segment (sync of the old one excluded; writes wait meanwhile)");
+    describe_histogram!(
+        ROLL_SECONDS,
+        Unit::Seconds,
+        "Time the writer spent moving to a new log segment (sync of the old one excluded; writes wait meanwhile)"
+    );
     describe_gauge!(SEGMENTS, "Log segment files");
     describe_histogram!(SNAPSHOT_SECONDS, Unit::Seconds, "Time to write a snapshot");
     describe_histogram!(COMPACTION_SECONDS, Unit::Seconds, "Time per compaction step");

@@ -320,12 +320,16 @@ impl Rollups {
         }
     }
 
-    /// Every hour of every link, for a snapshot.
-    pub fn for_all(&self, mut f: impl FnMut(&str, u32, &Hour)) {
+    /// Every hour of every link as it is logged, for a snapshot.
+    pub fn for_all(&self, mut f: impl FnMut(&str, record::Rollup<'_>)) {
         let t = self.table.lock();
         for (code, hours) in &t.links {
             for (hour, slot) in &hours.0 {
-                f(code, *hour, &slot.hour());
+                let rec = match slot {
+                    Slot::Open(h) => h.to_record(code, *hour),
+                    Slot::Packed(p) => p.to_record(code, *hour),
+                };
+                f(code, rec);
             }
         }
     }

@@ -64,6 +64,12 @@ impl Index {
         l.table.find(self.hash(key), |s| is_key(s.loc).then_some(s.loc))
     }
 
+    /// Whether the layers in memory (not the table) hold `key`.
+    pub fn holds_in_memory(&self, key: &str) -> bool {
+        let l = self.layers.read();
+        l.recent.contains_key(key) || l.frozen.as_ref().is_some_and(|f| f.contains_key(key))
+    }
+
     /// The click total the table holds for `key` (0 if none).
     pub fn table_clicks(&self, key: &str, is_key: impl Fn(Loc) -> bool) -> Result<u64, Damaged> {
         let table = self.layers.read().table.clone();
