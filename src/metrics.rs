@@ -23,6 +23,7 @@ pub const REDIRECT_SECONDS: &str = "shortd_redirect_duration_seconds";
 pub const CACHE_HITS: &str = "shortd_cache_hits_total";
 pub const CACHE_MISSES: &str = "shortd_cache_misses_total";
 pub const CACHE_COALESCED: &str = "shortd_cache_coalesced_waits_total";
+pub const COLD_LOADS: &str = "shortd_redirect_cold_loads_total";
 pub const CACHE_EVICTIONS: &str = "shortd_cache_evictions_total";
 pub const CACHE_ENTRIES: &str = "shortd_cache_entries";
 pub const CACHE_BYTES: &str = "shortd_cache_bytes";
@@ -179,6 +180,7 @@ fn describe() {
     describe_counter!(CACHE_HITS, "Redirects answered from the cache");
     describe_counter!(CACHE_MISSES, "Redirects that had to read the store");
     describe_counter!(CACHE_COALESCED, "Cache misses that waited for another request's load of the same key");
+    describe_counter!(COLD_LOADS, "Redirect cache misses whose index block or record was not in the page cache, read on a blocking thread");
     describe_counter!(CACHE_EVICTIONS, "Cache entries evicted to stay within bounds");
     describe_gauge!(CACHE_ENTRIES, "Entries in the redirect cache");
     describe_gauge!(CACHE_BYTES, Unit::Bytes, "Bytes held by the redirect cache");
@@ -242,6 +244,7 @@ impl Metrics {
         gauge!(CACHE_ENTRIES).set(cache_entries as f64);
         gauge!(CACHE_BYTES).set(cache_bytes as f64);
         counter!(CACHE_COALESCED).increment(0);
+        counter!(COLD_LOADS).increment(0);
         counter!(CACHE_EVICTIONS).increment(0);
         let mut out = self.handle.render();
         let _ = writeln!(out, "# HELP {REDIRECT_SECONDS} Time to answer a redirect, from parsed request to response (one in {LATENCY_SAMPLE} timed, weighted)");
@@ -373,6 +376,10 @@ pub fn scrub_pass_done(unix_seconds: f64) {
 pub fn link_created() {
     static CREATED: OnceLock<Counter> = OnceLock::new();
     cached(&CREATED, LINKS_CREATED).increment(1);
+}
+
+pub fn cold_load() {
+    counter!(COLD_LOADS).increment(1);
 }
 
 pub fn coalesced_wait() {

@@ -1,5 +1,6 @@
 //! The mapped index table (`index-N.idx`) of the real binary: a damaged
-//! block, a damaged or torn file, and `kill -9` in the middle of a merge.
+//! block, a damaged or torn file, `kill -9` in the middle of a merge, and
+//! a store whose pages are not in memory.
 //! In each case every link answers with its own URL once the store has
 //! recovered, and no answer before that is another link's or a false 404.
 
@@ -175,4 +176,49 @@ fn kill_9_in_the_middle_of_a_merge_loses_no_acknowledged_link() {
     let sample: Vec<_> = imported_links.iter().step_by(97).cloned().collect();
     common::assert_all_redirect(&s.base, &sample, 4);
     assert!(acked_all.len() > 100, "only {} creates were acknowledged", acked_all.len());
+}
+
+/// Drops `dir`'s files from the page cache, as memory pressure would;
+/// false on a file system that keeps its files in memory (tmpfs).
+fn evict_from_page_cache(dir: &Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    if rustix::fs::statfs(dir).is_ok_and(|s| s.f_type == TMPFS_MAGIC) {
+        return false;
+    }
+    for e in std::fs::read_dir(dir).unwrap() {
+        let f = std::fs::File::open(e.unwrap().path()).unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    }
+    true
+}
+
+/// A store larger than memory, or one the page cache has dropped: every
+/// link still answers with its own URL, and lookups whose pages are not in
+/// memory are done on a blocking thread, not in the event loop.
+#[test]
+fn links_whose_pages_are_not_in_memory_answer_right_and_are_read_off_the_event_loop() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, links) = imported(root.path(), 20_000);
+    // No scrub: it would read every segment back into memory at start.
+    let s = Server::start_at(&dir, &["--scrub-rate", "0"]);
+    let evicted = evict_from_page_cache(&dir);
+    let sample: Vec<(String, String)> = links.iter().step_by(97).cloned().collect();
+    for (code, url) in &sample {
+        let (status, loc) = common::redirect(s.agent(), &s.base, code);
+        assert_eq!((status, loc.as_deref()), (302, Some(url.as_str())), "{code}");
+    }
+    let metrics = s.get("/metrics").body;
+    let cold: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("shortd_redirect_cold_loads_total ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no shortd_redirect_cold_loads_total in /metrics"));
+    if evicted {
+        assert!(cold > 0, "{} lookups over an evicted store, none read off the event loop", sample.len());
+    } else {
+        eprintln!("the data directory is on tmpfs: its pages cannot leave memory ({cold} cold loads)");
+    }
+    // Once read, the same links are cached and answer at once.
+    for (code, url) in sample.iter().take(20) {
+        assert_eq!(common::redirect(s.agent(), &s.base, code), (302, Some(url.clone())));
+    }
 }

@@ -7,9 +7,11 @@
 //! An hour is kept as its log bytes (`Slot::Packed`, one allocation of
 //! about 100 B) unless it has been changed more than once since it was
 //! made or loaded: under uniform traffic nearly every click is a link's
-//! first in its hour, and the open form costs six allocations and 300 B. The aggregator is the only writer; API
-//! reads take the same lock for the span of one query. The store replays and snapshots the
-//! table (`record::Rollup` bytes), and logs what `take_dirty` hands it.
+//! first in its hour, and the open form costs six allocations and 300 B.
+//!
+//! The aggregator is the only writer; API reads take the same lock for the
+//! span of one query. The store replays and snapshots the table
+//! (`record::Rollup` bytes), and logs what `take_dirty` hands it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -259,7 +261,8 @@ impl Rollups {
         // uniform load these are tens of thousands of hours a second, and
         // growing them again by doubling every second was a tenth of the
         // aggregator's time.
-        let mut out = Vec::with_capacity(dirty.len());
+        let taken = dirty.len();
+        let mut out = Vec::with_capacity(taken);
         out.extend(dirty.drain().filter_map(|(code, hour)| {
             let slot = links.get_mut(code.as_str())?.get_mut(hour)?;
             let packed = match slot {
@@ -275,6 +278,8 @@ impl Rollups {
             };
             Some((code, hour, packed))
         }));
+        // Room for about this second's hours stays; a past burst's goes.
+        dirty.shrink_to(2 * taken);
         out
     }
 

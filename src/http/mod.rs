@@ -136,7 +136,32 @@ impl App {
 impl Worker {
     /// A worker's state; `sink` is where its click buffer drains to.
     pub fn new(app: &App, sink: ClickSink) -> Worker {
-        Worker { stats: app.metrics.register_worker(), clicks: RefCell::new(ClickBuffer::new(sink)), now_ms: Cell::new(clock::now_ms()) }
+        Worker {
+            stats: app.metrics.register_worker(),
+            clicks: RefCell::new(ClickBuffer::new(sink)),
+            now_ms: Cell::new(clock::now_ms()),
+            resident_streak: Cell::new(0),
+            unchecked: Cell::new(0),
+        }
+    }
+
+    /// Whether this miss should ask the kernel if its pages are in memory.
+    /// The asking costs two system calls, a sixth of a cached miss here:
+    /// after `RESIDENT_STREAK` misses in a row found everything in memory
+    /// (the store fits in the page cache) only one miss in
+    /// `RESIDENT_SAMPLE` asks, until one finds a page out.
+    pub fn check_residency(&self) -> bool {
+        if self.resident_streak.get() < RESIDENT_STREAK {
+            return true;
+        }
+        let n = self.unchecked.get() + 1;
+        self.unchecked.set(n % RESIDENT_SAMPLE);
+        n == RESIDENT_SAMPLE
+    }
+
+    /// What the check found.
+    pub fn residency_checked(&self, resident: bool) {
+        self.resident_streak.set(if resident { self.resident_streak.get().saturating_add(1) } else { 0 });
     }
 
     /// Unix ms as of the last `tick`. Reading the system clock costs tens
@@ -153,10 +178,19 @@ impl Worker {
     }
 }
 
+/// Misses in a row found in memory before residency is only sampled.
+const RESIDENT_STREAK: u32 = 256;
+/// One miss in this many asks once the streak is long.
+const RESIDENT_SAMPLE: u32 = 16;
+
 /// What one worker thread owns: its counters, its click buffer and its
 /// coarse clock.
 pub struct Worker {
     pub stats: Arc<WorkerStats>,
     pub clicks: RefCell<ClickBuffer>,
     now_ms: Cell<i64>,
+    /// Misses in a row whose pages were found in memory, and misses since
+    /// the last check once that streak is long (`check_residency`).
+    resident_streak: Cell<u32>,
+    unchecked: Cell<u32>,
 }

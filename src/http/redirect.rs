@@ -4,8 +4,12 @@
 //! the mapped log -> cache -> answer; unknown -> 404. Every branch bumps its
 //! own counter in this worker's stats block. A cache hit takes one shard
 //! read lock, clones two reference counts and allocates nothing of its own.
-//! In a cluster, a miss on a code held by other nodes is the one case that
-//! waits: one fetch from a holder, shared by every request for that code.
+//! Two kinds of miss wait, off the synchronous path: in a cluster, a code
+//! held by other nodes (one fetch from a holder, shared by every request
+//! for that code); and a code whose index block or record is not in the
+//! page cache, which is read on a blocking thread, because a page fault
+//! that waits for the disk would stall every connection of this worker,
+//! the hottest link's included.
 //!
 //! Then who clicked: a bot gets its redirect but is never counted against
 //! `max_clicks` (links with a limit ask the bot list here; every other
@@ -52,6 +56,9 @@ pub enum Answer {
         status: StatusCode,
         location: HeaderValue,
     },
+    /// Held here, but reading it would wait for the disk: load it on a
+    /// blocking thread.
+    Cold,
 }
 
 pub enum Served {
@@ -65,17 +72,19 @@ pub fn serve(app: &Arc<App>, worker: &Rc<Worker>, code: &str, visit: &Visit<'_>)
     let timed = worker.stats.sample_latency().then(Instant::now);
     let head = visit.head;
     let answer = decide(app, worker, code, visit);
-    if matches!(answer, Answer::Elsewhere | Answer::Claim { .. }) {
+    if matches!(answer, Answer::Elsewhere | Answer::Claim { .. } | Answer::Cold) {
         let (app, worker, code) = (app.clone(), worker.clone(), compact_str::CompactString::from(code));
         let (headers, peer) = (visit.headers.clone(), visit.peer);
         return Served::Later(Box::pin(async move {
             let visit = Visit { head, headers: &headers, peer };
             let answer = match answer {
+                Answer::Claim { .. } => answer,
+                Answer::Cold => load_cold(&app, &worker, &code, &visit).await,
+                _ => fetch_elsewhere(&app, &worker, &code, &visit).await,
+            };
+            let answer = match answer {
                 Answer::Claim { status, location } => claim(&app, &code, status, location).await,
-                _ => match fetch_elsewhere(&app, &worker, &code, &visit).await {
-                    Answer::Claim { status, location } => claim(&app, &code, status, location).await,
-                    other => other,
-                },
+                other => other,
             };
             let resp = respond(&app, answer, head);
             worker.stats.redirect(Outcome::for_status(resp.status().as_u16()), timed.map(|t| t.elapsed()));
@@ -113,6 +122,13 @@ pub fn decide(app: &App, worker: &Worker, code: &str, visit: &Visit<'_>) -> Answ
             // holder even if it has a copy (a former holder's may be old).
             if !app.links.held_here(code) {
                 return Answer::Elsewhere;
+            }
+            if worker.check_residency() {
+                let resident = app.store.lookup_resident(code);
+                worker.residency_checked(resident);
+                if !resident {
+                    return Answer::Cold;
+                }
             }
             match load(app, code, now) {
                 Some(e) => e,
@@ -186,7 +202,8 @@ pub fn respond(app: &App, answer: Answer, head: bool) -> Response<Body> {
         // A claim is always settled before it gets here (`serve`).
         Answer::NotFound | Answer::Elsewhere | Answer::Claim { .. } => problem(StatusCode::NOT_FOUND, NOT_FOUND_BODY),
         Answer::Gone => problem(StatusCode::GONE, GONE_BODY),
-        Answer::Unavailable => {
+        // Likewise a cold load; were one not, it was not read.
+        Answer::Unavailable | Answer::Cold => {
             let mut resp = problem(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_BODY);
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             resp
@@ -214,6 +231,19 @@ async fn fetch_elsewhere(app: &App, worker: &Worker, code: &str, visit: &Visit<'
         }
         Ok(None) => Answer::NotFound,
         Err(()) => Answer::Unavailable,
+    }
+}
+
+/// `load` on one of the runtime's blocking threads (at most
+/// `server::COLD_LOADS` per worker): the code's pages are not in memory.
+async fn load_cold(app: &Arc<App>, worker: &Worker, code: &str, visit: &Visit<'_>) -> Answer {
+    crate::metrics::cold_load();
+    let (shared, key, now) = (app.clone(), compact_str::CompactString::from(code), worker.now_ms());
+    let loaded = tokio::task::spawn_blocking(move || load(&shared, &key, now)).await.ok().flatten();
+    match loaded {
+        Some(e) => answer_for(app, worker, code, visit, &e),
+        None if app.store.index_rebuilding() => Answer::Unavailable,
+        None => Answer::NotFound,
     }
 }
 

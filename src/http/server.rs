@@ -163,8 +163,12 @@ impl Server {
     }
 }
 
+/// Blocking threads per worker, for redirects whose pages are not in
+/// memory (`redirect::load_cold`): disk reads in flight at once.
+pub const COLD_LOADS: usize = 32;
+
 fn worker_main(app: Arc<App>, listener: StdListener, mut stop: watch::Receiver<bool>, limit: Arc<Semaphore>, sink: ClickSink) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(COLD_LOADS).build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot build a worker runtime");

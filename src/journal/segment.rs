@@ -1,6 +1,7 @@
 //! Log segment files: creation with preallocation, and read-only memory maps.
 //!
-//! This file holds the crate's only `unsafe`: mapping a segment. A segment is
+//! This file holds the `unsafe` of mapping a segment (and of asking the
+//! kernel which of a mapping's pages are in memory). A segment is
 //! preallocated to its full size before it is mapped and is never truncated
 //! while the process runs, so no mapped page lies past the end of its file
 //! and a read through the map cannot raise SIGBUS. Writes never go through
@@ -26,6 +27,32 @@ pub fn segment_path(dir: &Path, number: u32) -> PathBuf {
 /// Where a segment is built before it is renamed into place.
 pub fn temporary_path(dir: &Path, number: u32) -> PathBuf {
     segment_path(dir, number).with_extension("log.tmp")
+}
+
+/// The page size `resident` assumes (x86-64 and aarch64 Linux defaults).
+const PAGE: usize = 4096;
+/// Pages `resident` checks at most in one call.
+const RESIDENT_PAGES: usize = 4;
+
+/// Whether every page under `bytes`, a slice of a file mapping, is in the
+/// page cache, so that reading it cannot wait for the disk. Spans of more
+/// than `RESIDENT_PAGES` pages answer false.
+pub fn resident(bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    let start = bytes.as_ptr() as usize & !(PAGE - 1);
+    let end = bytes.as_ptr() as usize + bytes.len();
+    let pages = (end - start).div_ceil(PAGE);
+    let mut held = [0u8; RESIDENT_PAGES];
+    if pages > RESIDENT_PAGES {
+        return false;
+    }
+    // SAFETY: mincore only reads the page tables for [start, end), which
+    // lies within the live mapping `bytes` borrows (rounded down to its
+    // page); `held` has room for one byte per page of that span.
+    let r = unsafe { libc::mincore(start as *mut libc::c_void, end - start, held.as_mut_ptr()) };
+    r == 0 && held[..pages].iter().all(|b| b & 1 == 1)
 }
 
 /// Parses `00000042.log` into 42.

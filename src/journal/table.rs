@@ -230,6 +230,36 @@ impl Table {
         Ok(None)
     }
 
+    /// Whether finding `hash` reads only pages in memory, as far as its
+    /// home block goes, and `record` says so of the first slot filed under
+    /// it (the record that would be read to confirm it). A probe that runs
+    /// on into the next block is not looked at.
+    pub fn resident(&self, hash: u64, record: impl Fn(Loc) -> bool) -> bool {
+        let Some(map) = &self.map else { return true };
+        let first = home(hash, self.slots);
+        let block = first / SLOTS_PER_BLOCK as u64;
+        let at = BLOCK * (1 + block as usize);
+        if !super::segment::resident(&map[at..at + BLOCK]) {
+            return false;
+        }
+        let verified = self.verified[(block / 64) as usize].load(Ordering::Relaxed) & (1 << (block % 64)) != 0;
+        let sum = (1 + self.blocks as usize) * BLOCK + block as usize * 8;
+        if !verified && !super::segment::resident(&map[sum..sum + 8]) {
+            return false;
+        }
+        let end = ((block + 1) * SLOTS_PER_BLOCK as u64).min(self.slots);
+        for i in first..end {
+            let s = read_slot(map, i);
+            if s.hash == 0 {
+                return true;
+            }
+            if s.hash == hash {
+                return record(s.loc);
+            }
+        }
+        true
+    }
+
     /// Every occupied slot, block by block, each block verified first.
     pub fn for_each(&self, mut f: impl FnMut(Slot)) -> Result<(), Damaged> {
         let Some(map) = &self.map else { return Ok(()) };

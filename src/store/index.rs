@@ -64,10 +64,10 @@ impl Index {
         l.table.find(self.hash(key), |s| is_key(s.loc).then_some(s.loc))
     }
 
-    /// Whether the layers in memory (not the table) hold `key`.
-    pub fn holds_in_memory(&self, key: &str) -> bool {
+    /// `key`'s location if the layers in memory (not the table) hold it.
+    pub fn in_memory_loc(&self, key: &str) -> Option<Loc> {
         let l = self.layers.read();
-        l.recent.contains_key(key) || l.frozen.as_ref().is_some_and(|f| f.contains_key(key))
+        l.recent.get(key).map(|l| *l).or_else(|| l.frozen.as_ref().and_then(|f| f.get(key).map(|l| *l)))
     }
 
     /// The click total the table holds for `key` (0 if none).

@@ -440,6 +440,22 @@ impl Shared {
         }
     }
 
+    /// Whether `lookup(code)` would read only pages in memory: the index
+    /// entry and the first `RECORD_PEEK` bytes of the record. A lookup that
+    /// would wait for the disk belongs off an event loop.
+    pub fn lookup_resident(&self, code: &str) -> bool {
+        let record = |loc: Loc| {
+            self.segment(loc.seg).is_none_or(|seg| {
+                let rest = seg.bytes().get(loc.off as usize..).unwrap_or_default();
+                segment::resident(&rest[..rest.len().min(RECORD_PEEK)])
+            })
+        };
+        match self.index.in_memory_loc(code) {
+            Some(loc) => record(loc),
+            None => self.index.table().resident(self.index.hash(code), record),
+        }
+    }
+
     pub fn lookup(&self, code: &str) -> Lookup {
         match self.loc_of(code) {
             Ok(Some(loc)) => self.read_at(code, loc),
@@ -448,6 +464,9 @@ impl Shared {
         }
     }
 }
+
+/// Bytes of a record `lookup_resident` checks: most records are shorter.
+const RECORD_PEEK: usize = 256;
 
 /// Figures for metrics and `shortd check`.
 #[derive(Clone, Debug, Default)]
@@ -531,6 +550,10 @@ impl Store {
 
     pub fn lookup(&self, code: &str) -> Lookup {
         self.shared.lookup(code)
+    }
+
+    pub fn lookup_resident(&self, code: &str) -> bool {
+        self.shared.lookup_resident(code)
     }
 
     /// Damage found while serving, by file.
@@ -695,11 +718,14 @@ impl Store {
         if dirty.is_empty() {
             return;
         }
-        let mut totals: Vec<(CompactString, u64)> = Vec::with_capacity(dirty.len());
+        let taken = dirty.len();
+        let mut totals: Vec<(CompactString, u64)> = Vec::with_capacity(taken);
         totals.extend(dirty.drain().filter_map(|k| {
             let n = self.shared.clicks.get(k.as_str())?.load(Ordering::Relaxed);
             Some((k, n))
         }));
+        // Room for about this second's codes stays; a past burst's goes.
+        dirty.shrink_to(2 * taken);
         drop(dirty);
         let keys: Vec<CompactString> = totals.iter().map(|(k, _)| k.clone()).collect();
         if let Err(e) = self.send(Command::Clicks(totals)) {

@@ -1197,8 +1197,9 @@ fn merge(
     // 64-bit hash alone: reading each record to confirm would cost a random
     // page per clicked link, and a collision only keeps a gone link's stats
     // until they age out.
-    let known =
-        |code: &str| shared.index.holds_in_memory(code) || table.find(shared.index.hash(code), |_| Some(())).is_ok_and(|f| f.is_some());
+    let known = |code: &str| {
+        shared.index.in_memory_loc(code).is_some() || table.find(shared.index.hash(code), |_| Some(())).is_ok_and(|f| f.is_some())
+    };
     shared.rollups.for_all(|code, rec| {
         if known(code) {
             record::encode_rollup(&rec, &mut bytes);
