@@ -8,6 +8,7 @@
 # thread's CPU per request (/proc/PID/task/TID/stat of shortd-clicks) and
 # the server's anonymous memory growth per request.
 # usage: loadtest/ab-uniform.sh ROUNDS N BIN_A BIN_B
+#   SERVE_ARGS="--analytics off" adds flags to both servers.
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${1:?rounds}; N=${2:?links}; A=${3:?build A}; B=${4:?build B}
 need wrk wrk
@@ -28,7 +29,7 @@ for round in $(seq "$ROUNDS"); do
   for bin in "$A" "$B"; do
     rm -rf "$WORK/data"; cp -a "$WORK/template" "$WORK/data"
     port=$(free_port)
-    taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$WORK/data" --log-level warn --workers 1 &
+    taskset -c 0 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$WORK/data" --log-level warn --workers 1 ${SERVE_ARGS:-} &
     PID=$!
     wait_http "http://127.0.0.1:$port/healthz"
     before=$(anon_kb "$PID"); served=0; rates=""

@@ -148,7 +148,7 @@ impl Worker {
     /// Whether this miss should ask the kernel if its pages are in memory.
     /// The asking costs two system calls, a sixth of a cached miss here:
     /// after `RESIDENT_STREAK` misses in a row found everything in memory
-    /// (the store fits in the page cache) only one miss in
+    /// (the store is all in the page cache) only one miss in
     /// `RESIDENT_SAMPLE` asks, until one finds a page out.
     pub fn check_residency(&self) -> bool {
         if self.resident_streak.get() < RESIDENT_STREAK {
@@ -178,8 +178,11 @@ impl Worker {
     }
 }
 
-/// Misses in a row found in memory before residency is only sampled.
-const RESIDENT_STREAK: u32 = 256;
+/// Misses in a row found in memory before residency is only sampled. A
+/// fault that waits for the disk costs thousands of checks (10 ms against
+/// about 2 µs here), so sampling starts only when one miss in tens of
+/// thousands, at most, finds a page out.
+const RESIDENT_STREAK: u32 = 1 << 16;
 /// One miss in this many asks once the streak is long.
 const RESIDENT_SAMPLE: u32 = 16;
 
