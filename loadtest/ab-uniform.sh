@@ -12,13 +12,8 @@
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${1:?rounds}; N=${2:?links}; A=${3:?build A}; B=${4:?build B}
 need wrk wrk
-mkdir -p "$ROOT/target/tmp"
-WORK=$(mktemp -d -p "$ROOT/target/tmp" ab-uniform.XXXXXX)
-PID=
-trap '[ -n "$PID" ] && kill -9 $PID 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-python3 "$HERE/gen-links.py" "$N" 60 k > "$WORK/links.jsonl"
-"$A" import --data-dir "$WORK/template" "$WORK/links.jsonl" > /dev/null
-rm "$WORK/links.jsonl"
+scratch ab-uniform
+import_links "$N" "$A" "$WORK/template"
 anon_kb() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
 aggregator_ticks() {
   for t in /proc/"$1"/task/*; do

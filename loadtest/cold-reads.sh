@@ -10,20 +10,8 @@
 source "$(dirname "$0")/lib.sh"
 N=${1:?links}; SECS=${2:?seconds}; A=${3:?build A}; B=${4:?build B}
 need wrk wrk
-mkdir -p "$ROOT/target/tmp"
-WORK=$(mktemp -d -p "$ROOT/target/tmp" cold-reads.XXXXXX)
-PID=
-trap '[ -n "$PID" ] && kill -9 $PID 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-python3 "$HERE/gen-links.py" "$N" 60 k > "$WORK/links.jsonl"
-"$A" import --data-dir "$WORK/template" "$WORK/links.jsonl" > /dev/null
-rm "$WORK/links.jsonl"
-evict() {
-  python3 -c 'import os, sys
-for name in os.listdir(sys.argv[1]):
-    fd = os.open(os.path.join(sys.argv[1], name), os.O_RDONLY)
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    os.close(fd)' "$1"
-}
+scratch cold-reads
+import_links "$N" "$A" "$WORK/template"
 for bin in "$A" "$B"; do
   rm -rf "$WORK/data"; cp -a "$WORK/template" "$WORK/data"; sync
   port=$(free_port)
@@ -31,7 +19,7 @@ for bin in "$A" "$B"; do
   PID=$!
   wait_http "http://127.0.0.1:$port/healthz"
   curl -s -o /dev/null "http://127.0.0.1:$port/k0"
-  evict "$WORK/data"
+  drop_page_cache "$WORK/data"
   faults=$(awk '{print $12}' "/proc/$PID/stat")
   run_wrk "$WORK/hot.txt" -t1 -c16 -d"${SECS}s" --latency -s "$HERE/keys.lua" "http://127.0.0.1:$port" -- 1 uniform &
   hot=$!

@@ -28,6 +28,34 @@ build_shortd() {
   (cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example fixed_rate)
 }
 
+# scratch NAME: sets WORK to a new directory under target/tmp; on exit the
+# server whose pid is in PID (if any) is killed and WORK removed.
+scratch() {
+  mkdir -p "$ROOT/target/tmp"
+  WORK=$(mktemp -d -p "$ROOT/target/tmp" "$1.XXXXXX")
+  PID=
+  trap '[ -n "$PID" ] && kill -9 $PID 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+}
+
+# import_links N BIN DIR: N links (gen-links.py N 60 k: aliases k0, k1, ...)
+# imported by BIN into the new data directory DIR.
+import_links() {
+  python3 "$HERE/gen-links.py" "$1" 60 k > "$3.jsonl"
+  "$2" import --data-dir "$3" "$3.jsonl" > /dev/null
+  rm "$3.jsonl"
+}
+
+# drop_page_cache DIR: DIR's files out of the page cache, as memory
+# pressure would (posix_fadvise DONTNEED; pages a process has mapped and
+# touched stay).
+drop_page_cache() {
+  python3 -c 'import os, sys
+for name in os.listdir(sys.argv[1]):
+    fd = os.open(os.path.join(sys.argv[1], name), os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)' "$1"
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
