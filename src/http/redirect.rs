@@ -132,9 +132,7 @@ pub fn decide(app: &App, worker: &Worker, code: &str, visit: &Visit<'_>) -> Answ
             }
             match load(app, code, now) {
                 Some(e) => e,
-                // Absent, or not known while a damaged index is rebuilt.
-                None if app.store.index_rebuilding() => return Answer::Unavailable,
-                None => return Answer::NotFound,
+                None => return absent(app),
             }
         }
     };
@@ -242,8 +240,17 @@ async fn load_cold(app: &Arc<App>, worker: &Worker, code: &str, visit: &Visit<'_
     let loaded = tokio::task::spawn_blocking(move || load(&shared, &key, now)).await.ok().flatten();
     match loaded {
         Some(e) => answer_for(app, worker, code, visit, &e),
-        None if app.store.index_rebuilding() => Answer::Unavailable,
-        None => Answer::NotFound,
+        None => absent(app),
+    }
+}
+
+/// A code the store did not find: absent, or not known while a damaged
+/// index is rebuilt.
+fn absent(app: &App) -> Answer {
+    if app.store.index_rebuilding() {
+        Answer::Unavailable
+    } else {
+        Answer::NotFound
     }
 }
 

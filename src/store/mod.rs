@@ -155,8 +155,8 @@ pub struct Imported {
 /// its parser encoded, and links that take the writer's full path.
 #[derive(Debug, Default)]
 pub struct ImportBatch {
-    /// Put records as `journal::record::encode` makes them (any LSN, origin
-    /// 0), one after another; the writer numbers them.
+    /// Put records as `journal::record::encode_unsealed` makes them (any
+    /// LSN, origin 0), one after another; the writer numbers and sums them.
     pub records: Vec<u8>,
     pub entries: Vec<ImportEntry>,
     /// The links of the `ImportEntry::Link` entries, in their order.
