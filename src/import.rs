@@ -128,6 +128,7 @@ pub fn run(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
     tracing::debug!(seconds = started.elapsed().as_secs_f64(), "import: store closed");
     read_error.map_err(|e| format!("reading {}: {e}", file.display()))?;
     let secs = started.elapsed().as_secs_f64();
+    totals.report_unlisted();
     eprintln!(
         "imported {} links in {secs:.1}s ({:.0}/s); {} lines refused",
         totals.created,
@@ -140,17 +141,41 @@ pub fn run(dir: &Path, file: &Path, limits: &LinkLimits) -> Result<(), String> {
     Ok(())
 }
 
+/// Refused lines named one by one on standard error; past these, only a
+/// count by reason (a second import of a 20 M-line file refuses them all).
+const LISTED_REFUSALS: u64 = 100;
+
 #[derive(Default)]
 struct Totals {
     created: u64,
     failed: u64,
+    /// Refusals past the listed ones, by reason.
+    unlisted: std::collections::HashMap<String, u64>,
 }
 
 impl Totals {
     fn refused(&mut self, lines: Vec<(usize, String)>) {
         for (line, e) in lines {
             self.failed += 1;
-            eprintln!("line {line}: {e}");
+            if self.failed <= LISTED_REFUSALS {
+                eprintln!("line {line}: {e}");
+            } else {
+                *self.unlisted.entry(e).or_default() += 1;
+            }
+        }
+    }
+
+    /// The refusals that were not listed, most common reason first.
+    fn report_unlisted(&self) {
+        let mut reasons: Vec<_> = self.unlisted.iter().collect();
+        reasons.sort_unstable_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let shown = reasons.len().min(10);
+        for (reason, n) in &reasons[..shown] {
+            eprintln!("{n} more lines: {reason}");
+        }
+        let rest: u64 = reasons[shown..].iter().map(|(_, n)| **n).sum();
+        if rest > 0 {
+            eprintln!("{rest} more lines for {} other reasons", reasons.len() - shown);
         }
     }
 

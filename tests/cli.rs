@@ -133,6 +133,21 @@ fn import(dir: &Path, lines: &[String]) -> String {
 }
 
 #[test]
+fn a_second_import_of_a_file_names_the_first_refusals_and_counts_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut lines: Vec<String> = (0..250).map(|i| format!(r#"{{"code":"again{i:03}","url":"https://again.example/{i}"}}"#)).collect();
+    assert!(import(&dir, &lines).contains("imported 250 links"));
+    lines.push(r#"{"code":"newone1","url":"https://new.example/"}"#.into());
+    let report = import(&dir, &lines);
+    assert!(report.contains("imported 1 links") && report.contains("250 lines refused"), "{report}");
+    let named: Vec<&str> = report.lines().filter(|l| l.starts_with("line ")).collect();
+    assert_eq!(named.len(), 100, "{report}");
+    assert!(named.iter().all(|l| l.contains("taken")) && named[0].starts_with("line 1: "), "{report}");
+    assert!(report.lines().any(|l| l == "150 more lines: the alias is already taken"), "{report}");
+}
+
+#[test]
 fn an_import_keeps_the_first_of_a_code_given_twice_and_names_each_refused_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
