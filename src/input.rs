@@ -245,8 +245,8 @@ impl Exported<'_> {
 /// `new_link` with `Source::Import` accepts the same way.
 pub fn export_line<'a>(line: &'a str, rules: &Rules<'_>, now: i64) -> Option<Exported<'a>> {
     let l = scan_export(line).or_else(|| serde_json::from_str::<ExportFields<'a>>(line).ok())?;
-    // `created_at` and `short_url` are ignored by `new_link` too, if they
-    // are strings; anything else there goes the long way.
+    // `created_at` and `short_url` are read and ignored, whatever their
+    // type, as `new_link` does.
     let _ = (l.created_at, l.short_url);
     let alias = match (l.alias, l.code) {
         (Some(_), Some(_)) => return None,

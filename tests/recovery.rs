@@ -270,6 +270,32 @@ fn a_link_larger_than_a_segment_is_refused_and_nothing_else_changes() {
 // ------------------------------------------------------- mid-log damage
 
 #[test]
+fn a_damaged_segment_header_stops_the_start_and_names_that_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let store = open(opts(&dir));
+    create_all(&store, urls("head", 1500, 90));
+    store.close();
+    let segs = disk::segments(&dir);
+    assert!(segs.len() >= 3, "want several segments, got {}", segs.len());
+    // Segments are opened together, their headers read at once: the damaged
+    // one is still the one named.
+    let victim = &segs[1];
+    disk::flip_bit(victim, 13);
+    match Store::open(opts(&dir)) {
+        Ok(s) => {
+            s.close();
+            panic!("a damaged segment header went unnoticed at start-up");
+        }
+        Err(OpenError::Damaged { file, offset, reason }) => {
+            assert_eq!((&file, offset), (victim, 0), "{reason}");
+            assert!(reason.contains("header"), "{reason}");
+        }
+        Err(e) => panic!("not reported as damage: {e}"),
+    }
+}
+
+#[test]
 fn flipped_bit_in_an_older_segment_stops_the_start_and_repair_keeps_the_rest() {
     let tmp = tempfile::tempdir().unwrap();
     let (live, crashed) = (tmp.path().join("live"), tmp.path().join("crashed"));

@@ -87,12 +87,12 @@ pub fn open_segments(dir: &Path, read_only: bool) -> Result<Opened, OpenError> {
         }
     }
     let segments = Arc::new(Segments::default());
-    for &n in &numbers {
-        let seg = Segment::open(dir, n).map_err(|e| OpenError::Damaged {
-            file: segment::segment_path(dir, n),
-            offset: 0,
-            reason: e.to_string(),
-        })?;
+    let opened = Segment::open_many(dir, &numbers).map_err(|(n, e)| OpenError::Damaged {
+        file: segment::segment_path(dir, n),
+        offset: 0,
+        reason: e.to_string(),
+    })?;
+    for seg in opened {
         segments.insert(seg);
     }
     Ok(Opened { lock, segments, numbers })

@@ -117,13 +117,39 @@ impl Segment {
 
     /// Maps an existing segment and checks its header.
     pub fn open(dir: &Path, number: u32) -> io::Result<Segment> {
+        let seg = Segment::map_existing(dir, number)?;
+        seg.check_header()?;
+        Ok(seg)
+    }
+
+    /// `open` for many segments: every header is asked of the disk before
+    /// any is checked, so a start with a cold page cache waits about one
+    /// disk read, not one per segment (47 of them took 0.4 s at 20 M links).
+    /// A failure names its segment.
+    pub fn open_many(dir: &Path, numbers: &[u32]) -> Result<Vec<Segment>, (u32, io::Error)> {
+        let mut mapped = Vec::with_capacity(numbers.len());
+        for &n in numbers {
+            let seg = Segment::map_existing(dir, n).map_err(|e| (n, e))?;
+            let _ = seg.map.advise_range(memmap2::Advice::WillNeed, 0, SEGMENT_HEADER_LEN.min(seg.map.len()));
+            mapped.push(seg);
+        }
+        for seg in &mapped {
+            seg.check_header().map_err(|e| (seg.number, e))?;
+        }
+        Ok(mapped)
+    }
+
+    fn map_existing(dir: &Path, number: u32) -> io::Result<Segment> {
         let path = segment_path(dir, number);
         let file = File::open(&path)?;
-        let seg = Segment::map(number, path, &file)?;
-        if seg.map.len() < SEGMENT_HEADER_LEN || seg.map[..SEGMENT_HEADER_LEN] != header(number) {
+        Segment::map(number, path, &file)
+    }
+
+    fn check_header(&self) -> io::Result<()> {
+        if self.map.len() < SEGMENT_HEADER_LEN || self.map[..SEGMENT_HEADER_LEN] != header(self.number) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "bad segment header"));
         }
-        Ok(seg)
+        Ok(())
     }
 
     fn map(number: u32, path: PathBuf, file: &File) -> io::Result<Segment> {
