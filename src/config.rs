@@ -179,6 +179,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// The smallest segment that holds four of the largest records.
+    pub fn least_segment_bytes(&self) -> u64 {
+        4 * (self.links.max_url_bytes as u64 + 4096)
+    }
+
     /// The base of `short_url`: `--public-url`, or `http://{listen}/`.
     pub fn public_url(&self) -> url::Url {
         self.public_url.clone().unwrap_or_else(|| default_public_url(self.listen))
@@ -406,7 +411,7 @@ impl ServeArgs {
                 Some(ClusterConfig { node_id, advertise, cluster_key, ..cluster })
             }
         };
-        let least = 4 * (c.links.max_url_bytes as u64 + 4096);
+        let least = c.least_segment_bytes();
         if c.segment_bytes < least {
             return Err(bad("--segment-bytes", format!("must hold at least four of the largest records: at least {least}")));
         }

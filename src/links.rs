@@ -15,11 +15,48 @@ use tokio::sync::oneshot;
 
 use crate::cache::Cache;
 use crate::cluster::{Cluster, SharedFetch};
-use crate::store::{Created, Link, Lookup, NewLink, Patch, Store, Stored, WriteError};
+use crate::store::{Created, Cursor, Link, Lookup, NewLink, Order, Patch, Store, Stored, WriteError};
+
+/// Where a listing stopped: the partition (always 0 on a single node) and
+/// the place in its store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListCursor {
+    part: u32,
+    at: Option<Cursor>,
+}
+
+impl ListCursor {
+    /// A single node's cursors are the store's; a cluster's are prefixed
+    /// with the partition.
+    pub fn encode(&self, clustered: bool) -> String {
+        let at = self.at.map(|c| c.encode()).unwrap_or_default();
+        if clustered {
+            format!("{:x}-{at}", self.part)
+        } else {
+            at
+        }
+    }
+
+    pub fn decode(text: &str, clustered: bool) -> Option<ListCursor> {
+        let (part, at) = match clustered {
+            true => {
+                let (p, at) = text.split_once('-')?;
+                (u32::from_str_radix(p, 16).ok().filter(|_| !p.is_empty() && p.len() <= 8)?, at)
+            }
+            false => (0, text),
+        };
+        let at = match at {
+            "" if clustered => None,
+            at => Some(Cursor::decode(at)?),
+        };
+        Some(ListCursor { part, at })
+    }
+}
 
 /// A create waiting for its answer (the batch API queues many at once).
 pub type Queued = oneshot::Receiver<Result<Created, WriteError>>;
 
+#[derive(Clone)]
 pub enum Links {
     /// A single node: the store holds every link.
     Local { store: Arc<Store>, cache: Arc<Cache> },
@@ -81,6 +118,51 @@ impl Links {
             }
             Links::Clustered(c) => c.delete(code).await,
         }
+    }
+
+    /// The store that holds `code` on this node: the one store of a single
+    /// node, or this node's replica of the code's partition.
+    #[inline]
+    pub fn store_of(&self, code: &str) -> &Arc<Store> {
+        match self {
+            Links::Local { store, .. } => store,
+            Links::Clustered(c) => c.store_of(code),
+        }
+    }
+
+    /// Every store that holds links here: one, or one per partition.
+    pub fn stores(&self) -> &[Arc<Store>] {
+        match self {
+            Links::Local { store, .. } => std::slice::from_ref(store),
+            Links::Clustered(c) => c.stores(),
+        }
+    }
+
+    /// Up to `limit` links from `cursor` on, and the next page's cursor: a
+    /// search when `q` is set, else every link, in `order`. In a cluster
+    /// the pages go through this node's replicas partition by partition,
+    /// each in `order`. It may read the whole log: call it off a worker.
+    pub fn list(&self, q: Option<&str>, order: Order, cursor: Option<ListCursor>, limit: usize) -> (Vec<Link>, Option<ListCursor>) {
+        let stores = self.stores();
+        let mut at = cursor.unwrap_or_default();
+        let mut out = Vec::new();
+        while (at.part as usize) < stores.len() {
+            let store = &stores[at.part as usize];
+            let (links, next) = match (q, order) {
+                (None, Order::Oldest) => store.page(at.at, limit - out.len()),
+                _ => store.search(q, order, at.at, limit - out.len()),
+            };
+            out.extend(links);
+            at = match next {
+                Some(c) => ListCursor { part: at.part, at: Some(c) },
+                None => ListCursor { part: at.part + 1, at: None },
+            };
+            if out.len() == limit {
+                break;
+            }
+        }
+        let more = (at.part as usize) < stores.len();
+        (out, more.then_some(at))
     }
 
     /// Whether this node's store answers for `code` (always, on a single

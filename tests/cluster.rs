@@ -220,3 +220,36 @@ fn a_node_back_on_an_empty_disk_takes_its_place_again() {
     c.kill();
     assert_all_redirect(&links, &[&a, &b]);
 }
+
+#[test]
+fn a_nodes_listing_pages_through_every_partition_exactly_once() {
+    let a = Node::start("a", 61, None, &[]);
+    let b = Node::start("b", 62, Some(&a), &[]);
+    let c = Node::start("c", 63, Some(&a), &[]);
+    wait_settled(&[&a, &b, &c], &["a", "b", "c"]);
+    let mut created: Vec<String> = (0..40).map(|i| [&a, &b, &c][i % 3].create(&format!("https://example.com/listed/{i}"))).collect();
+    created.sort();
+
+    // Each node lists its replicas, which catch up within moments.
+    for node in [&a, &b, &c] {
+        let listed = poll_until(Duration::from_secs(10), || {
+            let (mut seen, mut cursor) = (Vec::new(), String::new());
+            loop {
+                let (status, page, _) = node.call("GET", &format!("/api/v1/links?limit=7&cursor={cursor}"), None);
+                assert_eq!(status, 200, "{page}");
+                let links = page["links"].as_array().unwrap();
+                assert!(links.len() <= 7);
+                seen.extend(links.iter().map(|l| l["code"].as_str().unwrap().to_string()));
+                match page["next_cursor"].as_str() {
+                    Some(next) => cursor = next.to_string(),
+                    None => break,
+                }
+            }
+            seen.sort();
+            (seen == created).then_some(seen)
+        });
+        assert!(listed.is_some(), "node {} never listed each of the 40 links exactly once", node.id);
+    }
+    let (status, body, _) = a.call("GET", "/api/v1/links?cursor=zz", None);
+    assert_eq!(status, 400, "{body}");
+}

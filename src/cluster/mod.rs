@@ -94,7 +94,6 @@ pub struct Cluster {
     machine: Arc<Machine>,
     log: Arc<RaftLog>,
     peers: Arc<Peers>,
-    store: Arc<Store>,
     cache: Arc<Cache>,
     key: CodeKey,
     origin: u32,
@@ -187,8 +186,11 @@ fn unexpected(o: Outcome) -> WriteError {
 
 impl Cluster {
     /// Starts one Raft group per partition plus the metadata group, over
-    /// `log`, with `store` as every group's state machine.
-    pub fn start(cfg: ClusterConfig, log: Arc<RaftLog>, store: Arc<Store>, cache: Arc<Cache>) -> Result<Arc<Cluster>, String> {
+    /// `log`; `stores[p]` is partition `p`'s state machine's store.
+    pub fn start(cfg: ClusterConfig, log: Arc<RaftLog>, stores: Vec<Arc<Store>>, cache: Arc<Cache>) -> Result<Arc<Cluster>, String> {
+        if stores.len() != cfg.partitions as usize {
+            return Err(format!("{} partition stores for {} partitions", stores.len(), cfg.partitions));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("shortd-cluster")
@@ -211,7 +213,7 @@ impl Cluster {
         };
         let config = Arc::new(config.validate().map_err(|e| format!("Raft settings: {e}"))?);
         let peers = Arc::new(Peers::new(&cfg.cluster_key, cfg.peer_timeout));
-        let machine = Machine::new(store.clone(), cache.clone(), cfg.partitions);
+        let machine = Machine::new(stores, cache.clone());
         let groups = rt.block_on(async {
             let mut groups = Vec::new();
             for g in 0..=cfg.partitions {
@@ -232,7 +234,6 @@ impl Cluster {
             machine,
             log,
             peers,
-            store,
             cache,
             ids: tokio::sync::Mutex::new((0, 0)),
             clicks: Mutex::default(),
@@ -283,6 +284,16 @@ impl Cluster {
 
     fn meta_group(&self) -> u32 {
         self.cfg.partitions
+    }
+
+    /// The store of `code`'s partition: this node's replica of it.
+    pub fn store_of(&self, code: &str) -> &Arc<Store> {
+        self.machine.store_of(code)
+    }
+
+    /// Every partition's store, partition 0 first.
+    pub fn stores(&self) -> &[Arc<Store>] {
+        self.machine.stores()
     }
 
     pub fn partition(&self, key: &str) -> u32 {
@@ -631,7 +642,7 @@ impl Cluster {
     /// (a code it lacks may be one it has not received yet).
     pub fn authoritative(&self, code: &str) -> bool {
         let g = self.partition(code);
-        self.fresh_replica(g) && (self.leads(g) || self.store.shared().contains(code))
+        self.fresh_replica(g) && (self.leads(g) || self.store_of(code).shared().contains(code))
     }
 
     fn leads(&self, g: u32) -> bool {
@@ -682,7 +693,7 @@ impl Cluster {
                 _ => continue,
             }
         }
-        match self.store.stored(code) {
+        match self.store_of(code).stored(code) {
             Some(s) => {
                 crate::metrics::stale_read();
                 Ok(Some(s))
@@ -778,7 +789,7 @@ impl Cluster {
     /// A linearizable read on this node, or the leader's address it knows.
     pub async fn read_here(&self, group: u32, code: &str) -> Result<Option<Stored>, Option<String>> {
         match self.groups[group as usize].ensure_linearizable().await {
-            Ok(_) => Ok(self.store.stored(code)),
+            Ok(_) => Ok(self.store_of(code).stored(code)),
             Err(e) => Err(e.forward_to_leader().and_then(|f| f.leader_node.as_ref().map(|n| n.addr.clone()))),
         }
     }

@@ -7,9 +7,10 @@
 //! time); `apply` only checks the store's current state and moves it, so
 //! every replica that applies the same log reaches the same state.
 //!
-//! The store is this node's replica of every partition it holds. It is
-//! rebuilt at start from each group's snapshot file plus the committed log
-//! after it, so it needs no durability of its own (`DATA_DIR/state/`).
+//! Each partition has a store of its own (`DATA_DIR/state/p-NN/`), this
+//! node's replica of it. They are rebuilt at start from each group's
+//! snapshot file plus the committed log after it, so they need no
+//! durability of their own.
 //! A snapshot of a partition is its records and claims as JSON, written
 //! to `DATA_DIR/raft/group-N.snap` with a checksum before the log behind
 //! it is purged, and sent whole to a replica that is too far behind.
@@ -137,10 +138,11 @@ pub fn partition_of(key: &str, partitions: u32) -> u32 {
     (xxh3_64(key.as_bytes()) % u64::from(partitions)) as u32
 }
 
-/// What the state machines of every group on this node share: the store
-/// (all partitions' records), the idempotency claims and the metadata.
+/// What the state machines of every group on this node share: one store
+/// per partition (`DATA_DIR/state/p-NN/`), the idempotency claims and the
+/// metadata.
 pub struct Machine {
-    pub store: Arc<Store>,
+    stores: Vec<Arc<Store>>,
     pub cache: Arc<Cache>,
     pub partitions: u32,
     claims: Mutex<HashMap<String, Claim>>,
@@ -148,12 +150,23 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(store: Arc<Store>, cache: Arc<Cache>, partitions: u32) -> Arc<Machine> {
-        Arc::new(Machine { store, cache, partitions, claims: Mutex::default(), meta: RwLock::default() })
+    /// `stores[p]` holds partition `p`'s records.
+    pub fn new(stores: Vec<Arc<Store>>, cache: Arc<Cache>) -> Arc<Machine> {
+        let partitions = stores.len() as u32;
+        Arc::new(Machine { stores, cache, partitions, claims: Mutex::default(), meta: RwLock::default() })
     }
 
     pub fn meta_group(&self) -> u32 {
         self.partitions
+    }
+
+    /// The store of `code`'s partition.
+    pub fn store_of(&self, code: &str) -> &Arc<Store> {
+        &self.stores[partition_of(code, self.partitions) as usize]
+    }
+
+    pub fn stores(&self) -> &[Arc<Store>] {
+        &self.stores
     }
 
     async fn apply(&self, cmd: Command) -> Result<Outcome, WriteError> {
@@ -161,7 +174,7 @@ impl Machine {
             Command::Create { link } => {
                 let stored = link.into_stored().ok_or_else(|| WriteError::Unavailable("a create of an invalid record".into()))?;
                 let code = stored.code.clone();
-                let outcome = match self.store.apply(stored, ApplyMode::Create).await {
+                let outcome = match self.store_of(&code).apply(stored, ApplyMode::Create).await {
                     Ok(written) => Outcome::Created { link: self.record(&code)?, replayed: !written },
                     Err(WriteError::Taken) => Outcome::Refused { reason: Refusal::Taken },
                     Err(e) => return Err(e),
@@ -169,7 +182,7 @@ impl Machine {
                 self.cache.invalidate(&code);
                 outcome
             }
-            Command::Update { code, patch, at_ms } => match self.store.stored(&code) {
+            Command::Update { code, patch, at_ms } => match self.store_of(&code).stored(&code) {
                 None => Outcome::Refused { reason: Refusal::NotFound },
                 Some(Stored { link: None, .. }) => Outcome::Refused { reason: Refusal::Gone },
                 Some(Stored { link: Some(mut l), .. }) => {
@@ -179,17 +192,20 @@ impl Machine {
                     l.redirect = patch.redirect.unwrap_or(l.redirect);
                     l.disabled = patch.disabled.unwrap_or(l.disabled);
                     let code = l.code.clone();
-                    self.store.apply(Stored { code: code.clone(), link: Some(l), version: version(at_ms) }, ApplyMode::Replace).await?;
+                    let change = Stored { code: code.clone(), link: Some(l), version: version(at_ms) };
+                    self.store_of(&code).apply(change, ApplyMode::Replace).await?;
                     self.cache.invalidate(&code);
                     Outcome::Link { link: self.record(&code)? }
                 }
             },
-            Command::Delete { code, at_ms } => match self.store.stored(&code) {
+            Command::Delete { code, at_ms } => match self.store_of(&code).stored(&code) {
                 None => Outcome::Refused { reason: Refusal::NotFound },
                 Some(Stored { link: None, .. }) => Outcome::Refused { reason: Refusal::Gone },
                 Some(_) => {
                     let code = CompactString::from(code);
-                    self.store.apply(Stored { code: code.clone(), link: None, version: version(at_ms) }, ApplyMode::Replace).await?;
+                    self.store_of(&code)
+                        .apply(Stored { code: code.clone(), link: None, version: version(at_ms) }, ApplyMode::Replace)
+                        .await?;
                     self.cache.invalidate(&code);
                     Outcome::Done
                 }
@@ -209,13 +225,14 @@ impl Machine {
             }
             Command::Clicks { counts } => {
                 for (code, n) in counts {
-                    self.store.add_clicks(&code, n);
+                    self.store_of(&code).add_clicks(&code, n);
                 }
                 Outcome::Done
             }
             Command::ClickLimited { code } => {
-                let granted = match self.store.stored(&code) {
-                    Some(Stored { link: Some(l), .. }) if l.max_clicks > 0 => self.store.try_click_limited(&code, l.max_clicks),
+                let store = self.store_of(&code);
+                let granted = match store.stored(&code) {
+                    Some(Stored { link: Some(l), .. }) if l.max_clicks > 0 => store.try_click_limited(&code, l.max_clicks),
                     _ => false,
                 };
                 Outcome::Click { granted }
@@ -225,7 +242,7 @@ impl Machine {
     }
 
     fn record(&self, code: &str) -> Result<WireRecord, WriteError> {
-        self.store
+        self.store_of(code)
             .stored(code)
             .map(|s| WireRecord::from(&s))
             .ok_or_else(|| WriteError::Unavailable(format!("{code} vanished while applied")))
@@ -238,14 +255,13 @@ impl Machine {
             return serde_json::to_vec(&*self.meta.read()).expect("metadata serialises");
         }
         let p = self.partitions;
-        let shared = self.store.shared();
+        let store = &self.stores[group as usize];
+        let shared = store.shared();
         let mut codes = Vec::new();
         // A key can sit in more than one layer of the index: deduplicated below.
         let walked = shared.index.for_each(|key, loc| {
             if let Some(code) = key.map(compact_str::CompactString::from).or_else(|| shared.key_at(loc)) {
-                if partition_of(&code, p) == group {
-                    codes.push(code);
-                }
+                codes.push(code);
             }
         });
         if let Err(e) = walked {
@@ -253,8 +269,7 @@ impl Machine {
         }
         codes.sort_unstable();
         codes.dedup();
-        let records: Vec<WireRecord> =
-            codes.into_iter().filter_map(|code| self.store.stored(&code).map(|s| WireRecord::from(&s))).collect();
+        let records: Vec<WireRecord> = codes.into_iter().filter_map(|code| store.stored(&code).map(|s| WireRecord::from(&s))).collect();
         let claims: BTreeMap<String, Claim> =
             self.claims.lock().iter().filter(|(k, _)| partition_of(k, p) == group).map(|(k, c)| (k.clone(), c.clone())).collect();
         serde_json::to_vec(&Image { records, claims }).expect("an image serialises")
@@ -269,10 +284,11 @@ impl Machine {
             return Ok(());
         }
         let image: Image = serde_json::from_slice(data).map_err(|e| format!("partition image: {e}"))?;
+        let store = &self.stores[group as usize];
         for rec in image.records {
             let stored = rec.into_stored().ok_or("partition image: an invalid record")?;
             let code = stored.code.clone();
-            self.store.apply(stored, ApplyMode::Replace).await.map_err(|e| e.to_string())?;
+            store.apply(stored, ApplyMode::Replace).await.map_err(|e| e.to_string())?;
             self.cache.invalidate(&code);
         }
         let p = self.partitions;

@@ -20,7 +20,8 @@ use super::problem::{Body, Problem};
 use super::router::{route, Route};
 use super::App;
 use crate::config::Switch;
-use crate::store::{Cursor, Link, Lookup, NewLink, Order, Patch, WriteError};
+use crate::links::ListCursor;
+use crate::store::{Link, Lookup, NewLink, Order, Patch, WriteError};
 use crate::{clock, input, metrics};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -68,7 +69,8 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
         Route::Health => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         Route::Ready => Ok(ready(app)),
         Route::Metrics => {
-            let text = app.metrics.render(app.store.stats().links, app.cache.len(), app.cache.bytes());
+            let links = app.links.stores().iter().map(|s| s.stats().links).sum();
+            let text = app.metrics.render(links, app.cache.len(), app.cache.bytes());
             let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             Ok(resp)
@@ -134,7 +136,7 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
 }
 
 fn ready(app: &App) -> Response<Body> {
-    let writes = match app.store.poisoned() {
+    let writes = match app.every_store().find_map(|s| s.poisoned()) {
         None => "accepted".to_string(),
         Some(reason) => format!("refused: {reason}"),
     };
@@ -156,7 +158,7 @@ fn ready(app: &App) -> Response<Body> {
     // Damage stays ready: every intact link is still served, and taking
     // the node out would not mend the file. It is for the operator to see.
     let damage: serde_json::Map<String, serde_json::Value> =
-        app.store.damage().into_iter().map(|(file, what)| (file.display().to_string(), what.into())).collect();
+        app.every_store().flat_map(|s| s.damage()).map(|(file, what)| (file.display().to_string(), what.into())).collect();
     json(StatusCode::OK, &serde_json::json!({"status": "ready", "writes": writes, "damage": damage}))
 }
 
@@ -453,6 +455,7 @@ pub fn parse_patch(app: &App, body: &[u8]) -> Result<Patch, Problem> {
 }
 
 async fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
+    let clustered = app.links.cluster().is_some();
     let mut cursor = None;
     let mut limit = DEFAULT_PAGE;
     let mut order = Order::Oldest;
@@ -460,7 +463,9 @@ async fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Prob
     for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "cursor" if !v.is_empty() => {
-                cursor = Some(Cursor::decode(&v).ok_or_else(|| Problem::invalid("cursor", "is not a cursor from an earlier page"))?)
+                cursor = Some(
+                    ListCursor::decode(&v, clustered).ok_or_else(|| Problem::invalid("cursor", "is not a cursor from an earlier page"))?,
+                )
             }
             "limit" => {
                 limit = v
@@ -485,18 +490,19 @@ async fn list(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Prob
             _ => {}
         }
     }
-    let (links, next) = if q.is_none() && order == Order::Oldest {
-        app.store.page(cursor, limit)
+    let (links, next) = if q.is_none() && order == Order::Oldest && !clustered {
+        app.links.list(None, order, cursor, limit)
     } else {
-        // A search or a newest-first page may read the whole log: off the
-        // worker thread, which keeps serving redirects meanwhile.
-        let store = app.store.clone();
-        tokio::task::spawn_blocking(move || store.search(q.as_deref(), order, cursor, limit))
+        // A search, a newest-first page or a cluster's page may read the
+        // whole log: off the worker thread, which keeps serving redirects
+        // meanwhile.
+        let links = app.links.clone();
+        tokio::task::spawn_blocking(move || links.list(q.as_deref(), order, cursor, limit))
             .await
             .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", format!("the search failed: {e}")))?
     };
     let views: Vec<_> = links.iter().map(|l| view(app, l)).collect();
-    Ok(json(StatusCode::OK, &serde_json::json!({"links": views, "next_cursor": next.map(|c| c.encode())})))
+    Ok(json(StatusCode::OK, &serde_json::json!({"links": views, "next_cursor": next.map(|c| c.encode(clustered))})))
 }
 
 async fn batch(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Problem> {

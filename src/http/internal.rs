@@ -56,7 +56,7 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
                     Err(leader) => return Ok(json(StatusCode::MISDIRECTED_REQUEST, &serde_json::json!({ "leader": leader }))),
                 }
             } else if cluster.fresh_replica(cluster.partition(arg)) {
-                app.store.stored(arg)
+                cluster.store_of(arg).stored(arg)
             } else {
                 return Ok(json(StatusCode::MISDIRECTED_REQUEST, &serde_json::json!({ "leader": null })));
             };

@@ -34,6 +34,9 @@ use crate::store::{Store, StoreOptions};
 pub struct App {
     pub cfg: Config,
     pub access: access::Access,
+    /// This node's own store: every link on a single node; in a cluster,
+    /// what is this node's alone (its click rollups), the links being in
+    /// the partitions' stores (`links.store_of`).
     pub store: Arc<Store>,
     pub cache: Arc<Cache>,
     pub hot: Arc<HotKeys>,
@@ -54,32 +57,17 @@ impl App {
     pub fn open(cfg: Config) -> Result<App, server::StartError> {
         // The recorder first, so that what the store reports while opening counts.
         let metrics = crate::metrics::install();
-        // A cluster node's store is its replica of the partitions it holds,
-        // rebuilt at every start from the Raft log and snapshots, which are
-        // what is durable; so it lives apart and is never synced.
         let raft_log = match &cfg.cluster {
             Some(c) => {
                 Some(crate::cluster::open_log(&cfg.data_dir, c, cfg.durability, cfg.segment_bytes).map_err(server::StartError::Cluster)?)
             }
             None => None,
         };
-        let store_dir = match &raft_log {
-            Some(_) => {
-                let dir = cfg.data_dir.join("state");
-                match std::fs::remove_dir_all(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(server::StartError::Cluster(format!("cannot clear {}: {e}", dir.display()))),
-                }
-                dir
-            }
-            None => cfg.data_dir.clone(),
-        };
-        let store = Arc::new(Store::open(StoreOptions {
-            dir: store_dir,
-            durability: if raft_log.is_some() { crate::config::Durability::Never } else { cfg.durability },
+        let options = |dir: std::path::PathBuf, durability, segment_bytes| StoreOptions {
+            dir,
+            durability,
             fsync_interval: cfg.fsync_interval,
-            segment_bytes: cfg.segment_bytes,
+            segment_bytes,
             snapshot_records: cfg.snapshot_records,
             snapshot_interval: cfg.snapshot_interval,
             compact_ratio: cfg.compact_ratio,
@@ -89,7 +77,30 @@ impl App {
             scrub_rate: cfg.scrub_rate,
             scrub_interval: cfg.scrub_interval,
             stats_top: cfg.stats_top,
-        })?);
+        };
+        // A cluster node keeps each partition's replica in a store of its
+        // own, rebuilt at every start from the Raft log and snapshots,
+        // which are what is durable; so they are never synced. What is this
+        // node's alone (its click rollups) stays in `DATA_DIR/local/`.
+        let (store_dir, partition_stores) = match (&cfg.cluster, &raft_log) {
+            (Some(c), Some(_)) => {
+                let state = cfg.data_dir.join("state");
+                match std::fs::remove_dir_all(&state) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(server::StartError::Cluster(format!("cannot clear {}: {e}", state.display()))),
+                }
+                let segment_bytes = (cfg.segment_bytes / u64::from(c.partitions)).max(cfg.least_segment_bytes());
+                let mut stores = Vec::with_capacity(c.partitions as usize);
+                for p in 0..c.partitions {
+                    let dir = state.join(format!("p-{p:02}"));
+                    stores.push(Arc::new(Store::open(options(dir, crate::config::Durability::Never, segment_bytes))?));
+                }
+                (cfg.data_dir.join("local"), stores)
+            }
+            _ => (cfg.data_dir.clone(), Vec::new()),
+        };
+        let store = Arc::new(Store::open(options(store_dir, cfg.durability, cfg.segment_bytes))?);
         let analytics = Arc::new(Analytics::new(&cfg).map_err(server::StartError::Access)?);
         let cache = Arc::new(Cache::new(CacheConfig {
             max_entries: cfg.cache_entries,
@@ -99,7 +110,7 @@ impl App {
         }));
         let links = match (&cfg.cluster, raft_log) {
             (Some(c), Some(log)) => Links::Clustered(
-                crate::cluster::Cluster::start(c.clone(), log, store.clone(), cache.clone()).map_err(server::StartError::Cluster)?,
+                crate::cluster::Cluster::start(c.clone(), log, partition_stores, cache.clone()).map_err(server::StartError::Cluster)?,
             ),
             _ => Links::Local { store: store.clone(), cache: cache.clone() },
         };
@@ -122,6 +133,13 @@ impl App {
             cfg,
             shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// Every store this node has open: those of the links, then, in a
+    /// cluster, the node's own.
+    pub fn every_store(&self) -> impl Iterator<Item = &Arc<Store>> {
+        let own = self.links.cluster().map(|_| &self.store);
+        self.links.stores().iter().chain(own)
     }
 
     pub fn is_shutting_down(&self) -> bool {

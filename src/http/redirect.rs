@@ -124,7 +124,7 @@ pub fn decide(app: &App, worker: &Worker, code: &str, visit: &Visit<'_>) -> Answ
                 return Answer::Elsewhere;
             }
             if worker.check_residency() {
-                let resident = app.store.lookup_resident(code);
+                let resident = app.links.store_of(code).lookup_resident(code);
                 worker.residency_checked(resident);
                 if !resident {
                     return Answer::Cold;
@@ -132,7 +132,7 @@ pub fn decide(app: &App, worker: &Worker, code: &str, visit: &Visit<'_>) -> Answ
             }
             match load(app, code, now) {
                 Some(e) => e,
-                None => return absent(app),
+                None => return absent(app, code),
             }
         }
     };
@@ -148,14 +148,14 @@ fn answer_for(app: &App, worker: &Worker, code: &str, visit: &Visit<'_>, entry: 
     let limited = entry.max_clicks > 0;
     let redirect = Answer::Redirect { status: entry.status, location: entry.location.clone() };
     if visit.head {
-        if limited && app.store.clicks(code) >= entry.max_clicks {
+        if limited && app.links.store_of(code).clicks(code) >= entry.max_clicks {
             return Answer::Gone;
         }
         return redirect;
     }
     let mut flags = 0;
     if limited && app.analytics.is_bot(visit.user_agent()) {
-        if app.store.clicks(code) >= entry.max_clicks {
+        if app.links.store_of(code).clicks(code) >= entry.max_clicks {
             return Answer::Gone;
         }
         flags = BOT;
@@ -163,7 +163,7 @@ fn answer_for(app: &App, worker: &Worker, code: &str, visit: &Visit<'_>, entry: 
         if app.links.shares_limits() {
             return Answer::Claim { status: entry.status, location: entry.location.clone() };
         }
-        if !app.store.try_click_limited(code, entry.max_clicks) {
+        if !app.links.store_of(code).try_click_limited(code, entry.max_clicks) {
             return Answer::Gone;
         }
         flags = COUNTED;
@@ -240,14 +240,14 @@ async fn load_cold(app: &Arc<App>, worker: &Worker, code: &str, visit: &Visit<'_
     let loaded = tokio::task::spawn_blocking(move || load(&shared, &key, now)).await.ok().flatten();
     match loaded {
         Some(e) => answer_for(app, worker, code, visit, &e),
-        None => absent(app),
+        None => absent(app, code),
     }
 }
 
 /// A code the store did not find: absent, or not known while a damaged
 /// index is rebuilt.
-fn absent(app: &App) -> Answer {
-    if app.store.index_rebuilding() {
+fn absent(app: &App, code: &str) -> Answer {
+    if app.links.store_of(code).index_rebuilding() {
         Answer::Unavailable
     } else {
         Answer::NotFound
@@ -263,7 +263,7 @@ fn load(app: &App, code: &str, now: i64) -> Option<Arc<Entry>> {
         if let Some(e) = app.cache.peek(code).filter(|e| now < e.fresh_until_ms()) {
             return Some(e);
         }
-        let found = app.store.lookup(code);
+        let found = app.links.store_of(code).lookup(code);
         if let Lookup::Missing | Lookup::Unavailable = found {
             return None;
         }

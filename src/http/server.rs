@@ -158,7 +158,9 @@ impl Server {
             let _ = w.join();
         }
         self.aggregator.stop();
-        self.app.store.close();
+        for store in self.app.every_store() {
+            store.close();
+        }
         tracing::info!("shortd stopped");
     }
 }
