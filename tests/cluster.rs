@@ -253,3 +253,103 @@ fn a_nodes_listing_pages_through_every_partition_exactly_once() {
     let (status, body, _) = a.call("GET", "/api/v1/links?cursor=zz", None);
     assert_eq!(status, 400, "{body}");
 }
+
+#[test]
+fn a_graceful_restart_reopens_every_replica_and_loses_nothing() {
+    let mut a = Node::start("a", 71, None, &[]);
+    let mut b = Node::start("b", 72, Some(&a), &[]);
+    let mut c = Node::start("c", 73, Some(&a), &[]);
+    wait_settled(&[&a, &b, &c], &["a", "b", "c"]);
+    assert_eq!(c.replicas_opened(), (0, 16), "a first start has nothing to reopen");
+
+    let mut links: Vec<(String, String)> = (0..30)
+        .map(|i| {
+            let url = format!("https://example.com/restart/{i}");
+            ([&a, &b, &c][i % 3].create(&url), url)
+        })
+        .collect();
+    let changed = "https://example.com/changed";
+    let (status, body, _) = b.call("PATCH", &format!("/api/v1/links/{}", links[0].0), Some(&json!({ "url": changed })));
+    assert_eq!(status, 200, "{body}");
+    links[0].1 = changed.to_string();
+    let deleted = links.pop().unwrap().0;
+    assert_eq!(c.status("DELETE", &format!("/api/v1/links/{deleted}")), 204);
+    // (status, whether it was a replay, the code)
+    let keyed = |node: &Node| -> (u16, bool, String) {
+        let req = agent().post(&node.url("/api/v1/links")).set("idempotency-key", "restart-key-1");
+        match req.send_json(json!({ "url": "https://example.com/keyed" })) {
+            Ok(r) => {
+                let replayed = r.header("idempotent-replayed") == Some("true");
+                (r.status(), replayed, r.into_json::<Value>().unwrap()["code"].as_str().unwrap().to_string())
+            }
+            Err(e) => panic!("keyed create through {}: {e}", node.id),
+        }
+    };
+    let (status, replayed, keyed_code) = keyed(&a);
+    assert_eq!((status, replayed), (201, false));
+    let counted = links[1].0.clone();
+    for i in 0..5 {
+        assert!([&a, &b, &c][i % 3].redirects(&counted, &links[1].1));
+    }
+    let lists_exactly = |node: &Node, want: &[String]| {
+        let mut want = want.to_vec();
+        want.sort();
+        poll_until(Duration::from_secs(15), || {
+            let (status, page, _) = node.call("GET", "/api/v1/links?limit=1000", None);
+            assert_eq!(status, 200, "{page}");
+            let mut seen: Vec<String> = page["links"].as_array().unwrap().iter().map(|l| l["code"].as_str().unwrap().to_string()).collect();
+            seen.sort();
+            (seen == want).then_some(())
+        })
+        .is_some()
+    };
+    let codes = |links: &[(String, String)]| -> Vec<String> { links.iter().map(|(c, _)| c.clone()).chain([keyed_code.clone()]).collect() };
+
+    // c stops gracefully while the others take writes; back, it reopens
+    // every replica and catches up from the journal.
+    c.stop();
+    for i in 0..10 {
+        let url = format!("https://example.com/while-c-was-stopped/{i}");
+        links.push(([&a, &b][i % 2].create(&url), url));
+    }
+    c.spawn();
+    assert_eq!(c.replicas_opened(), (16, 0));
+    assert!(lists_exactly(&c, &codes(&links)), "c's replicas did not catch up after reopening");
+
+    // The whole cluster stops gracefully and comes back.
+    for n in [&mut a, &mut b, &mut c] {
+        n.stop();
+    }
+    for n in [&mut a, &mut b, &mut c] {
+        n.spawn();
+    }
+    wait_settled(&[&a, &b, &c], &["a", "b", "c"]);
+    for n in [&a, &b, &c] {
+        assert_eq!(n.replicas_opened(), (16, 0), "node {}", n.id);
+        assert!(lists_exactly(n, &codes(&links)), "node {} lost or kept a link it should not have", n.id);
+        assert_eq!(n.status("GET", &format!("/{deleted}")), 410, "the deleted link came back on {}", n.id);
+    }
+    assert_all_redirect(&links, &[&a, &b, &c]);
+    // The claim of the key survived: a retry is answered with its code.
+    assert_eq!(keyed(&b), (201, true, keyed_code.clone()), "the idempotency key was forgotten in the restart");
+    let (_, shown, _) = c.call("GET", &format!("/api/v1/links/{counted}"), None);
+    assert_eq!(shown["clicks"], 5, "clicks served before the stop: {shown}");
+
+    // A damaged marker costs only its replica a rebuild.
+    c.stop();
+    let marker = c.dir.join("state/p-00/stopped");
+    let mut bytes = std::fs::read(&marker).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x20;
+    std::fs::write(&marker, bytes).unwrap();
+    c.spawn();
+    assert_eq!(c.replicas_opened(), (15, 1));
+    assert!(lists_exactly(&c, &codes(&links)), "c lost links after rebuilding a replica");
+
+    // A crash leaves no marker: every replica is rebuilt, nothing is lost.
+    c.kill();
+    c.spawn();
+    assert_eq!(c.replicas_opened(), (0, 16));
+    assert!(lists_exactly(&c, &codes(&links)), "c lost links after a crash");
+    assert_all_redirect(&links, &[&c]);
+}

@@ -29,7 +29,7 @@ pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,14 +46,14 @@ use tokio::sync::oneshot;
 use self::metadata::{MetaCommand, MetaState};
 use self::peer::Peers;
 use self::placement::Placement;
-use self::raft::{link_of, partition_of, Command, GroupSm, Machine, NodeId, Outcome, Raft, WirePatch};
+use self::raft::{link_of, partition_of, Applied, Command, GroupSm, Machine, NodeId, Outcome, Raft, Stopped, WirePatch};
 use self::raftlog::RaftLog;
 use self::wire::WireRecord;
 use crate::cache::{Cache, Entry};
 use crate::clock;
 use crate::code::CodeKey;
 use crate::config::{ClusterConfig, Durability};
-use crate::store::{Created, Link, NewLink, Patch, Store, Stored, Version, WriteError, ALIAS_ID};
+use crate::store::{Created, Link, NewLink, OpenError, Patch, Store, Stored, Version, WriteError, ALIAS_ID};
 
 /// Longest a write or an API read tries to reach its partition's leader.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(8);
@@ -66,6 +66,9 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 const CLICKS_EVERY: Duration = Duration::from_millis(500);
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// Longest a graceful stop waits for its last click report, and for each
+/// group's state machine to finish.
+const STOP_REPORT_WITHIN: Duration = Duration::from_secs(3);
 /// A member not heard from this long shows as `down`.
 const DOWN_AFTER: Duration = Duration::from_secs(3);
 /// Groups whose membership one node moves at the same time.
@@ -91,6 +94,8 @@ pub struct Cluster {
     rt: Handle,
     raft_id: NodeId,
     groups: Vec<Raft>,
+    /// Per group: where its state machine stands.
+    applied: Vec<Arc<Mutex<Applied>>>,
     machine: Arc<Machine>,
     log: Arc<RaftLog>,
     peers: Arc<Peers>,
@@ -154,6 +159,60 @@ pub fn open_log(data_dir: &Path, cfg: &ClusterConfig, durability: Durability, se
     RaftLog::open(&data_dir.join("raft"), cfg.partitions + 1, durability, segment_bytes).map_err(|e| format!("the Raft log: {e}"))
 }
 
+/// This node's replicas, one store per partition, with what a graceful
+/// stop left of each.
+pub struct Partitions {
+    stores: Vec<Arc<Store>>,
+    stopped: Vec<Option<Stopped>>,
+}
+
+/// Opens each partition's replica in `state/p-NN/` (`open` opens a store).
+/// One a graceful stop closed is reopened as it was; any other is cleared,
+/// to be rebuilt from its group's snapshot and journal.
+pub fn open_partitions(
+    state: &Path,
+    log: &RaftLog,
+    partitions: u32,
+    open: impl Fn(PathBuf) -> Result<Store, OpenError>,
+) -> Result<Partitions, OpenError> {
+    let raft_id = raft_id(log.dir()).map_err(OpenError::Invalid)?;
+    let failed = |path: &Path, e: std::io::Error| OpenError::Invalid(format!("cannot clear {}: {e}", path.display()));
+    let clear = |path: &Path| match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(failed(path, e)),
+        _ => Ok(()),
+    };
+    let names: Vec<String> = (0..partitions).map(|p| format!("p-{p:02}")).collect();
+    // What else is here is of an older layout or another partitioning.
+    for entry in std::fs::read_dir(state).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_str().is_some_and(|n| names.iter().any(|m| m == n)) {
+            let gone = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            gone.map_err(|e| failed(&path, e))?;
+        }
+    }
+    let mut out = Partitions { stores: Vec::new(), stopped: Vec::new() };
+    for name in names {
+        let dir = state.join(name);
+        let mut stopped = Stopped::take(&dir, raft_id).map_err(OpenError::Invalid)?;
+        let store = match stopped.is_some().then(|| open(dir.clone())) {
+            Some(Ok(store)) => store,
+            reopened => {
+                if let Some(Err(e)) = reopened {
+                    tracing::warn!(dir = %dir.display(), error = %e, "a cleanly stopped replica did not open; rebuilding it");
+                }
+                stopped = None;
+                clear(&dir)?;
+                open(dir)?
+            }
+        };
+        out.stores.push(Arc::new(store));
+        out.stopped.push(stopped);
+    }
+    let reopened = out.stopped.iter().filter(|s| s.is_some()).count();
+    tracing::info!(reopened, rebuilt = partitions as usize - reopened, "partition replicas opened");
+    Ok(out)
+}
+
 /// This node's Raft id: random, made with its Raft directory, never reused.
 fn raft_id(dir: &Path) -> Result<NodeId, String> {
     let path = dir.join("raft-id");
@@ -186,8 +245,9 @@ fn unexpected(o: Outcome) -> WriteError {
 
 impl Cluster {
     /// Starts one Raft group per partition plus the metadata group, over
-    /// `log`; `stores[p]` is partition `p`'s state machine's store.
-    pub fn start(cfg: ClusterConfig, log: Arc<RaftLog>, stores: Vec<Arc<Store>>, cache: Arc<Cache>) -> Result<Arc<Cluster>, String> {
+    /// `log`; `partitions.stores[p]` is partition `p`'s replica.
+    pub fn start(cfg: ClusterConfig, log: Arc<RaftLog>, partitions: Partitions, cache: Arc<Cache>) -> Result<Arc<Cluster>, String> {
+        let Partitions { stores, stopped } = partitions;
         if stores.len() != cfg.partitions as usize {
             return Err(format!("{} partition stores for {} partitions", stores.len(), cfg.partitions));
         }
@@ -214,10 +274,12 @@ impl Cluster {
         let config = Arc::new(config.validate().map_err(|e| format!("Raft settings: {e}"))?);
         let peers = Arc::new(Peers::new(&cfg.cluster_key, cfg.peer_timeout));
         let machine = Machine::new(stores, cache.clone());
+        let applied: Vec<Arc<Mutex<Applied>>> = (0..=cfg.partitions).map(|_| Arc::default()).collect();
+        let mut stopped = stopped.into_iter();
         let groups = rt.block_on(async {
             let mut groups = Vec::new();
             for g in 0..=cfg.partitions {
-                let sm = GroupSm::open(g, machine.clone(), log.dir()).await?;
+                let sm = GroupSm::open(g, machine.clone(), log.dir(), applied[g as usize].clone(), stopped.next().flatten()).await?;
                 let net = transport::Network { peers: peers.clone(), group: g };
                 let raft = Raft::new(raft_id, config.clone(), net, log.group(g), sm).await.map_err(|e| format!("Raft group {g}: {e}"))?;
                 groups.push(raft);
@@ -231,6 +293,7 @@ impl Cluster {
             rt,
             raft_id,
             groups,
+            applied,
             machine,
             log,
             peers,
@@ -275,8 +338,49 @@ impl Cluster {
         });
     }
 
-    /// Nothing to hand over: every committed write is on a majority.
-    pub fn leave(&self) {}
+    /// A graceful stop, once no request is left: reports the clicks served
+    /// here, shuts every group down, then closes each replica (which syncs
+    /// it) and marks it stopped at the point its group applied, so the next
+    /// start reopens it instead of rebuilding it. Nothing to hand over:
+    /// every committed write is on a majority.
+    pub fn stop(self: &Arc<Self>) {
+        let pending = std::mem::take(&mut *self.clicks.lock());
+        let mut by_group: HashMap<u32, Vec<(String, u64)>> = HashMap::new();
+        for (code, n) in pending {
+            by_group.entry(self.partition(&code)).or_default().push((code.to_string(), n));
+        }
+        self.rt.block_on(async {
+            let reports = async {
+                for (g, counts) in by_group {
+                    if let Err(e) = self.propose(g, Command::Clicks { counts }).await {
+                        tracing::warn!(group = g, error = %e, "clicks served just before the stop were not recorded");
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(STOP_REPORT_WITHIN, reports).await;
+            for raft in &self.groups {
+                let _ = raft.shutdown().await;
+            }
+        });
+        for (p, store) in self.stores().iter().enumerate() {
+            // The group's state machine applies what it was handed before
+            // it goes; it is gone when its handle on `applied` is.
+            let cell = &self.applied[p];
+            let deadline = Instant::now() + STOP_REPORT_WITHIN;
+            while Arc::strong_count(cell) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            store.close();
+            if Arc::strong_count(cell) > 1 || store.poisoned().is_some() {
+                tracing::warn!(partition = p, "replica not closed cleanly; it is rebuilt at the next start");
+                continue;
+            }
+            let stopped = Stopped { raft_id: self.raft_id, applied: cell.lock().clone(), claims: self.machine.claims_of(p as u32) };
+            if let Err(e) = stopped.write(&store.shared().dir) {
+                tracing::warn!(partition = p, error = %e, "cannot mark the replica stopped; it is rebuilt at the next start");
+            }
+        }
+    }
 
     pub fn me(&self) -> &str {
         &self.cfg.node_id
@@ -623,9 +727,14 @@ impl Cluster {
             }
             "vote" => serde_json::to_vec(&raft.vote(serde_json::from_slice(body).map_err(bad)?).await),
             "snapshot" => {
-                let (vote, meta, data): (openraft::Vote<NodeId>, openraft::SnapshotMeta<NodeId, BasicNode>, Vec<u8>) =
-                    serde_json::from_slice(body).map_err(bad)?;
-                let snapshot = openraft::Snapshot { meta, snapshot: Box::new(data) };
+                let head_len = body.get(..4).map_or(usize::MAX, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+                let (head, image) = body.get(4..).filter(|b| b.len() >= head_len).ok_or("snapshot: cut short")?.split_at(head_len);
+                let (vote, meta, sum): (openraft::Vote<NodeId>, openraft::SnapshotMeta<NodeId, BasicNode>, u64) =
+                    serde_json::from_slice(head).map_err(bad)?;
+                if xxhash_rust::xxh3::xxh3_64(image) != sum {
+                    return Err("snapshot: the image fails its checksum".into());
+                }
+                let snapshot = openraft::Snapshot { meta, snapshot: Box::new(raft::SnapshotData::Received(image.to_vec())) };
                 serde_json::to_vec(&raft.install_full_snapshot(vote, snapshot).await)
             }
             _ => return Err(format!("no Raft message {what}")),

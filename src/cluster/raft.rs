@@ -8,15 +8,24 @@
 //! every replica that applies the same log reaches the same state.
 //!
 //! Each partition has a store of its own (`DATA_DIR/state/p-NN/`), this
-//! node's replica of it. They are rebuilt at start from each group's
-//! snapshot file plus the committed log after it, so they need no
-//! durability of their own.
+//! node's replica of it, never synced while it runs: the Raft journal is
+//! what is durable. A graceful stop closes each replica (which syncs it)
+//! and leaves beside it a `stopped` file naming the applied point, the
+//! membership and the partition's idempotency claims; the next start
+//! reopens such a replica and replays only the journal after that point.
+//! A replica without one (after a crash) is rebuilt from the group's
+//! snapshot plus the journal.
+//!
 //! A snapshot of a partition is its records and claims as JSON, written
-//! to `DATA_DIR/raft/group-N.snap` with a checksum before the log behind
-//! it is purged, and sent whole to a replica that is too far behind.
+//! to `DATA_DIR/raft/group-N.snap` (a checked header with the meta, then
+//! the checked image) before the log behind it is purged, and sent whole
+//! to a replica that is too far behind. It stays on disk: what openraft
+//! holds is a handle to the open file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -40,7 +49,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
         R = Outcome,
-        SnapshotData = Vec<u8>,
+        SnapshotData = SnapshotData,
 );
 
 pub type Entry = openraft::Entry<TypeConfig>;
@@ -254,7 +263,6 @@ impl Machine {
         if group == self.meta_group() {
             return serde_json::to_vec(&*self.meta.read()).expect("metadata serialises");
         }
-        let p = self.partitions;
         let store = &self.stores[group as usize];
         let shared = store.shared();
         let mut codes = Vec::new();
@@ -270,14 +278,27 @@ impl Machine {
         codes.sort_unstable();
         codes.dedup();
         let records: Vec<WireRecord> = codes.into_iter().filter_map(|code| store.stored(&code).map(|s| WireRecord::from(&s))).collect();
-        let claims: BTreeMap<String, Claim> =
-            self.claims.lock().iter().filter(|(k, _)| partition_of(k, p) == group).map(|(k, c)| (k.clone(), c.clone())).collect();
-        serde_json::to_vec(&Image { records, claims }).expect("an image serialises")
+        serde_json::to_vec(&Image { records, claims: self.claims_of(group) }).expect("an image serialises")
+    }
+
+    /// The idempotency claims of a partition.
+    pub fn claims_of(&self, group: u32) -> BTreeMap<String, Claim> {
+        let p = self.partitions;
+        self.claims.lock().iter().filter(|(k, _)| partition_of(k, p) == group).map(|(k, c)| (k.clone(), c.clone())).collect()
+    }
+
+    /// Makes `claims` the partition's idempotency claims.
+    fn restore_claims(&self, group: u32, claims: BTreeMap<String, Claim>) {
+        let p = self.partitions;
+        let mut all = self.claims.lock();
+        all.retain(|k, _| partition_of(k, p) != group);
+        all.extend(claims);
     }
 
     /// Makes a partition's state the image's. Records are written over
     /// whatever is here: the image is of a later log position than any
-    /// state this replica has applied.
+    /// state this replica has applied, and a key once written is never
+    /// forgotten (tombstones are kept), so every key here is in it.
     async fn install(&self, group: u32, data: &[u8]) -> Result<(), String> {
         if group == self.meta_group() {
             *self.meta.write() = serde_json::from_slice(data).map_err(|e| format!("metadata image: {e}"))?;
@@ -291,10 +312,7 @@ impl Machine {
             store.apply(stored, ApplyMode::Replace).await.map_err(|e| e.to_string())?;
             self.cache.invalidate(&code);
         }
-        let p = self.partitions;
-        let mut claims = self.claims.lock();
-        claims.retain(|k, _| partition_of(k, p) != group);
-        claims.extend(image.claims);
+        self.restore_claims(group, image.claims);
         Ok(())
     }
 }
@@ -309,11 +327,184 @@ struct Image {
     claims: BTreeMap<String, Claim>,
 }
 
-/// A snapshot as kept on disk: checksum, then the JSON of meta and image.
+/// A snapshot's image: in the file this node keeps it in, held open so a
+/// newer snapshot renamed over the path leaves an older handle's bytes as
+/// they were, or as received from a leader (already checked).
+#[derive(Clone)]
+pub enum SnapshotData {
+    File { file: Arc<File>, at: u64, len: u64, sum: u64 },
+    Received(Vec<u8>),
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotData::File { len, .. } => write!(f, "snapshot file ({len} bytes)"),
+            SnapshotData::Received(b) => write!(f, "received snapshot ({} bytes)", b.len()),
+        }
+    }
+}
+
+impl SnapshotData {
+    /// The image, checked against the checksum it was written with.
+    pub fn bytes(&self) -> io::Result<Vec<u8>> {
+        match self {
+            SnapshotData::Received(b) => Ok(b.clone()),
+            SnapshotData::File { file, at, len, sum } => {
+                let mut data = vec![0; *len as usize];
+                file.read_exact_at(&mut data, *at)?;
+                if xxh3_64(&data) != *sum {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "the snapshot's image fails its checksum"));
+                }
+                Ok(data)
+            }
+        }
+    }
+}
+
+/// `group-N.snap`: this header, the meta's JSON, then the image. The
+/// header's own checksum covers it and the meta, so a start reads only
+/// these; the image is checked when it is read.
+const SNAP_MAGIC: &[u8; 8] = b"shortdS1";
+const SNAP_HEADER: usize = 36;
+
+fn snap_header(meta_json: &[u8], data: &[u8]) -> [u8; SNAP_HEADER] {
+    let mut h = [0u8; SNAP_HEADER];
+    h[..8].copy_from_slice(SNAP_MAGIC);
+    h[8..12].copy_from_slice(&(meta_json.len() as u32).to_le_bytes());
+    h[12..20].copy_from_slice(&(data.len() as u64).to_le_bytes());
+    h[20..28].copy_from_slice(&xxh3_64(data).to_le_bytes());
+    let head_sum = xxh3_64(&[&h[..28], meta_json].concat());
+    h[28..].copy_from_slice(&head_sum.to_le_bytes());
+    h
+}
+
+type Meta = SnapshotMeta<NodeId, BasicNode>;
+
+/// The snapshot in `path`, if there is one: its meta, and a handle to its
+/// image.
+fn read_snapshot(path: &Path) -> Result<Option<(Meta, SnapshotData)>, String> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let damaged = || format!("{}: damaged snapshot (checksum); remove it and let the group's leader send a new one", path.display());
+    let io_err = |e: io::Error| format!("{}: {e}", path.display());
+    let mut h = [0u8; SNAP_HEADER];
+    if file.read_exact(&mut h).is_err() || &h[..8] != SNAP_MAGIC {
+        return read_old_snapshot(path).map(Some);
+    }
+    let meta_len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")) as usize;
+    let len = u64::from_le_bytes(h[12..20].try_into().expect("8 bytes"));
+    let sum = u64::from_le_bytes(h[20..28].try_into().expect("8 bytes"));
+    let at = (SNAP_HEADER + meta_len) as u64;
+    if file.metadata().map_err(io_err)?.len() != at + len {
+        return Err(damaged());
+    }
+    let mut meta_json = vec![0; meta_len];
+    file.read_exact(&mut meta_json).map_err(io_err)?;
+    if u64::from_le_bytes(h[28..].try_into().expect("8 bytes")) != xxh3_64(&[&h[..28], &meta_json[..]].concat()) {
+        return Err(damaged());
+    }
+    let meta: Meta = serde_json::from_slice(&meta_json).map_err(|_| damaged())?;
+    Ok(Some((meta, SnapshotData::File { file: Arc::new(file), at, len, sum })))
+}
+
+/// A snapshot of the layout before 2026-12-02 (checksum, then the JSON of
+/// meta and image), rewritten in the current one.
+fn read_old_snapshot(path: &Path) -> Result<(Meta, SnapshotData), String> {
+    #[derive(Deserialize)]
+    struct Old {
+        meta: Meta,
+        data: Vec<u8>,
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let damaged = || format!("{}: damaged snapshot (checksum); remove it and let the group's leader send a new one", path.display());
+    if bytes.len() < 8 || u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) != xxh3_64(&bytes[8..]) {
+        return Err(damaged());
+    }
+    let old: Old = serde_json::from_slice(&bytes[8..]).map_err(|_| damaged())?;
+    let data = write_snapshot(path, &old.meta, &old.data).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((old.meta, data))
+}
+
+/// Writes a snapshot (temporary file, sync, rename, directory sync) and
+/// returns a handle to its image.
+fn write_snapshot(path: &Path, meta: &Meta, data: &[u8]) -> io::Result<SnapshotData> {
+    let meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    let header = snap_header(&meta_json, data);
+    let tmp = path.with_extension("snap.tmp");
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+    f.write_all(&header)?;
+    f.write_all(&meta_json)?;
+    f.write_all(data)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    crate::journal::segment::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    let (at, len) = ((SNAP_HEADER + meta_json.len()) as u64, data.len() as u64);
+    Ok(SnapshotData::File { file: Arc::new(f), at, len, sum: xxh3_64(data) })
+}
+
+/// Where a group's state machine stands: moved by every apply, read by a
+/// graceful stop once the group is shut down.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub log_id: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, BasicNode>,
+}
+
+/// `state/p-NN/stopped`: a replica closed by a graceful stop at `applied`,
+/// with what of the partition lives only in memory (its claims).
 #[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta<NodeId, BasicNode>,
-    data: Vec<u8>,
+pub struct Stopped {
+    pub raft_id: NodeId,
+    pub applied: Applied,
+    pub claims: BTreeMap<String, Claim>,
+}
+
+const STOPPED: &str = "stopped";
+
+impl Stopped {
+    /// Writes the marker into `dir` (checksum, then JSON), durably.
+    pub fn write(&self, dir: &Path) -> io::Result<()> {
+        let json = serde_json::to_vec(self).map_err(io::Error::other)?;
+        let tmp = dir.join("stopped.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&xxh3_64(&json).to_le_bytes())?;
+        f.write_all(&json)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, dir.join(STOPPED))?;
+        crate::journal::segment::sync_dir(dir)
+    }
+
+    /// The marker in `dir`, if it is sound and of this node's Raft
+    /// identity. It is removed (durably) either way: the replica is about
+    /// to move on from the point it names.
+    pub fn take(dir: &Path, raft_id: NodeId) -> Result<Option<Stopped>, String> {
+        let path = dir.join(STOPPED);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        std::fs::remove_file(&path)
+            .and_then(|()| crate::journal::segment::sync_dir(dir))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let sound = bytes.len() >= 8 && u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) == xxh3_64(&bytes[8..]);
+        let stopped = sound.then(|| serde_json::from_slice::<Stopped>(&bytes[8..]).ok()).flatten();
+        Ok(match stopped {
+            Some(s) if s.raft_id == raft_id => Some(s),
+            Some(_) => {
+                tracing::warn!(file = %path.display(), "a replica left by another Raft identity; rebuilding it");
+                None
+            }
+            None => {
+                tracing::warn!(file = %path.display(), "damaged clean-stop marker; rebuilding the replica");
+                None
+            }
+        })
+    }
 }
 
 /// One group's state machine.
@@ -321,54 +512,40 @@ pub struct GroupSm {
     group: u32,
     machine: Arc<Machine>,
     path: PathBuf,
-    applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, BasicNode>,
+    applied: Arc<Mutex<Applied>>,
     /// The newest snapshot built or installed (also on disk).
     current: Arc<Mutex<Option<Snapshot<TypeConfig>>>>,
 }
 
 impl GroupSm {
-    /// The state machine of `group`, with the snapshot on disk (if any)
-    /// installed into the store.
-    pub async fn open(group: u32, machine: Arc<Machine>, dir: &Path) -> Result<GroupSm, String> {
+    /// The state machine of `group`. A replica reopened after a clean stop
+    /// (`stopped`) carries on from it; any other is rebuilt from the
+    /// snapshot on disk, as is one the snapshot has overtaken.
+    pub async fn open(
+        group: u32,
+        machine: Arc<Machine>,
+        dir: &Path,
+        applied: Arc<Mutex<Applied>>,
+        stopped: Option<Stopped>,
+    ) -> Result<GroupSm, String> {
         let path = dir.join(format!("group-{group}.snap"));
-        let mut sm = GroupSm { group, machine, path, applied: None, membership: StoredMembership::default(), current: Arc::default() };
-        if let Some(file) = read_snapshot(&sm.path)? {
-            sm.machine.install(group, &file.data).await?;
-            sm.applied = file.meta.last_log_id;
-            sm.membership = file.meta.last_membership.clone();
-            *sm.current.lock() = Some(Snapshot { meta: file.meta, snapshot: Box::new(file.data) });
+        let current = read_snapshot(&path)?;
+        let snapshot_at = current.as_ref().and_then(|(m, _)| m.last_log_id);
+        match (stopped, &current) {
+            (Some(s), _) if s.applied.log_id >= snapshot_at => {
+                machine.restore_claims(group, s.claims);
+                *applied.lock() = s.applied;
+            }
+            (_, Some((meta, data))) => {
+                let image = data.bytes().map_err(|e| format!("{}: {e}", path.display()))?;
+                machine.install(group, &image).await?;
+                *applied.lock() = Applied { log_id: meta.last_log_id, membership: meta.last_membership.clone() };
+            }
+            (_, None) => {}
         }
-        Ok(sm)
+        let current = current.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(data) });
+        Ok(GroupSm { group, machine, path, applied, current: Arc::new(Mutex::new(current)) })
     }
-}
-
-fn read_snapshot(path: &Path) -> Result<Option<SnapshotFile>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let damaged = || format!("{}: damaged snapshot (checksum); remove it and let the group's leader send a new one", path.display());
-    if bytes.len() < 8 || u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) != xxh3_64(&bytes[8..]) {
-        return Err(damaged());
-    }
-    serde_json::from_slice(&bytes[8..]).map(Some).map_err(|_| damaged())
-}
-
-fn write_snapshot(path: &Path, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> io::Result<()> {
-    let json = serde_json::to_vec(&SnapshotFile { meta: meta.clone(), data: data.to_vec() }).map_err(io::Error::other)?;
-    let mut bytes = xxh3_64(&json).to_le_bytes().to_vec();
-    bytes.extend_from_slice(&json);
-    let tmp = path.with_extension("snap.tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_data()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    crate::journal::segment::sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 fn sm_error(e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -378,7 +555,7 @@ fn sm_error(e: impl std::fmt::Display) -> StorageError<NodeId> {
 /// Builds a snapshot from the state at the moment it is made (between two
 /// applies of its group, which is all the image depends on).
 pub struct Builder {
-    meta: SnapshotMeta<NodeId, BasicNode>,
+    meta: Meta,
     data: Vec<u8>,
     path: PathBuf,
     current: Arc<Mutex<Option<Snapshot<TypeConfig>>>>,
@@ -387,13 +564,13 @@ pub struct Builder {
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let (path, meta, data) = (self.path.clone(), self.meta.clone(), std::mem::take(&mut self.data));
-        let (meta, data) = tokio::task::spawn_blocking(move || write_snapshot(&path, &meta, &data).map(|()| (meta, data)))
+        let kept = tokio::task::spawn_blocking(move || write_snapshot(&path, &meta, &data))
             .await
             .map_err(sm_error)?
             .map_err(|e| StorageError::IO { source: StorageIOError::write_snapshot(None, &e) })?;
-        let kept: Snapshot<TypeConfig> = Snapshot { meta: meta.clone(), snapshot: Box::new(data.clone()) };
-        *self.current.lock() = Some(kept);
-        Ok(Snapshot { meta, snapshot: Box::new(data) })
+        let snapshot = Snapshot { meta: self.meta.clone(), snapshot: Box::new(kept) };
+        *self.current.lock() = Some(snapshot.clone());
+        Ok(snapshot)
     }
 }
 
@@ -401,7 +578,8 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
     type SnapshotBuilder = Builder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
-        Ok((self.applied, self.membership.clone()))
+        let a = self.applied.lock();
+        Ok((a.log_id, a.membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError<NodeId>>
@@ -414,7 +592,7 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
             let outcome = match e.payload {
                 EntryPayload::Blank => Outcome::Done,
                 EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(e.log_id), m);
+                    self.applied.lock().membership = StoredMembership::new(Some(e.log_id), m);
                     Outcome::Done
                 }
                 EntryPayload::Normal(cmd) => self
@@ -423,45 +601,42 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
                     .await
                     .map_err(|err| StorageError::IO { source: StorageIOError::apply(e.log_id, &io::Error::other(err.to_string())) })?,
             };
-            self.applied = Some(e.log_id);
+            self.applied.lock().log_id = Some(e.log_id);
             out.push(outcome);
         }
         Ok(out)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let id = self.applied.map_or_else(|| "empty".to_string(), |l| format!("{}-{}", l.leader_id, l.index));
+        let Applied { log_id, membership } = self.applied.lock().clone();
+        let id = log_id.map_or_else(|| "empty".to_string(), |l| format!("{}-{}", l.leader_id, l.index));
         Builder {
-            meta: SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id: id },
+            meta: SnapshotMeta { last_log_id: log_id, last_membership: membership, snapshot_id: id },
             data: self.machine.image(self.group),
             path: self.path.clone(),
             current: self.current.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Vec<u8>>, StorageError<NodeId>> {
-        Ok(Box::default())
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<NodeId>> {
+        Ok(Box::new(SnapshotData::Received(Vec::new())))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Vec<u8>>,
-    ) -> Result<(), StorageError<NodeId>> {
-        let (path, m, data) = (self.path.clone(), meta.clone(), snapshot.clone());
-        tokio::task::spawn_blocking(move || write_snapshot(&path, &m, &data))
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<SnapshotData>) -> Result<(), StorageError<NodeId>> {
+        let image = snapshot.bytes().map_err(|e| StorageError::IO { source: StorageIOError::read_snapshot(None, &e) })?;
+        let (path, m, data) = (self.path.clone(), meta.clone(), image.clone());
+        let kept = tokio::task::spawn_blocking(move || write_snapshot(&path, &m, &data))
             .await
             .map_err(sm_error)?
             .map_err(|e| StorageError::IO { source: StorageIOError::write_snapshot(None, &e) })?;
-        self.machine.install(self.group, &snapshot).await.map_err(sm_error)?;
-        self.applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        *self.current.lock() = Some(Snapshot { meta: meta.clone(), snapshot });
+        self.machine.install(self.group, &image).await.map_err(sm_error)?;
+        *self.applied.lock() = Applied { log_id: meta.last_log_id, membership: meta.last_membership.clone() };
+        *self.current.lock() = Some(Snapshot { meta: meta.clone(), snapshot: Box::new(kept) });
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.current.lock().as_ref().map(|s| Snapshot { meta: s.meta.clone(), snapshot: s.snapshot.clone() }))
+        Ok(self.current.lock().clone())
     }
 }
 

@@ -79,26 +79,17 @@ impl App {
             stats_top: cfg.stats_top,
         };
         // A cluster node keeps each partition's replica in a store of its
-        // own, rebuilt at every start from the Raft log and snapshots,
-        // which are what is durable; so they are never synced. What is this
-        // node's alone (its click rollups) stays in `DATA_DIR/local/`.
-        let (store_dir, partition_stores) = match (&cfg.cluster, &raft_log) {
-            (Some(c), Some(_)) => {
-                let state = cfg.data_dir.join("state");
-                match std::fs::remove_dir_all(&state) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(server::StartError::Cluster(format!("cannot clear {}: {e}", state.display()))),
-                }
+        // own, never synced: the Raft journal and snapshots are what is
+        // durable (see `cluster::raft`). What is this node's alone (its
+        // click rollups) stays in `DATA_DIR/local/`.
+        let (store_dir, partitions) = match (&cfg.cluster, &raft_log) {
+            (Some(c), Some(log)) => {
                 let segment_bytes = (cfg.segment_bytes / u64::from(c.partitions)).max(cfg.least_segment_bytes());
-                let mut stores = Vec::with_capacity(c.partitions as usize);
-                for p in 0..c.partitions {
-                    let dir = state.join(format!("p-{p:02}"));
-                    stores.push(Arc::new(Store::open(options(dir, crate::config::Durability::Never, segment_bytes))?));
-                }
-                (cfg.data_dir.join("local"), stores)
+                let open = |dir| Store::open(options(dir, crate::config::Durability::Never, segment_bytes));
+                let partitions = crate::cluster::open_partitions(&cfg.data_dir.join("state"), log, c.partitions, open)?;
+                (cfg.data_dir.join("local"), Some(partitions))
             }
-            _ => (cfg.data_dir.clone(), Vec::new()),
+            _ => (cfg.data_dir.clone(), None),
         };
         let store = Arc::new(Store::open(options(store_dir, cfg.durability, cfg.segment_bytes))?);
         let analytics = Arc::new(Analytics::new(&cfg).map_err(server::StartError::Access)?);
@@ -108,9 +99,9 @@ impl App {
             ttl: cfg.cache_ttl,
             jitter: cfg.cache_ttl_jitter,
         }));
-        let links = match (&cfg.cluster, raft_log) {
-            (Some(c), Some(log)) => Links::Clustered(
-                crate::cluster::Cluster::start(c.clone(), log, partition_stores, cache.clone()).map_err(server::StartError::Cluster)?,
+        let links = match (&cfg.cluster, raft_log, partitions) {
+            (Some(c), Some(log), Some(partitions)) => Links::Clustered(
+                crate::cluster::Cluster::start(c.clone(), log, partitions, cache.clone()).map_err(server::StartError::Cluster)?,
             ),
             _ => Links::Local { store: store.clone(), cache: cache.clone() },
         };

@@ -150,17 +150,15 @@ impl Server {
     /// persists clicks, writes a snapshot and closes the store.
     pub fn shutdown(mut self) {
         self.app.begin_shutdown();
-        if let Some(cluster) = self.app.links.cluster() {
-            cluster.leave();
-        }
         let _ = self.stop.send(true);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
         self.aggregator.stop();
-        for store in self.app.every_store() {
-            store.close();
+        if let Some(cluster) = self.app.links.cluster() {
+            cluster.stop();
         }
+        self.app.store.close();
         tracing::info!("shortd stopped");
     }
 }

@@ -71,6 +71,26 @@ impl Node {
         }
     }
 
+    /// SIGTERM, then waits for the process to exit.
+    pub fn stop(&mut self) {
+        self.signal("-TERM");
+        let mut child = self.child.take().unwrap();
+        let exited = poll_until(Duration::from_secs(20), || child.try_wait().unwrap());
+        assert!(exited.is_some_and(|s| s.success()), "node {} did not stop cleanly: {exited:?}; log:\n{}", self.id, self.log());
+    }
+
+    /// What the latest start said of its partition replicas: (reopened,
+    /// rebuilt).
+    pub fn replicas_opened(&self) -> (u32, u32) {
+        let log = self.log();
+        let line = log.lines().rev().find(|l| l.contains("partition replicas opened")).expect("no start reported its replicas");
+        let field = |name: &str| -> u32 {
+            let at = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("no {name} in {line}")) + name.len() + 1;
+            line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        };
+        (field("reopened"), field("rebuilt"))
+    }
+
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().unwrap().id();
         assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
