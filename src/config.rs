@@ -225,6 +225,10 @@ pub struct ClusterConfig {
     /// Ring points per node
     #[arg(long, env = "SHORTD_VNODES", default_value_t = 128, value_parser = in_range(1usize, 4096))]
     pub vnodes: usize,
+    /// Log entries a Raft group takes between snapshots; each snapshot
+    /// purges the group's log behind it but for a fifth of this
+    #[arg(long, env = "SHORTD_RAFT_SNAPSHOT_ENTRIES", default_value_t = 5000, value_parser = in_range(10u64, 10_000_000))]
+    pub raft_snapshot_entries: u64,
     /// `--cluster-key`.
     #[arg(skip)]
     pub cluster_key: String,

@@ -291,18 +291,6 @@ fn a_graceful_restart_reopens_every_replica_and_loses_nothing() {
     for i in 0..5 {
         assert!([&a, &b, &c][i % 3].redirects(&counted, &links[1].1));
     }
-    let lists_exactly = |node: &Node, want: &[String]| {
-        let mut want = want.to_vec();
-        want.sort();
-        poll_until(Duration::from_secs(15), || {
-            let (status, page, _) = node.call("GET", "/api/v1/links?limit=1000", None);
-            assert_eq!(status, 200, "{page}");
-            let mut seen: Vec<String> = page["links"].as_array().unwrap().iter().map(|l| l["code"].as_str().unwrap().to_string()).collect();
-            seen.sort();
-            (seen == want).then_some(())
-        })
-        .is_some()
-    };
     let codes = |links: &[(String, String)]| -> Vec<String> { links.iter().map(|(c, _)| c.clone()).chain([keyed_code.clone()]).collect() };
 
     // c stops gracefully while the others take writes; back, it reopens
@@ -352,4 +340,58 @@ fn a_graceful_restart_reopens_every_replica_and_loses_nothing() {
     assert_eq!(c.replicas_opened(), (0, 16));
     assert!(lists_exactly(&c, &codes(&links)), "c lost links after a crash");
     assert_all_redirect(&links, &[&c]);
+}
+
+/// Lists `node`'s replicas until they hold exactly `want`, for up to 15 s.
+fn lists_exactly(node: &Node, want: &[String]) -> bool {
+    let mut want = want.to_vec();
+    want.sort();
+    poll_until(Duration::from_secs(15), || {
+        let (status, page, _) = node.call("GET", "/api/v1/links?limit=1000", None);
+        assert_eq!(status, 200, "{page}");
+        let mut seen: Vec<String> = page["links"].as_array().unwrap().iter().map(|l| l["code"].as_str().unwrap().to_string()).collect();
+        seen.sort();
+        (seen == want).then_some(())
+    })
+    .is_some()
+}
+
+#[test]
+fn a_replica_behind_the_purged_log_is_sent_the_snapshot() {
+    let args = ["--partitions", "2", "--raft-snapshot-entries", "20"];
+    let a = Node::start("a", 81, None, &args);
+    let b = Node::start("b", 82, Some(&a), &args);
+    let mut c = Node::start("c", 83, Some(&a), &args);
+    wait_settled(&[&a, &b, &c], &["a", "b", "c"]);
+    let create = |i: usize, what: &str| {
+        let url = format!("https://example.com/{what}/{i}");
+        ([&a, &b][i % 2].create(&url), url)
+    };
+    let mut links: Vec<(String, String)> = (0..20).map(|i| create(i, "before")).collect();
+
+    // While c is stopped, each group takes several snapshots' worth of
+    // entries and purges its journal past the point c stopped at.
+    c.stop();
+    links.extend((0..150).map(|i| create(i, "while-c-was-stopped")));
+    c.spawn();
+    assert_eq!(c.replicas_opened(), (2, 0));
+    let codes: Vec<String> = links.iter().map(|(code, _)| code.clone()).collect();
+    assert!(lists_exactly(&c, &codes), "c's replicas did not catch up");
+    let installed = c.log().matches("installed a snapshot sent by the group's leader").count();
+    assert!(installed >= 1, "c caught up without a snapshot; log:\n{}", c.log());
+    let snap = std::fs::read(c.dir.join("raft/group-0.snap")).unwrap();
+    assert_eq!(&snap[..8], b"shortdS1", "group 0's snapshot is not in the checked layout");
+
+    // A crash: the replicas are rebuilt from the snapshots kept here and
+    // the journal after them, and changes go on reaching c.
+    c.kill();
+    c.spawn();
+    assert_eq!(c.replicas_opened(), (0, 2));
+    assert!(lists_exactly(&c, &codes), "c lost links rebuilding from its snapshots");
+    let gone = links.pop().unwrap().0;
+    assert_eq!(a.status("DELETE", &format!("/api/v1/links/{gone}")), 204);
+    links.push(create(0, "after"));
+    let codes: Vec<String> = links.iter().map(|(code, _)| code.clone()).collect();
+    assert!(lists_exactly(&c, &codes), "c did not follow changes after the rebuild");
+    assert_all_redirect(&links, &[&a, &b, &c]);
 }

@@ -267,8 +267,8 @@ impl Cluster {
             election_timeout_min: 600,
             election_timeout_max: 1200,
             install_snapshot_timeout: 120_000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
-            max_in_snapshot_log_to_keep: 1000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.raft_snapshot_entries),
+            max_in_snapshot_log_to_keep: cfg.raft_snapshot_entries / 5,
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| format!("Raft settings: {e}"))?);

@@ -630,6 +630,7 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
             .map_err(sm_error)?
             .map_err(|e| StorageError::IO { source: StorageIOError::write_snapshot(None, &e) })?;
         self.machine.install(self.group, &image).await.map_err(sm_error)?;
+        tracing::info!(group = self.group, at = ?meta.last_log_id, bytes = image.len(), "installed a snapshot sent by the group's leader");
         *self.applied.lock() = Applied { log_id: meta.last_log_id, membership: meta.last_membership.clone() };
         *self.current.lock() = Some(Snapshot { meta: meta.clone(), snapshot: Box::new(kept) });
         Ok(())
