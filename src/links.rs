@@ -8,6 +8,7 @@
 //! `fetch_shared`. The one exception is a click on a link with a click
 //! limit in a cluster, which its partition decides (`claim_click`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -55,6 +56,24 @@ impl ListCursor {
 
 /// A create waiting for its answer (the batch API queues many at once).
 pub type Queued = oneshot::Receiver<Result<Created, WriteError>>;
+
+/// A store of the links: a single node's, or a partition's replica, held
+/// while it is used (installing a snapshot swaps a replica).
+pub enum StoreRef<'a> {
+    Local(&'a Arc<Store>),
+    Replica(Arc<Store>),
+}
+
+impl std::ops::Deref for StoreRef<'_> {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        match self {
+            StoreRef::Local(s) => s,
+            StoreRef::Replica(s) => s,
+        }
+    }
+}
 
 #[derive(Clone)]
 pub enum Links {
@@ -123,18 +142,18 @@ impl Links {
     /// The store that holds `code` on this node: the one store of a single
     /// node, or this node's replica of the code's partition.
     #[inline]
-    pub fn store_of(&self, code: &str) -> &Arc<Store> {
+    pub fn store_of(&self, code: &str) -> StoreRef<'_> {
         match self {
-            Links::Local { store, .. } => store,
-            Links::Clustered(c) => c.store_of(code),
+            Links::Local { store, .. } => StoreRef::Local(store),
+            Links::Clustered(c) => StoreRef::Replica(c.store_of(code)),
         }
     }
 
     /// Every store that holds links here: one, or one per partition.
-    pub fn stores(&self) -> &[Arc<Store>] {
+    pub fn stores(&self) -> Cow<'_, [Arc<Store>]> {
         match self {
-            Links::Local { store, .. } => std::slice::from_ref(store),
-            Links::Clustered(c) => c.stores(),
+            Links::Local { store, .. } => Cow::Borrowed(std::slice::from_ref(store)),
+            Links::Clustered(c) => Cow::Owned(c.stores()),
         }
     }
 

@@ -381,6 +381,14 @@ fn a_replica_behind_the_purged_log_is_sent_the_snapshot() {
     assert!(installed >= 1, "c caught up without a snapshot; log:\n{}", c.log());
     let snap = std::fs::read(c.dir.join("raft/group-0.snap")).unwrap();
     assert_eq!(&snap[..8], b"shortdS1", "group 0's snapshot is not in the checked layout");
+    // What came is the partition store's own files.
+    let files: Vec<String> = std::fs::read_dir(c.dir.join("raft"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_str().unwrap().starts_with("group-0-"))
+        .flat_map(|e| std::fs::read_dir(e.path()).unwrap().flatten().map(|f| f.file_name().into_string().unwrap()))
+        .collect();
+    assert!(files.iter().any(|f| f.ends_with(".log")), "group 0's snapshot holds no segment: {files:?}");
 
     // A crash: the replicas are rebuilt from the snapshots kept here and
     // the journal after them, and changes go on reaching c.

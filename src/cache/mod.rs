@@ -207,6 +207,15 @@ impl Cache {
         self.remove(code);
     }
 
+    /// Drops the entries of every code `doomed` names.
+    pub fn invalidate_where(&self, doomed: impl Fn(&str) -> bool) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let codes: Vec<CompactString> = self.map.iter().filter(|e| doomed(e.key())).map(|e| e.key().clone()).collect();
+        for code in codes {
+            self.remove(&code);
+        }
+    }
+
     fn remove(&self, code: &str) {
         if let Some((k, old)) = self.map.remove(code) {
             self.entries.fetch_sub(1, Ordering::Relaxed);

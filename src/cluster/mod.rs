@@ -24,6 +24,7 @@ pub mod placement;
 pub mod raft;
 pub mod raftlog;
 pub mod ring;
+pub mod snapshot;
 pub mod transport;
 pub mod wire;
 
@@ -46,7 +47,7 @@ use tokio::sync::oneshot;
 use self::metadata::{MetaCommand, MetaState};
 use self::peer::Peers;
 use self::placement::Placement;
-use self::raft::{link_of, partition_of, Applied, Command, GroupSm, Machine, NodeId, Outcome, Raft, Stopped, WirePatch};
+use self::raft::{link_of, partition_of, Applied, Command, GroupSm, Machine, NodeId, OpenReplica, Outcome, Raft, Stopped, WirePatch};
 use self::raftlog::RaftLog;
 use self::wire::WireRecord;
 use crate::cache::{Cache, Entry};
@@ -164,17 +165,14 @@ pub fn open_log(data_dir: &Path, cfg: &ClusterConfig, durability: Durability, se
 pub struct Partitions {
     stores: Vec<Arc<Store>>,
     stopped: Vec<Option<Stopped>>,
+    open: OpenReplica,
+    state: PathBuf,
 }
 
 /// Opens each partition's replica in `state/p-NN/` (`open` opens a store).
 /// One a graceful stop closed is reopened as it was; any other is cleared,
 /// to be rebuilt from its group's snapshot and journal.
-pub fn open_partitions(
-    state: &Path,
-    log: &RaftLog,
-    partitions: u32,
-    open: impl Fn(PathBuf) -> Result<Store, OpenError>,
-) -> Result<Partitions, OpenError> {
+pub fn open_partitions(state: &Path, log: &RaftLog, partitions: u32, open: OpenReplica) -> Result<Partitions, OpenError> {
     let raft_id = raft_id(log.dir()).map_err(OpenError::Invalid)?;
     let failed = |path: &Path, e: std::io::Error| OpenError::Invalid(format!("cannot clear {}: {e}", path.display()));
     let clear = |path: &Path| match std::fs::remove_dir_all(path) {
@@ -190,11 +188,11 @@ pub fn open_partitions(
             gone.map_err(|e| failed(&path, e))?;
         }
     }
-    let mut out = Partitions { stores: Vec::new(), stopped: Vec::new() };
+    let mut out = Partitions { stores: Vec::new(), stopped: Vec::new(), open, state: state.to_path_buf() };
     for name in names {
         let dir = state.join(name);
         let mut stopped = Stopped::take(&dir, raft_id).map_err(OpenError::Invalid)?;
-        let store = match stopped.is_some().then(|| open(dir.clone())) {
+        let store = match stopped.is_some().then(|| (out.open)(dir.clone())) {
             Some(Ok(store)) => store,
             reopened => {
                 if let Some(Err(e)) = reopened {
@@ -202,7 +200,7 @@ pub fn open_partitions(
                 }
                 stopped = None;
                 clear(&dir)?;
-                open(dir)?
+                (out.open)(dir)?
             }
         };
         out.stores.push(Arc::new(store));
@@ -247,7 +245,7 @@ impl Cluster {
     /// Starts one Raft group per partition plus the metadata group, over
     /// `log`; `partitions.stores[p]` is partition `p`'s replica.
     pub fn start(cfg: ClusterConfig, log: Arc<RaftLog>, partitions: Partitions, cache: Arc<Cache>) -> Result<Arc<Cluster>, String> {
-        let Partitions { stores, stopped } = partitions;
+        let Partitions { stores, stopped, open, state } = partitions;
         if stores.len() != cfg.partitions as usize {
             return Err(format!("{} partition stores for {} partitions", stores.len(), cfg.partitions));
         }
@@ -273,7 +271,7 @@ impl Cluster {
         };
         let config = Arc::new(config.validate().map_err(|e| format!("Raft settings: {e}"))?);
         let peers = Arc::new(Peers::new(&cfg.cluster_key, cfg.peer_timeout));
-        let machine = Machine::new(stores, cache.clone());
+        let machine = Machine::new(stores, open, state, cache.clone());
         let applied: Vec<Arc<Mutex<Applied>>> = (0..=cfg.partitions).map(|_| Arc::default()).collect();
         let mut stopped = stopped.into_iter();
         let groups = rt.block_on(async {
@@ -391,12 +389,12 @@ impl Cluster {
     }
 
     /// The store of `code`'s partition: this node's replica of it.
-    pub fn store_of(&self, code: &str) -> &Arc<Store> {
+    pub fn store_of(&self, code: &str) -> Arc<Store> {
         self.machine.store_of(code)
     }
 
     /// Every partition's store, partition 0 first.
-    pub fn stores(&self) -> &[Arc<Store>] {
+    pub fn stores(&self) -> Vec<Arc<Store>> {
         self.machine.stores()
     }
 
@@ -727,14 +725,10 @@ impl Cluster {
             }
             "vote" => serde_json::to_vec(&raft.vote(serde_json::from_slice(body).map_err(bad)?).await),
             "snapshot" => {
-                let head_len = body.get(..4).map_or(usize::MAX, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
-                let (head, image) = body.get(4..).filter(|b| b.len() >= head_len).ok_or("snapshot: cut short")?.split_at(head_len);
-                let (vote, meta, sum): (openraft::Vote<NodeId>, openraft::SnapshotMeta<NodeId, BasicNode>, u64) =
-                    serde_json::from_slice(head).map_err(bad)?;
-                if xxhash_rust::xxh3::xxh3_64(image) != sum {
-                    return Err("snapshot: the image fails its checksum".into());
-                }
-                let snapshot = openraft::Snapshot { meta, snapshot: Box::new(raft::SnapshotData::Received(image.to_vec())) };
+                let (body, dir) = (body.to_vec(), self.log.dir().to_path_buf());
+                let (vote, meta, data) =
+                    tokio::task::spawn_blocking(move || snapshot::decode(&body, &dir, group)).await.map_err(|e| e.to_string())??;
+                let snapshot = openraft::Snapshot { meta, snapshot: Box::new(data) };
                 serde_json::to_vec(&raft.install_full_snapshot(vote, snapshot).await)
             }
             _ => return Err(format!("no Raft message {what}")),

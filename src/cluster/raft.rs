@@ -24,8 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,7 +40,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::metadata::{MetaCommand, MetaState};
 use super::wire::WireRecord;
 use crate::cache::Cache;
-use crate::store::{ApplyMode, Link, Patch, Store, Stored, Version, WriteError, IDEMPOTENCY_WINDOW_MS};
+use crate::store::{ApplyMode, Link, OpenError, Patch, Store, Stored, Version, WriteError, IDEMPOTENCY_WINDOW_MS};
 
 pub type NodeId = u64;
 
@@ -51,6 +50,9 @@ openraft::declare_raft_types!(
         R = Outcome,
         SnapshotData = SnapshotData,
 );
+
+pub use super::snapshot::SnapshotData;
+use super::snapshot::{self, Meta};
 
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -147,11 +149,17 @@ pub fn partition_of(key: &str, partitions: u32) -> u32 {
     (xxh3_64(key.as_bytes()) % u64::from(partitions)) as u32
 }
 
+/// Opens a partition's replica in a directory (`state/p-NN/`).
+pub type OpenReplica = Box<dyn Fn(PathBuf) -> Result<Store, OpenError> + Send + Sync>;
+
 /// What the state machines of every group on this node share: one store
 /// per partition (`DATA_DIR/state/p-NN/`), the idempotency claims and the
 /// metadata.
 pub struct Machine {
-    stores: Vec<Arc<Store>>,
+    /// Swapped whole when a snapshot is installed.
+    stores: Vec<RwLock<Arc<Store>>>,
+    open: OpenReplica,
+    state_dir: PathBuf,
     pub cache: Arc<Cache>,
     pub partitions: u32,
     claims: Mutex<HashMap<String, Claim>>,
@@ -159,10 +167,11 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// `stores[p]` holds partition `p`'s records.
-    pub fn new(stores: Vec<Arc<Store>>, cache: Arc<Cache>) -> Arc<Machine> {
+    /// `stores[p]` holds partition `p`'s records, in `state_dir/p-NN/`.
+    pub fn new(stores: Vec<Arc<Store>>, open: OpenReplica, state_dir: PathBuf, cache: Arc<Cache>) -> Arc<Machine> {
         let partitions = stores.len() as u32;
-        Arc::new(Machine { stores, cache, partitions, claims: Mutex::default(), meta: RwLock::default() })
+        let stores = stores.into_iter().map(RwLock::new).collect();
+        Arc::new(Machine { stores, open, state_dir, cache, partitions, claims: Mutex::default(), meta: RwLock::default() })
     }
 
     pub fn meta_group(&self) -> u32 {
@@ -170,12 +179,21 @@ impl Machine {
     }
 
     /// The store of `code`'s partition.
-    pub fn store_of(&self, code: &str) -> &Arc<Store> {
-        &self.stores[partition_of(code, self.partitions) as usize]
+    pub fn store_of(&self, code: &str) -> Arc<Store> {
+        self.replica(partition_of(code, self.partitions))
     }
 
-    pub fn stores(&self) -> &[Arc<Store>] {
-        &self.stores
+    pub fn replica(&self, group: u32) -> Arc<Store> {
+        self.stores[group as usize].read().clone()
+    }
+
+    pub fn stores(&self) -> Vec<Arc<Store>> {
+        self.stores.iter().map(|s| s.read().clone()).collect()
+    }
+
+    /// A partition's replica directory.
+    pub fn replica_dir(&self, group: u32) -> PathBuf {
+        self.state_dir.join(format!("p-{group:02}"))
     }
 
     async fn apply(&self, cmd: Command) -> Result<Outcome, WriteError> {
@@ -257,30 +275,6 @@ impl Machine {
             .ok_or_else(|| WriteError::Unavailable(format!("{code} vanished while applied")))
     }
 
-    /// A partition's state as bytes: its records and claims (or, for the
-    /// metadata group, the metadata).
-    fn image(&self, group: u32) -> Vec<u8> {
-        if group == self.meta_group() {
-            return serde_json::to_vec(&*self.meta.read()).expect("metadata serialises");
-        }
-        let store = &self.stores[group as usize];
-        let shared = store.shared();
-        let mut codes = Vec::new();
-        // A key can sit in more than one layer of the index: deduplicated below.
-        let walked = shared.index.for_each(|key, loc| {
-            if let Some(code) = key.map(compact_str::CompactString::from).or_else(|| shared.key_at(loc)) {
-                codes.push(code);
-            }
-        });
-        if let Err(e) = walked {
-            tracing::error!(group, error = %e, "partition image left out keys of a damaged index block");
-        }
-        codes.sort_unstable();
-        codes.dedup();
-        let records: Vec<WireRecord> = codes.into_iter().filter_map(|code| store.stored(&code).map(|s| WireRecord::from(&s))).collect();
-        serde_json::to_vec(&Image { records, claims: self.claims_of(group) }).expect("an image serialises")
-    }
-
     /// The idempotency claims of a partition.
     pub fn claims_of(&self, group: u32) -> BTreeMap<String, Claim> {
         let p = self.partitions;
@@ -295,22 +289,39 @@ impl Machine {
         all.extend(claims);
     }
 
-    /// Makes a partition's state the image's. Records are written over
-    /// whatever is here: the image is of a later log position than any
-    /// state this replica has applied, and a key once written is never
-    /// forgotten (tombstones are kept), so every key here is in it.
-    async fn install(&self, group: u32, data: &[u8]) -> Result<(), String> {
-        if group == self.meta_group() {
-            *self.meta.write() = serde_json::from_slice(data).map_err(|e| format!("metadata image: {e}"))?;
-            return Ok(());
+    /// Makes a checkpoint of some replica of the partition (`files`) this
+    /// node's replica: the store is closed, its directory made anew from
+    /// the checkpoint, and reopened in its place. Cached entries of the
+    /// partition go: they may be of the state left behind.
+    async fn replace_replica(self: &Arc<Self>, group: u32, files: PathBuf) -> Result<(), String> {
+        let me = self.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            me.replica(group).close();
+            let dir = me.replica_dir(group);
+            crate::store::copy_checkpoint(&files, &dir).map_err(|e| format!("{} into {}: {e}", files.display(), dir.display()))?;
+            (me.open)(dir).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        *self.stores[group as usize].write() = Arc::new(store);
+        let p = self.partitions;
+        self.cache.invalidate_where(|code| partition_of(code, p) == group);
+        Ok(())
+    }
+
+    /// Writes a snapshot image of the layout before 2026-12-02 (every
+    /// record) into the partition's (empty) replica.
+    async fn install_records(&self, group: u32, data: &[u8]) -> Result<(), String> {
+        #[derive(Deserialize)]
+        struct Records {
+            records: Vec<WireRecord>,
+            claims: BTreeMap<String, Claim>,
         }
-        let image: Image = serde_json::from_slice(data).map_err(|e| format!("partition image: {e}"))?;
-        let store = &self.stores[group as usize];
+        let image: Records = serde_json::from_slice(data).map_err(|e| format!("partition image: {e}"))?;
+        let store = self.replica(group);
         for rec in image.records {
             let stored = rec.into_stored().ok_or("partition image: an invalid record")?;
-            let code = stored.code.clone();
             store.apply(stored, ApplyMode::Replace).await.map_err(|e| e.to_string())?;
-            self.cache.invalidate(&code);
         }
         self.restore_claims(group, image.claims);
         Ok(())
@@ -319,131 +330,6 @@ impl Machine {
 
 fn version(at_ms: i64) -> Version {
     Version { ms: at_ms, origin: 1 }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Image {
-    records: Vec<WireRecord>,
-    claims: BTreeMap<String, Claim>,
-}
-
-/// A snapshot's image: in the file this node keeps it in, held open so a
-/// newer snapshot renamed over the path leaves an older handle's bytes as
-/// they were, or as received from a leader (already checked).
-#[derive(Clone)]
-pub enum SnapshotData {
-    File { file: Arc<File>, at: u64, len: u64, sum: u64 },
-    Received(Vec<u8>),
-}
-
-impl std::fmt::Debug for SnapshotData {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SnapshotData::File { len, .. } => write!(f, "snapshot file ({len} bytes)"),
-            SnapshotData::Received(b) => write!(f, "received snapshot ({} bytes)", b.len()),
-        }
-    }
-}
-
-impl SnapshotData {
-    /// The image, checked against the checksum it was written with.
-    pub fn bytes(&self) -> io::Result<Vec<u8>> {
-        match self {
-            SnapshotData::Received(b) => Ok(b.clone()),
-            SnapshotData::File { file, at, len, sum } => {
-                let mut data = vec![0; *len as usize];
-                file.read_exact_at(&mut data, *at)?;
-                if xxh3_64(&data) != *sum {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "the snapshot's image fails its checksum"));
-                }
-                Ok(data)
-            }
-        }
-    }
-}
-
-/// `group-N.snap`: this header, the meta's JSON, then the image. The
-/// header's own checksum covers it and the meta, so a start reads only
-/// these; the image is checked when it is read.
-const SNAP_MAGIC: &[u8; 8] = b"shortdS1";
-const SNAP_HEADER: usize = 36;
-
-fn snap_header(meta_json: &[u8], data: &[u8]) -> [u8; SNAP_HEADER] {
-    let mut h = [0u8; SNAP_HEADER];
-    h[..8].copy_from_slice(SNAP_MAGIC);
-    h[8..12].copy_from_slice(&(meta_json.len() as u32).to_le_bytes());
-    h[12..20].copy_from_slice(&(data.len() as u64).to_le_bytes());
-    h[20..28].copy_from_slice(&xxh3_64(data).to_le_bytes());
-    let head_sum = xxh3_64(&[&h[..28], meta_json].concat());
-    h[28..].copy_from_slice(&head_sum.to_le_bytes());
-    h
-}
-
-type Meta = SnapshotMeta<NodeId, BasicNode>;
-
-/// The snapshot in `path`, if there is one: its meta, and a handle to its
-/// image.
-fn read_snapshot(path: &Path) -> Result<Option<(Meta, SnapshotData)>, String> {
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let damaged = || format!("{}: damaged snapshot (checksum); remove it and let the group's leader send a new one", path.display());
-    let io_err = |e: io::Error| format!("{}: {e}", path.display());
-    let mut h = [0u8; SNAP_HEADER];
-    if file.read_exact(&mut h).is_err() || &h[..8] != SNAP_MAGIC {
-        return read_old_snapshot(path).map(Some);
-    }
-    let meta_len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")) as usize;
-    let len = u64::from_le_bytes(h[12..20].try_into().expect("8 bytes"));
-    let sum = u64::from_le_bytes(h[20..28].try_into().expect("8 bytes"));
-    let at = (SNAP_HEADER + meta_len) as u64;
-    if file.metadata().map_err(io_err)?.len() != at + len {
-        return Err(damaged());
-    }
-    let mut meta_json = vec![0; meta_len];
-    file.read_exact(&mut meta_json).map_err(io_err)?;
-    if u64::from_le_bytes(h[28..].try_into().expect("8 bytes")) != xxh3_64(&[&h[..28], &meta_json[..]].concat()) {
-        return Err(damaged());
-    }
-    let meta: Meta = serde_json::from_slice(&meta_json).map_err(|_| damaged())?;
-    Ok(Some((meta, SnapshotData::File { file: Arc::new(file), at, len, sum })))
-}
-
-/// A snapshot of the layout before 2026-12-02 (checksum, then the JSON of
-/// meta and image), rewritten in the current one.
-fn read_old_snapshot(path: &Path) -> Result<(Meta, SnapshotData), String> {
-    #[derive(Deserialize)]
-    struct Old {
-        meta: Meta,
-        data: Vec<u8>,
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let damaged = || format!("{}: damaged snapshot (checksum); remove it and let the group's leader send a new one", path.display());
-    if bytes.len() < 8 || u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) != xxh3_64(&bytes[8..]) {
-        return Err(damaged());
-    }
-    let old: Old = serde_json::from_slice(&bytes[8..]).map_err(|_| damaged())?;
-    let data = write_snapshot(path, &old.meta, &old.data).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((old.meta, data))
-}
-
-/// Writes a snapshot (temporary file, sync, rename, directory sync) and
-/// returns a handle to its image.
-fn write_snapshot(path: &Path, meta: &Meta, data: &[u8]) -> io::Result<SnapshotData> {
-    let meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
-    let header = snap_header(&meta_json, data);
-    let tmp = path.with_extension("snap.tmp");
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
-    f.write_all(&header)?;
-    f.write_all(&meta_json)?;
-    f.write_all(data)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    crate::journal::segment::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-    let (at, len) = ((SNAP_HEADER + meta_json.len()) as u64, data.len() as u64);
-    Ok(SnapshotData::File { file: Arc::new(f), at, len, sum: xxh3_64(data) })
 }
 
 /// Where a group's state machine stands: moved by every apply, read by a
@@ -511,7 +397,8 @@ impl Stopped {
 pub struct GroupSm {
     group: u32,
     machine: Arc<Machine>,
-    path: PathBuf,
+    /// `DATA_DIR/raft/`, where the snapshots are.
+    dir: PathBuf,
     applied: Arc<Mutex<Applied>>,
     /// The newest snapshot built or installed (also on disk).
     current: Arc<Mutex<Option<Snapshot<TypeConfig>>>>,
@@ -528,23 +415,90 @@ impl GroupSm {
         applied: Arc<Mutex<Applied>>,
         stopped: Option<Stopped>,
     ) -> Result<GroupSm, String> {
-        let path = dir.join(format!("group-{group}.snap"));
-        let current = read_snapshot(&path)?;
-        let snapshot_at = current.as_ref().and_then(|(m, _)| m.last_log_id);
+        let sm = GroupSm { group, machine, dir: dir.to_path_buf(), applied, current: Arc::default() };
+        let found = snapshot::read(&sm.path())?;
+        if let Some(snapshot::Read::Old(meta, data)) = &found {
+            // Rebuilt from the old image and kept in the current layout.
+            sm.machine.install_records(group, data).await.map_err(|e| format!("{}: {e}", sm.path().display()))?;
+            *sm.applied.lock() = Applied { log_id: meta.last_log_id, membership: meta.last_membership.clone() };
+            let snapshot = sm.build(meta.clone()).await.map_err(|e| format!("{}: {e}", sm.path().display()))?;
+            *sm.current.lock() = Some(snapshot);
+            return Ok(sm);
+        }
+        let current = match found {
+            Some(snapshot::Read::Current(meta, image)) => {
+                let files = (group != sm.machine.meta_group()).then(|| snapshot::files_dir(dir, group, &meta.snapshot_id));
+                Some(Snapshot { meta, snapshot: Box::new(SnapshotData { image, files }) })
+            }
+            _ => None,
+        };
+        let snapshot_at = current.as_ref().and_then(|s| s.meta.last_log_id);
         match (stopped, &current) {
             (Some(s), _) if s.applied.log_id >= snapshot_at => {
-                machine.restore_claims(group, s.claims);
-                *applied.lock() = s.applied;
+                sm.machine.restore_claims(group, s.claims);
+                *sm.applied.lock() = s.applied;
             }
-            (_, Some((meta, data))) => {
-                let image = data.bytes().map_err(|e| format!("{}: {e}", path.display()))?;
-                machine.install(group, &image).await?;
-                *applied.lock() = Applied { log_id: meta.last_log_id, membership: meta.last_membership.clone() };
-            }
+            (_, Some(snapshot)) => sm.install(&snapshot.meta, &snapshot.snapshot).await?,
             (_, None) => {}
         }
-        let current = current.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(data) });
-        Ok(GroupSm { group, machine, path, applied, current: Arc::new(Mutex::new(current)) })
+        snapshot::tidy(dir, group, current.as_ref().map(|s| s.meta.snapshot_id.as_str()));
+        *sm.current.lock() = current;
+        Ok(sm)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(format!("group-{}.snap", self.group))
+    }
+
+    /// Makes the state the snapshot's: the metadata, or a partition's
+    /// replica and claims.
+    async fn install(&self, meta: &Meta, data: &SnapshotData) -> Result<(), String> {
+        let image = data.image.bytes().map_err(|e| format!("{}: {e}", self.path().display()))?;
+        if self.group == self.machine.meta_group() {
+            *self.machine.meta.write() = serde_json::from_slice(&image).map_err(|e| format!("metadata image: {e}"))?;
+        } else {
+            let claims: BTreeMap<String, Claim> = serde_json::from_slice(&image).map_err(|e| format!("partition claims: {e}"))?;
+            let files = data.files.clone().ok_or("a partition snapshot without its files")?;
+            self.machine.replace_replica(self.group, files).await?;
+            self.machine.restore_claims(self.group, claims);
+        }
+        *self.applied.lock() = Applied { log_id: meta.last_log_id, membership: meta.last_membership.clone() };
+        Ok(())
+    }
+
+    /// A snapshot of the state now, as `meta` names it: the metadata, or
+    /// the partition's claims plus a checkpoint of its replica. Written
+    /// down before it is answered; older snapshots of the group go.
+    async fn build(&self, meta: Meta) -> io::Result<Snapshot<TypeConfig>> {
+        let (files, image) = if self.group == self.machine.meta_group() {
+            (None, serde_json::to_vec(&*self.machine.meta.read()).map_err(io::Error::other)?)
+        } else {
+            let files = snapshot::files_dir(&self.dir, self.group, &meta.snapshot_id);
+            let tmp = files.with_extension("tmp");
+            let _ = std::fs::remove_dir_all(&tmp);
+            self.machine.replica(self.group).checkpoint(tmp.clone()).await.map_err(io::Error::other)?;
+            let image = serde_json::to_vec(&self.machine.claims_of(self.group)).map_err(io::Error::other)?;
+            let (dir, files_in) = (self.dir.clone(), files.clone());
+            tokio::task::spawn_blocking(move || {
+                if files_in.exists() {
+                    std::fs::remove_dir_all(&tmp)
+                } else {
+                    std::fs::rename(&tmp, &files_in).and_then(|()| crate::journal::segment::sync_dir(&dir))
+                }
+            })
+            .await
+            .map_err(io::Error::other)??;
+            (Some(files), image)
+        };
+        let (path, m, dir, group) = (self.path(), meta.clone(), self.dir.clone(), self.group);
+        let image = tokio::task::spawn_blocking(move || {
+            let image = snapshot::write(&path, &m, &image)?;
+            snapshot::tidy(&dir, group, Some(&m.snapshot_id));
+            Ok::<_, io::Error>(image)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotData { image, files }) })
     }
 }
 
@@ -552,23 +506,18 @@ fn sm_error(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageError::IO { source: StorageIOError::write_state_machine(&io::Error::other(e.to_string())) }
 }
 
-/// Builds a snapshot from the state at the moment it is made (between two
-/// applies of its group, which is all the image depends on).
+/// Builds a snapshot: the work is done when it is asked for, between two
+/// applies of its group (`get_snapshot_builder`), since a checkpoint is a
+/// sync, one segment's copy and hard links.
 pub struct Builder {
-    meta: Meta,
-    data: Vec<u8>,
-    path: PathBuf,
+    built: Option<io::Result<Snapshot<TypeConfig>>>,
     current: Arc<Mutex<Option<Snapshot<TypeConfig>>>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let (path, meta, data) = (self.path.clone(), self.meta.clone(), std::mem::take(&mut self.data));
-        let kept = tokio::task::spawn_blocking(move || write_snapshot(&path, &meta, &data))
-            .await
-            .map_err(sm_error)?
-            .map_err(|e| StorageError::IO { source: StorageIOError::write_snapshot(None, &e) })?;
-        let snapshot = Snapshot { meta: self.meta.clone(), snapshot: Box::new(kept) };
+        let built = self.built.take().unwrap_or_else(|| Err(io::Error::other("a snapshot builder used twice")));
+        let snapshot = built.map_err(|e| StorageError::IO { source: StorageIOError::write_snapshot(None, &e) })?;
         *self.current.lock() = Some(snapshot.clone());
         Ok(snapshot)
     }
@@ -610,28 +559,25 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let Applied { log_id, membership } = self.applied.lock().clone();
         let id = log_id.map_or_else(|| "empty".to_string(), |l| format!("{}-{}", l.leader_id, l.index));
-        Builder {
-            meta: SnapshotMeta { last_log_id: log_id, last_membership: membership, snapshot_id: id },
-            data: self.machine.image(self.group),
-            path: self.path.clone(),
-            current: self.current.clone(),
-        }
+        let meta = SnapshotMeta { last_log_id: log_id, last_membership: membership, snapshot_id: id };
+        Builder { built: Some(self.build(meta).await), current: self.current.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<NodeId>> {
-        Ok(Box::new(SnapshotData::Received(Vec::new())))
+        Ok(Box::new(SnapshotData { image: snapshot::Image::Received(Vec::new()), files: None }))
     }
 
     async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<SnapshotData>) -> Result<(), StorageError<NodeId>> {
-        let image = snapshot.bytes().map_err(|e| StorageError::IO { source: StorageIOError::read_snapshot(None, &e) })?;
-        let (path, m, data) = (self.path.clone(), meta.clone(), image.clone());
-        let kept = tokio::task::spawn_blocking(move || write_snapshot(&path, &m, &data))
+        let image = snapshot.image.bytes().map_err(|e| StorageError::IO { source: StorageIOError::read_snapshot(None, &e) })?;
+        let (path, m) = (self.path(), meta.clone());
+        let kept = tokio::task::spawn_blocking(move || snapshot::write(&path, &m, &image))
             .await
             .map_err(sm_error)?
             .map_err(|e| StorageError::IO { source: StorageIOError::write_snapshot(None, &e) })?;
-        self.machine.install(self.group, &image).await.map_err(sm_error)?;
-        tracing::info!(group = self.group, at = ?meta.last_log_id, bytes = image.len(), "installed a snapshot sent by the group's leader");
-        *self.applied.lock() = Applied { log_id: meta.last_log_id, membership: meta.last_membership.clone() };
+        let kept = SnapshotData { image: kept, files: snapshot.files.clone() };
+        self.install(meta, &kept).await.map_err(sm_error)?;
+        snapshot::tidy(&self.dir, self.group, Some(&meta.snapshot_id));
+        tracing::info!(group = self.group, at = ?meta.last_log_id, "installed a snapshot sent by the group's leader");
         *self.current.lock() = Some(Snapshot { meta: meta.clone(), snapshot: Box::new(kept) });
         Ok(())
     }

@@ -1,9 +1,8 @@
 //! Raft messages between nodes: HTTP/1.1 on each node's `--listen` port,
 //! under `/internal/v1/raft/`, with the cluster key, over the pooled client
 //! of `peer.rs`. One client per (group, target); the group travels in the
-//! query string, the message as openraft's own JSON; a snapshot as the
-//! length of a JSON head (vote, meta, the image's xxh3), the head, then the
-//! image's bytes.
+//! query string, the message as openraft's own JSON; a snapshot as its
+//! files (`snapshot.rs`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +15,6 @@ use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory, Snapshot, Vote};
 use serde::de::DeserializeOwned;
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::peer::{PeerError, Peers};
 use super::raft::{NodeId, TypeConfig};
@@ -112,17 +110,14 @@ impl RaftNetwork<TypeConfig> for Client {
         _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let image = snapshot.snapshot.bytes().map_err(|e| {
-            tracing::error!(group = self.group, error = %e, "this node's snapshot cannot be read to send it");
-            StreamingError::Network(NetworkError::new(&Failed(e.to_string())))
-        })?;
-        let head = serde_json::to_vec(&(vote, snapshot.meta, xxh3_64(&image)))
-            .map_err(|e| StreamingError::Network(NetworkError::new(&Failed(e.to_string()))))?;
-        let mut body = Vec::with_capacity(4 + head.len() + image.len());
-        body.extend_from_slice(&(head.len() as u32).to_le_bytes());
-        body.extend_from_slice(&head);
-        body.extend_from_slice(&image);
-        drop(image);
+        let group = self.group;
+        let body = tokio::task::spawn_blocking(move || super::snapshot::encode(vote, snapshot.meta, &snapshot.snapshot))
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&Failed(e.to_string()))))?
+            .map_err(|e| {
+                tracing::error!(group, error = %e, "this node's snapshot cannot be read to send it");
+                StreamingError::Network(NetworkError::new(&Failed(e.to_string())))
+            })?;
         let answer: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = match self.send("snapshot", body.into(), SNAPSHOT_TIMEOUT).await {
             Ok(a) => a,
             Err(Trouble::Unreachable(e)) => return Err(StreamingError::Unreachable(Unreachable::new(&Failed(e)))),

@@ -136,7 +136,7 @@ async fn dispatch(app: &App, peer: SocketAddr, route: Route<'_>, req: Request<In
 }
 
 fn ready(app: &App) -> Response<Body> {
-    let writes = match app.every_store().find_map(|s| s.poisoned()) {
+    let writes = match app.every_store().iter().find_map(|s| s.poisoned()) {
         None => "accepted".to_string(),
         Some(reason) => format!("refused: {reason}"),
     };
@@ -158,7 +158,7 @@ fn ready(app: &App) -> Response<Body> {
     // Damage stays ready: every intact link is still served, and taking
     // the node out would not mend the file. It is for the operator to see.
     let damage: serde_json::Map<String, serde_json::Value> =
-        app.every_store().flat_map(|s| s.damage()).map(|(file, what)| (file.display().to_string(), what.into())).collect();
+        app.every_store().iter().flat_map(|s| s.damage()).map(|(file, what)| (file.display().to_string(), what.into())).collect();
     json(StatusCode::OK, &serde_json::json!({"status": "ready", "writes": writes, "damage": damage}))
 }
 

@@ -85,7 +85,8 @@ impl App {
         let (store_dir, partitions) = match (&cfg.cluster, &raft_log) {
             (Some(c), Some(log)) => {
                 let segment_bytes = (cfg.segment_bytes / u64::from(c.partitions)).max(cfg.least_segment_bytes());
-                let open = |dir| Store::open(options(dir, crate::config::Durability::Never, segment_bytes));
+                let template = options(std::path::PathBuf::new(), crate::config::Durability::Never, segment_bytes);
+                let open: crate::cluster::raft::OpenReplica = Box::new(move |dir| Store::open(StoreOptions { dir, ..template.clone() }));
                 let partitions = crate::cluster::open_partitions(&cfg.data_dir.join("state"), log, c.partitions, open)?;
                 (cfg.data_dir.join("local"), Some(partitions))
             }
@@ -128,9 +129,12 @@ impl App {
 
     /// Every store this node has open: those of the links, then, in a
     /// cluster, the node's own.
-    pub fn every_store(&self) -> impl Iterator<Item = &Arc<Store>> {
-        let own = self.links.cluster().map(|_| &self.store);
-        self.links.stores().iter().chain(own)
+    pub fn every_store(&self) -> Vec<Arc<Store>> {
+        let mut stores = self.links.stores().into_owned();
+        if self.links.cluster().is_some() {
+            stores.push(self.store.clone());
+        }
+        stores
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -760,6 +760,19 @@ impl Store {
         rx.await.map_err(|_| stopped())?
     }
 
+    /// Makes `into` (a directory not there yet) a copy of this store as of
+    /// every write answered so far, click totals included. Opening it
+    /// gives this store's state at that point. It takes a sync, a copy of
+    /// the active segment and a hard link per other file; every file
+    /// linked is immutable, so `into` stays as it is while this store goes
+    /// on (and compacts).
+    pub async fn checkpoint(&self, into: PathBuf) -> Result<(), WriteError> {
+        self.persist_clicks();
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Checkpoint { into, reply })?;
+        rx.await.map_err(|_| stopped())?
+    }
+
     /// Up to `limit` live links from `cursor` on, in log order, and the
     /// cursor of the next page. A link changed while paging may show up
     /// twice (at its new place too); none is skipped.
@@ -865,6 +878,30 @@ fn scrub_loop(shared: &Shared, rate: u64, every: Duration, stop: &crossbeam_chan
 
 fn stopped() -> WriteError {
     WriteError::Unavailable("the writer has stopped".into())
+}
+
+/// Makes `into` a store directory from a checkpoint (`Store::checkpoint`)
+/// in `from`, which stays as it is: the newest segment, which the store
+/// will write to, is copied; every other file is hard-linked. Whatever was
+/// in `into` goes.
+pub fn copy_checkpoint(from: &std::path::Path, into: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(into) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::create_dir_all(into)?;
+    let names: Vec<std::ffi::OsString> = std::fs::read_dir(from)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    let newest = names.iter().filter_map(|n| n.to_str().and_then(crate::journal::segment::segment_number)).max();
+    for name in &names {
+        let segment = name.to_str().and_then(crate::journal::segment::segment_number);
+        if segment.is_some() && segment == newest {
+            std::fs::copy(from.join(name), into.join(name))?;
+            std::fs::File::open(into.join(name))?.sync_data()?;
+        } else {
+            std::fs::hard_link(from.join(name), into.join(name))?;
+        }
+    }
+    crate::journal::segment::sync_dir(into)
 }
 
 #[cfg(test)]

@@ -1,0 +1,354 @@
+//! A Raft group's snapshot as files, on disk and on the wire.
+//!
+//! `DATA_DIR/raft/group-N.snap` holds a checked header, the snapshot's
+//! meta and its image: the metadata group's state, or a partition's
+//! idempotency claims. A partition's records are not in it: they are the
+//! partition store itself, checkpointed (`Store::checkpoint`) into
+//! `DATA_DIR/raft/group-N-ID/` (ID being the snapshot's id). Those files are
+//! immutable, so a snapshot costs a sync, one segment's copy and hard links,
+//! whatever the partition's size, and sending it is sending them.
+//!
+//! On the wire a snapshot is the length of a JSON head (vote, meta, and the
+//! length and xxh3 of the image and of each file), the head, the image, then
+//! each file's bytes. The receiver checks every xxh3 and syncs the files
+//! before it hands the snapshot to openraft.
+
+use std::fs::File;
+use std::io::{self, Read as _, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::{BasicNode, SnapshotMeta, Vote};
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::journal::segment::sync_dir;
+
+pub type Meta = SnapshotMeta<u64, BasicNode>;
+
+/// A snapshot as openraft holds it: handles, not bytes.
+#[derive(Clone)]
+pub struct SnapshotData {
+    pub image: Image,
+    /// A partition's store at the snapshot (`group-N-ID/`).
+    pub files: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "snapshot ({:?})", self.files)
+    }
+}
+
+/// The image: in the snapshot file, held open so that a newer snapshot
+/// renamed over the path leaves what an older handle reads as it was; or
+/// received from a leader, already checked.
+#[derive(Clone)]
+pub enum Image {
+    File { file: Arc<File>, at: u64, len: u64, sum: u64 },
+    Received(Vec<u8>),
+}
+
+impl Image {
+    /// The image's bytes, checked against the checksum they were written with.
+    pub fn bytes(&self) -> io::Result<Vec<u8>> {
+        match self {
+            Image::Received(b) => Ok(b.clone()),
+            Image::File { file, at, len, sum } => {
+                let mut data = vec![0; *len as usize];
+                file.read_exact_at(&mut data, *at)?;
+                if xxh3_64(&data) != *sum {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "the snapshot's image fails its checksum"));
+                }
+                Ok(data)
+            }
+        }
+    }
+}
+
+/// Where a partition's snapshot `id` keeps its store's files.
+pub fn files_dir(raft_dir: &Path, group: u32, id: &str) -> PathBuf {
+    raft_dir.join(format!("group-{group}-{id}"))
+}
+
+/// Snapshot ids name directories: what openraft makes of a log id
+/// (`term-node-index`), nothing else.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Removes what of `group`'s snapshots is not snapshot `keep`: older
+/// files, and leftovers of checkpoints or transfers cut short.
+pub fn tidy(raft_dir: &Path, group: u32, keep: Option<&str>) {
+    let prefix = format!("group-{group}-");
+    let kept = keep.map(|id| format!("{prefix}{id}"));
+    for entry in std::fs::read_dir(raft_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(&prefix) && Some(name) != kept.as_deref() {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove an old snapshot");
+            }
+        }
+    }
+}
+
+/// `group-N.snap`: this header, the meta's JSON, then the image. The
+/// header's own checksum covers it and the meta, so a start reads only
+/// these; the image is checked when it is read.
+const MAGIC: &[u8; 8] = b"shortdS1";
+const HEADER: usize = 36;
+
+/// What a snapshot file holds.
+pub enum Read {
+    Current(Meta, Image),
+    /// The layout before 2026-12-02: checksum, then the JSON of the meta and
+    /// of an image with every record of the partition.
+    Old(Meta, Vec<u8>),
+}
+
+/// The snapshot in `path`, if there is one.
+pub fn read(path: &Path) -> Result<Option<Read>, String> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let damaged = || format!("{}: damaged snapshot (checksum); remove it and let the group's leader send a new one", path.display());
+    let io_err = |e: io::Error| format!("{}: {e}", path.display());
+    let mut h = [0u8; HEADER];
+    if file.read_exact(&mut h).is_err() || &h[..8] != MAGIC {
+        #[derive(Deserialize)]
+        struct Old {
+            meta: Meta,
+            data: Vec<u8>,
+        }
+        let bytes = std::fs::read(path).map_err(io_err)?;
+        if bytes.len() < 8 || u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) != xxh3_64(&bytes[8..]) {
+            return Err(damaged());
+        }
+        let old: Old = serde_json::from_slice(&bytes[8..]).map_err(|_| damaged())?;
+        return Ok(Some(Read::Old(old.meta, old.data)));
+    }
+    let meta_len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")) as usize;
+    let len = u64::from_le_bytes(h[12..20].try_into().expect("8 bytes"));
+    let sum = u64::from_le_bytes(h[20..28].try_into().expect("8 bytes"));
+    let at = (HEADER + meta_len) as u64;
+    if file.metadata().map_err(io_err)?.len() != at + len {
+        return Err(damaged());
+    }
+    let mut meta_json = vec![0; meta_len];
+    file.read_exact(&mut meta_json).map_err(io_err)?;
+    if u64::from_le_bytes(h[28..].try_into().expect("8 bytes")) != xxh3_64(&[&h[..28], &meta_json[..]].concat()) {
+        return Err(damaged());
+    }
+    let meta: Meta = serde_json::from_slice(&meta_json).map_err(|_| damaged())?;
+    Ok(Some(Read::Current(meta, Image::File { file: Arc::new(file), at, len, sum })))
+}
+
+/// Writes a snapshot file (temporary file, sync, rename, directory sync)
+/// and returns a handle to its image.
+pub fn write(path: &Path, meta: &Meta, image: &[u8]) -> io::Result<Image> {
+    let meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&(meta_json.len() as u32).to_le_bytes());
+    h[12..20].copy_from_slice(&(image.len() as u64).to_le_bytes());
+    h[20..28].copy_from_slice(&xxh3_64(image).to_le_bytes());
+    let head_sum = xxh3_64(&[&h[..28], &meta_json[..]].concat());
+    h[28..].copy_from_slice(&head_sum.to_le_bytes());
+    let tmp = path.with_extension("snap.tmp");
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+    f.write_all(&h)?;
+    f.write_all(&meta_json)?;
+    f.write_all(image)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    let (at, len) = ((HEADER + meta_json.len()) as u64, image.len() as u64);
+    Ok(Image::File { file: Arc::new(f), at, len, sum: xxh3_64(image) })
+}
+
+#[derive(Serialize, Deserialize)]
+struct Head {
+    vote: Vote<u64>,
+    meta: Meta,
+    /// (length, xxh3)
+    image: (u64, u64),
+    /// (name, length, xxh3), in the order their bytes follow the image.
+    files: Vec<(String, u64, u64)>,
+}
+
+/// A snapshot as one message body. It reads every file: call it off the
+/// runtime's workers.
+pub fn encode(vote: Vote<u64>, meta: Meta, data: &SnapshotData) -> io::Result<Vec<u8>> {
+    let image = data.image.bytes()?;
+    let mut files = Vec::new();
+    let mut bytes = Vec::new();
+    if let Some(dir) = &data.files {
+        let mut names: Vec<String> = std::fs::read_dir(dir)?.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+        names.sort();
+        for name in names {
+            let content = std::fs::read(dir.join(&name))?;
+            files.push((name, content.len() as u64, xxh3_64(&content)));
+            bytes.push(content);
+        }
+    }
+    let head = Head { vote, meta, image: (image.len() as u64, xxh3_64(&image)), files };
+    let head = serde_json::to_vec(&head).map_err(io::Error::other)?;
+    let total = 4 + head.len() + image.len() + bytes.iter().map(Vec::len).sum::<usize>();
+    let mut body = Vec::with_capacity(total);
+    body.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    body.extend_from_slice(&head);
+    body.extend_from_slice(&image);
+    for b in bytes {
+        body.extend_from_slice(&b);
+    }
+    Ok(body)
+}
+
+/// A snapshot received for `group`: its files checked, synced and put in
+/// place under `raft_dir` (blocking).
+pub fn decode(body: &[u8], raft_dir: &Path, group: u32) -> Result<(Vote<u64>, Meta, SnapshotData), String> {
+    let cut = || "snapshot: cut short".to_string();
+    let head_len = body.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize).ok_or_else(cut)?;
+    let head: Head = serde_json::from_slice(body.get(4..4 + head_len).ok_or_else(cut)?).map_err(|e| format!("snapshot: {e}"))?;
+    if !valid_id(&head.meta.snapshot_id) {
+        return Err(format!("snapshot: {:?} is not a snapshot id", head.meta.snapshot_id));
+    }
+    let mut rest = &body[4 + head_len..];
+    let mut take = |len: u64, sum: u64, what: &str| -> Result<&[u8], String> {
+        let len = usize::try_from(len).map_err(|_| cut())?;
+        if rest.len() < len {
+            return Err(cut());
+        }
+        let (part, after) = rest.split_at(len);
+        rest = after;
+        if xxh3_64(part) != sum {
+            return Err(format!("snapshot: {what} fails its checksum"));
+        }
+        Ok(part)
+    };
+    let image = take(head.image.0, head.image.1, "the image")?.to_vec();
+    let files = if head.files.is_empty() {
+        None
+    } else {
+        let dest = files_dir(raft_dir, group, &head.meta.snapshot_id);
+        let incoming = dest.with_extension("incoming");
+        let io_err = |e: io::Error| format!("snapshot into {}: {e}", incoming.display());
+        let _ = std::fs::remove_dir_all(&incoming);
+        std::fs::create_dir_all(&incoming).map_err(io_err)?;
+        for (name, len, sum) in &head.files {
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                return Err(format!("snapshot: {name:?} is not a file name"));
+            }
+            let content = take(*len, *sum, name)?;
+            let mut f = File::create(incoming.join(name)).map_err(io_err)?;
+            f.write_all(content).and_then(|()| f.sync_data()).map_err(io_err)?;
+        }
+        sync_dir(&incoming).map_err(io_err)?;
+        // A snapshot of the same id holds the same state: keep the one here.
+        if dest.exists() {
+            let _ = std::fs::remove_dir_all(&incoming);
+        } else {
+            std::fs::rename(&incoming, &dest).and_then(|()| sync_dir(raft_dir)).map_err(io_err)?;
+        }
+        Some(dest)
+    };
+    if !rest.is_empty() {
+        return Err("snapshot: bytes after the last file".into());
+    }
+    Ok((head.vote, head.meta, SnapshotData { image: Image::Received(image), files }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, LogId, StoredMembership};
+
+    fn meta(index: u64) -> Meta {
+        let log_id = LogId::new(CommittedLeaderId::new(2, 7), index);
+        Meta { last_log_id: Some(log_id), last_membership: StoredMembership::default(), snapshot_id: format!("2-7-{index}") }
+    }
+
+    fn flip(path: &Path, at: u64) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at as usize] ^= 1;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_file_reads_back_and_damage_to_either_part_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("group-0.snap");
+        write(&path, &meta(9), b"{\"claims\":1}").unwrap();
+        let Some(Read::Current(m, image)) = read(&path).unwrap() else { panic!("not read back") };
+        assert_eq!(m.snapshot_id, "2-7-9");
+        assert_eq!(image.bytes().unwrap(), b"{\"claims\":1}");
+
+        // A flipped image byte is caught when the image is read, even by a
+        // handle opened before.
+        let len = std::fs::metadata(&path).unwrap().len();
+        flip(&path, len - 1);
+        assert!(image.bytes().is_err());
+        let Some(Read::Current(_, fresh)) = read(&path).unwrap() else { panic!("the header is intact") };
+        assert!(fresh.bytes().is_err());
+
+        // A flipped meta byte fails the header.
+        write(&path, &meta(9), b"x").unwrap();
+        flip(&path, HEADER as u64 + 3);
+        assert!(read(&path).is_err());
+        // Cut short.
+        write(&path, &meta(9), b"xyz").unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(f.metadata().unwrap().len() - 1).unwrap();
+        assert!(read(&path).is_err());
+    }
+
+    #[test]
+    fn a_sent_snapshot_arrives_as_the_same_files_and_a_damaged_one_is_refused() {
+        let from = tempfile::tempdir().unwrap();
+        let files = from.path().join("group-3-2-7-40");
+        std::fs::create_dir(&files).unwrap();
+        std::fs::write(files.join("00000001.log"), vec![7u8; 10_000]).unwrap();
+        std::fs::write(files.join("code.key"), b"key").unwrap();
+        let snap = from.path().join("group-3.snap");
+        let image = write(&snap, &meta(40), b"{}").unwrap();
+        let data = SnapshotData { image, files: Some(files.clone()) };
+        let vote = Vote::new(2, 7);
+        let body = encode(vote, meta(40), &data).unwrap();
+
+        let to = tempfile::tempdir().unwrap();
+        let (v, m, got) = decode(&body, to.path(), 3).unwrap();
+        assert_eq!((v, m.snapshot_id.as_str()), (vote, "2-7-40"));
+        assert_eq!(got.image.bytes().unwrap(), b"{}");
+        let dest = got.files.unwrap();
+        assert_eq!(dest, files_dir(to.path(), 3, "2-7-40"));
+        assert_eq!(std::fs::read(dest.join("00000001.log")).unwrap(), vec![7u8; 10_000]);
+        assert_eq!(std::fs::read(dest.join("code.key")).unwrap(), b"key");
+
+        // One flipped byte in a file, or a body cut short: refused, and
+        // nothing put in place.
+        let to = tempfile::tempdir().unwrap();
+        let mut bad = body.clone();
+        let at = bad.len() - 5_000;
+        bad[at] ^= 1;
+        assert!(decode(&bad, to.path(), 3).unwrap_err().contains("checksum"));
+        assert!(decode(&body[..body.len() - 1], to.path(), 3).is_err());
+        assert!(!files_dir(to.path(), 3, "2-7-40").exists());
+    }
+
+    #[test]
+    fn tidying_keeps_only_the_named_snapshot_of_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["group-1-2-7-10", "group-1-2-7-20", "group-1-2-7-30.tmp", "group-1-2-7-40.incoming", "group-10-2-7-5"] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        tidy(dir.path(), 1, Some("2-7-20"));
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["group-1-2-7-20", "group-10-2-7-5"]);
+    }
+}
