@@ -708,6 +708,18 @@ impl Cluster {
         }
     }
 
+    /// `POST /internal/v1/raft/chunk?group=N&id=ID&name=FILE&offset=O`: part
+    /// of a snapshot's file, ahead of the snapshot.
+    pub async fn snapshot_chunk(&self, group: u32, id: String, name: String, offset: u64, body: Bytes) -> Result<(), String> {
+        if group >= self.cfg.partitions {
+            return Err("no such partition".into());
+        }
+        let dir = self.log.dir().to_path_buf();
+        tokio::task::spawn_blocking(move || snapshot::receive_chunk(&dir, group, &id, &name, offset, &body))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
     /// `POST /internal/v1/raft/{append,vote,snapshot}?group=N`.
     pub async fn raft_message(&self, what: &str, group: u32, body: &[u8]) -> Result<Vec<u8>, String> {
         let raft = self.groups.get(group as usize).ok_or("no such group")?;

@@ -8,10 +8,13 @@
 //! immutable, so a snapshot costs a sync, one segment's copy and hard links,
 //! whatever the partition's size, and sending it is sending them.
 //!
-//! On the wire a snapshot is the length of a JSON head (vote, meta, and the
-//! length and xxh3 of the image and of each file), the head, the image, then
-//! each file's bytes. The receiver checks every xxh3 and syncs the files
-//! before it hands the snapshot to openraft.
+//! On the wire each file goes first, in chunks of at most `CHUNK` bytes
+//! (`/internal/v1/raft/chunk`), into `group-N-ID.incoming/`; then the
+//! snapshot message itself: the length of a JSON head (vote, meta, and the
+//! length and xxh3 of the image and of each file), the head, and the image.
+//! The receiver checks every xxh3 against what arrived and syncs the files
+//! before it hands the snapshot to openraft. Neither side holds more than a
+//! chunk of the files in memory.
 
 use std::fs::File;
 use std::io::{self, Read as _, Write};
@@ -170,82 +173,124 @@ pub fn write(path: &Path, meta: &Meta, image: &[u8]) -> io::Result<Image> {
     Ok(Image::File { file: Arc::new(f), at, len, sum: xxh3_64(image) })
 }
 
+/// Most bytes of a snapshot file sent in one request.
+pub const CHUNK: usize = 8 << 20;
+
 #[derive(Serialize, Deserialize)]
 struct Head {
     vote: Vote<u64>,
     meta: Meta,
     /// (length, xxh3)
     image: (u64, u64),
-    /// (name, length, xxh3), in the order their bytes follow the image.
+    /// (name, length, xxh3) of each file sent before.
     files: Vec<(String, u64, u64)>,
 }
 
-/// A snapshot as one message body. It reads every file: call it off the
-/// runtime's workers.
-pub fn encode(vote: Vote<u64>, meta: Meta, data: &SnapshotData) -> io::Result<Vec<u8>> {
-    let image = data.image.bytes()?;
-    let mut files = Vec::new();
-    let mut bytes = Vec::new();
-    if let Some(dir) = &data.files {
-        let mut names: Vec<String> = std::fs::read_dir(dir)?.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
-        names.sort();
-        for name in names {
-            let content = std::fs::read(dir.join(&name))?;
-            files.push((name, content.len() as u64, xxh3_64(&content)));
-            bytes.push(content);
+/// Names of the files of a partition's snapshot, in the order they are sent.
+pub fn file_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Up to `CHUNK` bytes of `dir/name` from `offset`; fewer only at the end.
+pub fn read_chunk(dir: &Path, name: &str, offset: u64) -> io::Result<Vec<u8>> {
+    let file = File::open(dir.join(name))?;
+    let mut chunk = vec![0; CHUNK];
+    let mut filled = 0;
+    while filled < CHUNK {
+        match file.read_at(&mut chunk[filled..], offset + filled as u64)? {
+            0 => break,
+            n => filled += n,
         }
     }
-    let head = Head { vote, meta, image: (image.len() as u64, xxh3_64(&image)), files };
+    chunk.truncate(filled);
+    Ok(chunk)
+}
+
+/// The snapshot message, once its files (`files`, as sent) are there.
+pub fn message(vote: Vote<u64>, meta: Meta, image: &[u8], files: Vec<(String, u64, u64)>) -> io::Result<Vec<u8>> {
+    let head = Head { vote, meta, image: (image.len() as u64, xxh3_64(image)), files };
     let head = serde_json::to_vec(&head).map_err(io::Error::other)?;
-    let total = 4 + head.len() + image.len() + bytes.iter().map(Vec::len).sum::<usize>();
-    let mut body = Vec::with_capacity(total);
+    let mut body = Vec::with_capacity(4 + head.len() + image.len());
     body.extend_from_slice(&(head.len() as u32).to_le_bytes());
     body.extend_from_slice(&head);
-    body.extend_from_slice(&image);
-    for b in bytes {
-        body.extend_from_slice(&b);
-    }
+    body.extend_from_slice(image);
     Ok(body)
 }
 
-/// A snapshot received for `group`: its files checked, synced and put in
-/// place under `raft_dir` (blocking).
+fn valid_name(name: &str) -> bool {
+    valid_id(name.replace('.', "_").as_str()) && !name.starts_with('.')
+}
+
+fn incoming_dir(raft_dir: &Path, group: u32, id: &str) -> PathBuf {
+    files_dir(raft_dir, group, id).with_extension("incoming")
+}
+
+/// Writes a chunk of file `name` of snapshot `id` as it arrives (blocking).
+/// A chunk at offset 0 starts the file again: a new attempt.
+pub fn receive_chunk(raft_dir: &Path, group: u32, id: &str, name: &str, offset: u64, bytes: &[u8]) -> Result<(), String> {
+    if !valid_id(id) || !valid_name(name) {
+        return Err(format!("snapshot chunk: {id:?}/{name:?} is not a snapshot file"));
+    }
+    let incoming = incoming_dir(raft_dir, group, id);
+    let io_err = |e: io::Error| format!("snapshot chunk into {}: {e}", incoming.display());
+    std::fs::create_dir_all(&incoming).map_err(io_err)?;
+    let file = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(incoming.join(name)).map_err(io_err)?;
+    if offset == 0 {
+        file.set_len(0).map_err(io_err)?;
+    }
+    file.write_all_at(bytes, offset).map_err(io_err)
+}
+
+/// A snapshot message received for `group`: its files, sent before, checked
+/// against it, synced and put in place under `raft_dir` (blocking).
 pub fn decode(body: &[u8], raft_dir: &Path, group: u32) -> Result<(Vote<u64>, Meta, SnapshotData), String> {
     let cut = || "snapshot: cut short".to_string();
     let head_len = body.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize).ok_or_else(cut)?;
     let head: Head = serde_json::from_slice(body.get(4..4 + head_len).ok_or_else(cut)?).map_err(|e| format!("snapshot: {e}"))?;
-    if !valid_id(&head.meta.snapshot_id) {
-        return Err(format!("snapshot: {:?} is not a snapshot id", head.meta.snapshot_id));
+    let id = head.meta.snapshot_id.clone();
+    if !valid_id(&id) {
+        return Err(format!("snapshot: {id:?} is not a snapshot id"));
     }
-    let mut rest = &body[4 + head_len..];
-    let mut take = |len: u64, sum: u64, what: &str| -> Result<&[u8], String> {
-        let len = usize::try_from(len).map_err(|_| cut())?;
-        if rest.len() < len {
-            return Err(cut());
-        }
-        let (part, after) = rest.split_at(len);
-        rest = after;
-        if xxh3_64(part) != sum {
-            return Err(format!("snapshot: {what} fails its checksum"));
-        }
-        Ok(part)
-    };
-    let image = take(head.image.0, head.image.1, "the image")?.to_vec();
+    let image = &body[4 + head_len..];
+    if (image.len() as u64, xxh3_64(image)) != head.image {
+        return Err("snapshot: the image is cut short or fails its checksum".into());
+    }
     let files = if head.files.is_empty() {
         None
     } else {
-        let dest = files_dir(raft_dir, group, &head.meta.snapshot_id);
-        let incoming = dest.with_extension("incoming");
-        let io_err = |e: io::Error| format!("snapshot into {}: {e}", incoming.display());
-        let _ = std::fs::remove_dir_all(&incoming);
-        std::fs::create_dir_all(&incoming).map_err(io_err)?;
+        let dest = files_dir(raft_dir, group, &id);
+        let incoming = incoming_dir(raft_dir, group, &id);
+        let io_err = |e: io::Error| format!("snapshot in {}: {e}", incoming.display());
         for (name, len, sum) in &head.files {
-            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            if !valid_name(name) {
                 return Err(format!("snapshot: {name:?} is not a file name"));
             }
-            let content = take(*len, *sum, name)?;
-            let mut f = File::create(incoming.join(name)).map_err(io_err)?;
-            f.write_all(content).and_then(|()| f.sync_data()).map_err(io_err)?;
+            let file = File::open(incoming.join(name)).map_err(io_err)?;
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            let mut at = 0u64;
+            let mut chunk = vec![0; CHUNK];
+            loop {
+                match file.read_at(&mut chunk, at).map_err(io_err)? {
+                    0 => break,
+                    n => {
+                        hasher.update(&chunk[..n]);
+                        at += n as u64;
+                    }
+                }
+            }
+            if (at, hasher.digest()) != (*len, *sum) {
+                let _ = std::fs::remove_dir_all(&incoming);
+                return Err(format!("snapshot: {name} arrived cut short or damaged; it is sent again"));
+            }
+            file.sync_all().map_err(io_err)?;
+        }
+        // Anything else there is of another attempt.
+        for name in file_names(&incoming).map_err(io_err)? {
+            if !head.files.iter().any(|(n, _, _)| *n == name) {
+                std::fs::remove_file(incoming.join(&name)).map_err(io_err)?;
+            }
         }
         sync_dir(&incoming).map_err(io_err)?;
         // A snapshot of the same id holds the same state: keep the one here.
@@ -256,10 +301,7 @@ pub fn decode(body: &[u8], raft_dir: &Path, group: u32) -> Result<(Vote<u64>, Me
         }
         Some(dest)
     };
-    if !rest.is_empty() {
-        return Err("snapshot: bytes after the last file".into());
-    }
-    Ok((head.vote, head.meta, SnapshotData { image: Image::Received(image), files }))
+    Ok((head.vote, head.meta, SnapshotData { image: Image::Received(image.to_vec()), files }))
 }
 
 #[cfg(test)]
@@ -306,37 +348,59 @@ mod tests {
         assert!(read(&path).is_err());
     }
 
+    /// What a sender does: each file in chunks, then the message.
+    fn send(data: &SnapshotData, to: &Path, damage: Option<usize>) -> Result<(Vote<u64>, Meta, SnapshotData), String> {
+        let dir = data.files.as_ref().unwrap();
+        let mut sent = Vec::new();
+        for name in file_names(dir).unwrap() {
+            let (mut offset, mut hasher) = (0u64, xxhash_rust::xxh3::Xxh3::new());
+            loop {
+                let mut chunk = read_chunk(dir, &name, offset).unwrap();
+                hasher.update(&chunk);
+                if let Some(at) = damage.filter(|&at| at < chunk.len() && name.ends_with(".log")) {
+                    chunk[at] ^= 1;
+                }
+                receive_chunk(to, 3, "2-7-40", &name, offset, &chunk)?;
+                offset += chunk.len() as u64;
+                if chunk.len() < CHUNK {
+                    break;
+                }
+            }
+            sent.push((name, offset, hasher.digest()));
+        }
+        let body = message(Vote::new(2, 7), meta(40), &data.image.bytes().unwrap(), sent).unwrap();
+        decode(&body, to, 3)
+    }
+
     #[test]
     fn a_sent_snapshot_arrives_as_the_same_files_and_a_damaged_one_is_refused() {
         let from = tempfile::tempdir().unwrap();
         let files = from.path().join("group-3-2-7-40");
         std::fs::create_dir(&files).unwrap();
-        std::fs::write(files.join("00000001.log"), vec![7u8; 10_000]).unwrap();
+        let big: Vec<u8> = (0..CHUNK + 10_000).map(|i| (i % 251) as u8).collect();
+        std::fs::write(files.join("00000001.log"), &big).unwrap();
         std::fs::write(files.join("code.key"), b"key").unwrap();
-        let snap = from.path().join("group-3.snap");
-        let image = write(&snap, &meta(40), b"{}").unwrap();
+        std::fs::write(files.join("empty.idx"), b"").unwrap();
+        let image = write(&from.path().join("group-3.snap"), &meta(40), b"{}").unwrap();
         let data = SnapshotData { image, files: Some(files.clone()) };
-        let vote = Vote::new(2, 7);
-        let body = encode(vote, meta(40), &data).unwrap();
 
         let to = tempfile::tempdir().unwrap();
-        let (v, m, got) = decode(&body, to.path(), 3).unwrap();
-        assert_eq!((v, m.snapshot_id.as_str()), (vote, "2-7-40"));
+        let (v, m, got) = send(&data, to.path(), None).unwrap();
+        assert_eq!((v, m.snapshot_id.as_str()), (Vote::new(2, 7), "2-7-40"));
         assert_eq!(got.image.bytes().unwrap(), b"{}");
         let dest = got.files.unwrap();
         assert_eq!(dest, files_dir(to.path(), 3, "2-7-40"));
-        assert_eq!(std::fs::read(dest.join("00000001.log")).unwrap(), vec![7u8; 10_000]);
+        assert_eq!(std::fs::read(dest.join("00000001.log")).unwrap(), big);
         assert_eq!(std::fs::read(dest.join("code.key")).unwrap(), b"key");
+        assert_eq!(file_names(&dest).unwrap(), ["00000001.log", "code.key", "empty.idx"]);
 
-        // One flipped byte in a file, or a body cut short: refused, and
-        // nothing put in place.
+        // One flipped byte on the way: refused, and nothing put in place.
         let to = tempfile::tempdir().unwrap();
-        let mut bad = body.clone();
-        let at = bad.len() - 5_000;
-        bad[at] ^= 1;
-        assert!(decode(&bad, to.path(), 3).unwrap_err().contains("checksum"));
-        assert!(decode(&body[..body.len() - 1], to.path(), 3).is_err());
+        assert!(send(&data, to.path(), Some(100)).unwrap_err().contains("damaged"));
         assert!(!files_dir(to.path(), 3, "2-7-40").exists());
+        // A file name that leaves the directory is refused.
+        assert!(receive_chunk(to.path(), 3, "2-7-40", "../x", 0, b"x").is_err());
+        assert!(receive_chunk(to.path(), 3, "../2", "x", 0, b"x").is_err());
     }
 
     #[test]

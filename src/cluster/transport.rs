@@ -19,8 +19,11 @@ use serde::de::DeserializeOwned;
 use super::peer::{PeerError, Peers};
 use super::raft::{NodeId, TypeConfig};
 
-/// Longest a whole snapshot may take to reach a replica.
+/// Longest a replica may take to check and take in a snapshot whose files
+/// it has.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest one chunk of a snapshot file may take.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct Network {
@@ -66,7 +69,18 @@ impl Client {
     }
 
     async fn send<Resp: DeserializeOwned>(&self, what: &'static str, body: Bytes, timeout: Duration) -> Result<Resp, Trouble> {
-        let path = format!("/internal/v1/raft/{what}?group={}", self.group);
+        self.send_to(what, "", body, timeout).await
+    }
+
+    /// Sends to `/internal/v1/raft/{what}?group=N{query}`.
+    async fn send_to<Resp: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        query: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Resp, Trouble> {
+        let path = format!("/internal/v1/raft/{what}?group={}{query}", self.group);
         match self.peers.send(what, &self.addr, Method::POST, &path, Some(body), timeout).await {
             Ok((status, bytes)) if status.is_success() => serde_json::from_slice(&bytes).map_err(|e| Trouble::Refused(e.to_string())),
             Ok((status, bytes)) => Err(Trouble::Refused(format!("{status}: {}", String::from_utf8_lossy(&bytes)))),
@@ -110,14 +124,45 @@ impl RaftNetwork<TypeConfig> for Client {
         _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let group = self.group;
-        let body = tokio::task::spawn_blocking(move || super::snapshot::encode(vote, snapshot.meta, &snapshot.snapshot))
+        let failed = |e: String| {
+            tracing::warn!(group = self.group, error = %e, "a snapshot was not sent");
+            StreamingError::Network(NetworkError::new(&Failed(e)))
+        };
+        let data = snapshot.snapshot;
+        let read = data.image.clone();
+        let image = tokio::task::spawn_blocking(move || read.bytes())
             .await
-            .map_err(|e| StreamingError::Network(NetworkError::new(&Failed(e.to_string()))))?
-            .map_err(|e| {
-                tracing::error!(group, error = %e, "this node's snapshot cannot be read to send it");
-                StreamingError::Network(NetworkError::new(&Failed(e.to_string())))
-            })?;
+            .map_err(|e| failed(e.to_string()))?
+            .map_err(|e| failed(e.to_string()))?;
+        let mut sent = Vec::new();
+        if let Some(dir) = data.files.clone() {
+            let id = snapshot.meta.snapshot_id.clone();
+            let names = super::snapshot::file_names(&dir).map_err(|e| failed(e.to_string()))?;
+            for name in names {
+                let (mut offset, mut hasher) = (0u64, xxhash_rust::xxh3::Xxh3::new());
+                loop {
+                    let (d, n) = (dir.clone(), name.clone());
+                    let chunk = tokio::task::spawn_blocking(move || super::snapshot::read_chunk(&d, &n, offset))
+                        .await
+                        .map_err(|e| failed(e.to_string()))?
+                        .map_err(|e| failed(format!("{}: {e}", dir.join(&name).display())))?;
+                    hasher.update(&chunk);
+                    let len = chunk.len();
+                    let query = format!("&id={id}&name={name}&offset={offset}");
+                    match self.send_to::<()>("chunk", &query, Bytes::from(chunk), CHUNK_TIMEOUT).await {
+                        Ok(()) => {}
+                        Err(Trouble::Unreachable(e)) => return Err(StreamingError::Unreachable(Unreachable::new(&Failed(e)))),
+                        Err(Trouble::Refused(e)) => return Err(failed(e)),
+                    }
+                    offset += len as u64;
+                    if len < super::snapshot::CHUNK {
+                        break;
+                    }
+                }
+                sent.push((name, offset, hasher.digest()));
+            }
+        }
+        let body = super::snapshot::message(vote, snapshot.meta, &image, sent).map_err(|e| failed(e.to_string()))?;
         let answer: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = match self.send("snapshot", body.into(), SNAPSHOT_TIMEOUT).await {
             Ok(a) => a,
             Err(Trouble::Unreachable(e)) => return Err(StreamingError::Unreachable(Unreachable::new(&Failed(e)))),

@@ -10,9 +10,9 @@ use super::App;
 use crate::cluster::peer::KEY_HEADER;
 use crate::cluster::wire::WireRecord;
 
-/// Largest node-to-node request body (a snapshot of a partition): peers
-/// are trusted once they show the cluster key, and the public
-/// `--max-body-bytes` may be small.
+/// Largest node-to-node request body (a batch of Raft entries, a chunk of
+/// a snapshot's files): peers are trusted once they show the cluster key,
+/// and the public `--max-body-bytes` may be small.
 const INTERNAL_BODY_LIMIT: usize = 256 << 20;
 
 pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
@@ -32,6 +32,14 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Result<Res
     let (op, arg) = rest.split_once('/').unwrap_or((rest, ""));
     match (req.method().clone(), op) {
         (Method::GET, "ping") => Ok(empty(StatusCode::NO_CONTENT)),
+        (Method::POST, "raft") if arg == "chunk" => {
+            let g = group()?;
+            let (id, name) = (param("id").unwrap_or_default(), param("name").unwrap_or_default());
+            let offset = param("offset").and_then(|o| o.parse().ok()).ok_or_else(|| Problem::invalid("offset", "must be a byte offset"))?;
+            let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
+            cluster.snapshot_chunk(g, id, name, offset, body).await.map_err(|e| Problem::invalid("body", e))?;
+            Ok(raw_json(StatusCode::OK, b"null".to_vec()))
+        }
         (Method::POST, "raft") => {
             let g = group()?;
             let body = read_body_up_to(req, true, INTERNAL_BODY_LIMIT).await?;
