@@ -77,6 +77,7 @@ impl App {
             scrub_rate: cfg.scrub_rate,
             scrub_interval: cfg.scrub_interval,
             stats_top: cfg.stats_top,
+            queue: crate::store::DEFAULT_QUEUE,
         };
         // A cluster node keeps each partition's replica in a store of its
         // own, never synced: the Raft journal and snapshots are what is
@@ -85,7 +86,11 @@ impl App {
         let (store_dir, partitions) = match (&cfg.cluster, &raft_log) {
             (Some(c), Some(log)) => {
                 let segment_bytes = (cfg.segment_bytes / u64::from(c.partitions)).max(cfg.least_segment_bytes());
-                let template = options(std::path::PathBuf::new(), crate::config::Durability::Never, segment_bytes);
+                // Only the group's state machine writes to a replica, one
+                // entry at a time: a short queue (at 64 k slots of about 200
+                // bytes each, sixteen of them held 200 MB).
+                let template =
+                    StoreOptions { queue: 1024, ..options(std::path::PathBuf::new(), crate::config::Durability::Never, segment_bytes) };
                 let open: crate::cluster::raft::OpenReplica = Box::new(move |dir| Store::open(StoreOptions { dir, ..template.clone() }));
                 let partitions = crate::cluster::open_partitions(&cfg.data_dir.join("state"), log, c.partitions, open)?;
                 (cfg.data_dir.join("local"), Some(partitions))

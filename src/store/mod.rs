@@ -226,6 +226,9 @@ pub struct Created {
 /// Why the store could not open (the data directory's files).
 pub use crate::journal::OpenError;
 
+/// The writer's queue of a store that serves an API: 64 batches' worth.
+pub const DEFAULT_QUEUE: usize = 64 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     pub dir: PathBuf,
@@ -246,6 +249,9 @@ pub struct StoreOptions {
     pub scrub_interval: Duration,
     /// Values kept per dimension per hour in rollups, besides `other`.
     pub stats_top: usize,
+    /// Commands the writer's queue holds; past that a write is refused
+    /// (503). Its slots are allocated up front.
+    pub queue: usize,
 }
 
 impl StoreOptions {
@@ -264,6 +270,7 @@ impl StoreOptions {
             scrub_rate: 16 << 20,
             scrub_interval: Duration::from_secs(24 * 3600),
             stats_top: crate::analytics::rollup::DEFAULT_TOP,
+            queue: DEFAULT_QUEUE,
         }
     }
 }
@@ -521,7 +528,7 @@ impl Store {
         if opts.read_only {
             return Ok(Store { shared, tx: None, writer: Mutex::new(None), scrub_stop: Mutex::new(None) });
         }
-        let (tx, rx) = crossbeam_channel::bounded(64 * 1024);
+        let (tx, rx) = crossbeam_channel::bounded(opts.queue);
         let (scrub_rate, scrub_interval) = (opts.scrub_rate, opts.scrub_interval);
         let writer = Writer::new(opts, recovered);
         // After the writer is made: it publishes where the data ends, which
