@@ -390,8 +390,20 @@ fn a_replica_behind_the_purged_log_is_sent_the_snapshot() {
         .collect();
     assert!(files.iter().any(|f| f.ends_with(".log")), "group 0's snapshot holds no segment: {files:?}");
 
-    // A crash: the replicas are rebuilt from the snapshots kept here and
-    // the journal after them, and changes go on reaching c.
+    // Crashes at moments spread over a catch-up by snapshot (the transfer,
+    // the files' rename, the store's swap), then one more: each time the
+    // replicas are rebuilt from the snapshots kept here and the journal
+    // after them, and changes go on reaching c.
+    c.stop();
+    links.extend((0..100).map(|i| create(i, "between-crashes")));
+    for pause in [0, 30, 80, 150] {
+        c.spawn();
+        std::thread::sleep(Duration::from_millis(pause));
+        c.kill();
+    }
+    c.spawn();
+    let codes: Vec<String> = links.iter().map(|(code, _)| code.clone()).collect();
+    assert!(lists_exactly(&c, &codes), "c lost links to crashes while catching up");
     c.kill();
     c.spawn();
     assert_eq!(c.replicas_opened(), (0, 2));
