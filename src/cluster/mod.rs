@@ -67,8 +67,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 const CLICKS_EVERY: Duration = Duration::from_millis(500);
 const PING_EVERY: Duration = Duration::from_secs(1);
-/// Longest a graceful stop waits for its last click report, and for each
-/// group's state machine to finish.
+/// Longest a graceful stop waits for its last click report, and then for
+/// the groups' state machines to finish.
 const STOP_REPORT_WITHIN: Duration = Duration::from_secs(3);
 /// A member not heard from this long shows as `down`.
 const DOWN_AFTER: Duration = Duration::from_secs(3);
@@ -360,11 +360,11 @@ impl Cluster {
                 let _ = raft.shutdown().await;
             }
         });
+        let deadline = Instant::now() + STOP_REPORT_WITHIN;
         for (p, store) in self.stores().iter().enumerate() {
             // The group's state machine applies what it was handed before
             // it goes; it is gone when its handle on `applied` is.
             let cell = &self.applied[p];
-            let deadline = Instant::now() + STOP_REPORT_WITHIN;
             while Arc::strong_count(cell) > 1 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
