@@ -87,10 +87,18 @@ impl App {
             (Some(c), Some(log)) => {
                 let segment_bytes = (cfg.segment_bytes / u64::from(c.partitions)).max(cfg.least_segment_bytes());
                 // Only the group's state machine writes to a replica, one
-                // entry at a time: a short queue (at 64 k slots of about 200
-                // bytes each, sixteen of them held 200 MB).
-                let template =
-                    StoreOptions { queue: 1024, ..options(std::path::PathBuf::new(), crate::config::Durability::Never, segment_bytes) };
+                // entry at a time: a short queue (at 64 k slots of about 180
+                // bytes each, sixteen of them held 180 MB).
+                // The replicas' scrubs share `--scrub-rate` between them.
+                let scrub_rate = match cfg.scrub_rate {
+                    0 => 0,
+                    r => (r / u64::from(c.partitions)).max(1),
+                };
+                let template = StoreOptions {
+                    queue: 1024,
+                    scrub_rate,
+                    ..options(std::path::PathBuf::new(), crate::config::Durability::Never, segment_bytes)
+                };
                 let open: crate::cluster::raft::OpenReplica = Box::new(move |dir| Store::open(StoreOptions { dir, ..template.clone() }));
                 let partitions = crate::cluster::open_partitions(&cfg.data_dir.join("state"), log, c.partitions, open)?;
                 (cfg.data_dir.join("local"), Some(partitions))
