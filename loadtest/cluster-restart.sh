@@ -14,10 +14,7 @@ SECS=${1:-20}
 need wrk wrk
 build_shortd
 NEW=$SHORTD
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+cluster_scratch
 KEY=loadtest-cluster-key
 
 # start_node BIN I: node I of the cluster in $WORK/$TAG-nI, seeded by node 1.
@@ -36,20 +33,6 @@ settled() {
   done
 }
 
-# listed PORT: how many links the node's own replicas list.
-listed() {
-  python3 - "$1" <<'EOF'
-import json, sys, urllib.request
-n, cursor = 0, ""
-while True:
-    page = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/v1/links?limit=1000&cursor={cursor}"))
-    n += len(page["links"])
-    cursor = page.get("next_cursor")
-    if not cursor:
-        break
-print(n)
-EOF
-}
 
 anon_kb() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
 
@@ -57,13 +40,13 @@ anon_kb() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
 # seconds to every link listed, RssAnon in MB and the links.
 restart() {
   local bin=$1 how=$2 want t0 t1 t2
-  want=$(listed "${PORTS[1]}")
+  want=$(listed_links "${PORTS[1]}")
   if [ "$how" = graceful ]; then kill -TERM "${NODE[3]}"; else kill -9 "${NODE[3]}"; fi
   wait "${NODE[3]}" 2>/dev/null || true
   t0=$(date +%s.%N)
   start_node "$bin" 3
   t1=$(date +%s.%N)
-  until [ "$(listed "${PORTS[3]}")" = "$want" ]; do sleep 0.05; done
+  until [ "$(listed_links "${PORTS[3]}")" = "$want" ]; do sleep 0.05; done
   t2=$(date +%s.%N)
   RESULT="$(echo "$t1 - $t0" | bc) $(echo "$t2 - $t0" | bc) $(( $(anon_kb "${NODE[3]}") / 1024 )) $want"
 }

@@ -11,10 +11,7 @@ SECS=${1:-8}
 need wrk wrk
 [ -x "${OLD:-}" ] || { echo "OLD=/path/to/an/older/shortd is needed" >&2; exit 2; }
 build_shortd
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+cluster_scratch
 KEY=loadtest-cluster-key
 PORTS=(0 "$(free_port)" "$(free_port)" "$(free_port)")
 
@@ -27,30 +24,17 @@ start_node() { # BIN I
   wait_http "http://127.0.0.1:${PORTS[$2]}/healthz"
 }
 
-listed() {
-  python3 - "$1" <<'PY'
-import json, sys, urllib.request
-n, cursor = 0, ""
-while True:
-    page = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/v1/links?limit=1000&cursor={cursor}"))
-    n += len(page["links"])
-    cursor = page.get("next_cursor")
-    if not cursor:
-        break
-print(n)
-PY
-}
 
 for i in 1 2 3; do start_node "$OLD" "$i"; done
 sleep 4
 run_wrk "$WORK/w.txt" -t1 -c32 -d"${SECS}s" -s "$HERE/create.lua" "http://127.0.0.1:${PORTS[1]}/api/v1/links"
 sleep 2
-echo "old build lists: $(listed "${PORTS[1]}") $(listed "${PORTS[2]}") $(listed "${PORTS[3]}")"
+echo "old build lists: $(listed_links "${PORTS[1]}") $(listed_links "${PORTS[2]}") $(listed_links "${PORTS[3]}")"
 ls -l "$WORK/n3/raft/" | grep snap
 for i in 1 2 3; do kill -TERM "${NODE[$i]}"; done
 wait "${NODE[1]}" "${NODE[2]}" "${NODE[3]}" 2>/dev/null || true
 for i in 1 2 3; do start_node "$SHORTD" "$i"; done
 sleep 3
-echo "this build lists: $(listed "${PORTS[1]}") $(listed "${PORTS[2]}") $(listed "${PORTS[3]}")"
+echo "this build lists: $(listed_links "${PORTS[1]}") $(listed_links "${PORTS[2]}") $(listed_links "${PORTS[3]}")"
 ls -l "$WORK/n3/raft/" | grep group
 grep -h "replicas opened" "$WORK/n3.log" | tail -1

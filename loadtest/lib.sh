@@ -37,6 +37,30 @@ scratch() {
   trap '[ -n "$PID" ] && kill -9 $PID 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 }
 
+# cluster_scratch: sets WORK to a new temporary directory and PIDS to an
+# empty list; on exit every process in PIDS is killed and WORK removed.
+cluster_scratch() {
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+}
+
+# listed_links PORT: how many links the node on PORT lists (its own
+# replicas, on a cluster node), page by page.
+listed_links() {
+  python3 - "$1" <<'PY'
+import json, sys, urllib.request
+n, cursor = 0, ""
+while True:
+    page = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/v1/links?limit=1000&cursor={cursor}"))
+    n += len(page["links"])
+    cursor = page.get("next_cursor")
+    if not cursor:
+        break
+print(n)
+PY
+}
+
 # import_links N BIN DIR: N links (gen-links.py N 60 k: aliases k0, k1, ...)
 # imported by BIN into the new data directory DIR.
 import_links() {

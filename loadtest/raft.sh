@@ -14,10 +14,7 @@ SECS=${1:-10}
 TRIALS=${2:-5}
 need wrk wrk
 build_shortd
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+cluster_scratch
 KEY=loadtest-cluster-key
 
 # start_cluster COUNT PARTITIONS: sets PORTS and NODE_PIDS (COUNT 1: a single node)

@@ -342,11 +342,7 @@ impl Cluster {
     /// start reopens it instead of rebuilding it. Nothing to hand over:
     /// every committed write is on a majority.
     pub fn stop(self: &Arc<Self>) {
-        let pending = std::mem::take(&mut *self.clicks.lock());
-        let mut by_group: HashMap<u32, Vec<(String, u64)>> = HashMap::new();
-        for (code, n) in pending {
-            by_group.entry(self.partition(&code)).or_default().push((code.to_string(), n));
-        }
+        let by_group = self.take_clicks();
         self.rt.block_on(async {
             let reports = async {
                 for (g, counts) in by_group {
@@ -1050,13 +1046,18 @@ impl Cluster {
         .await
     }
 
-    fn report_clicks(self: &Arc<Self>) {
+    /// The clicks served here since the last report, by partition.
+    fn take_clicks(&self) -> HashMap<u32, Vec<(String, u64)>> {
         let pending = std::mem::take(&mut *self.clicks.lock());
         let mut by_group: HashMap<u32, Vec<(String, u64)>> = HashMap::new();
         for (code, n) in pending {
             by_group.entry(self.partition(&code)).or_default().push((code.to_string(), n));
         }
-        for (g, counts) in by_group {
+        by_group
+    }
+
+    fn report_clicks(self: &Arc<Self>) {
+        for (g, counts) in self.take_clicks() {
             let me = self.clone();
             self.rt.spawn(async move {
                 if let Err(e) = me.propose(g, Command::Clicks { counts: counts.clone() }).await {

@@ -438,7 +438,11 @@ impl GroupSm {
                 sm.machine.restore_claims(group, s.claims);
                 *sm.applied.lock() = s.applied;
             }
-            (_, Some(snapshot)) => sm.install(&snapshot.meta, &snapshot.snapshot).await?,
+            (_, Some(snapshot)) => {
+                let data: &SnapshotData = &snapshot.snapshot;
+                let image = data.image.bytes().map_err(|e| format!("{}: {e}", sm.path().display()))?;
+                sm.install(&snapshot.meta, &image, data.files.clone()).await?
+            }
             (_, None) => {}
         }
         snapshot::tidy(dir, group, current.as_ref().map(|s| s.meta.snapshot_id.as_str()));
@@ -452,13 +456,12 @@ impl GroupSm {
 
     /// Makes the state the snapshot's: the metadata, or a partition's
     /// replica and claims.
-    async fn install(&self, meta: &Meta, data: &SnapshotData) -> Result<(), String> {
-        let image = data.image.bytes().map_err(|e| format!("{}: {e}", self.path().display()))?;
+    async fn install(&self, meta: &Meta, image: &[u8], files: Option<PathBuf>) -> Result<(), String> {
         if self.group == self.machine.meta_group() {
-            *self.machine.meta.write() = serde_json::from_slice(&image).map_err(|e| format!("metadata image: {e}"))?;
+            *self.machine.meta.write() = serde_json::from_slice(image).map_err(|e| format!("metadata image: {e}"))?;
         } else {
-            let claims: BTreeMap<String, Claim> = serde_json::from_slice(&image).map_err(|e| format!("partition claims: {e}"))?;
-            let files = data.files.clone().ok_or("a partition snapshot without its files")?;
+            let claims: BTreeMap<String, Claim> = serde_json::from_slice(image).map_err(|e| format!("partition claims: {e}"))?;
+            let files = files.ok_or("a partition snapshot without its files")?;
             self.machine.replace_replica(self.group, files).await?;
             self.machine.restore_claims(self.group, claims);
         }
@@ -569,13 +572,13 @@ impl RaftStateMachine<TypeConfig> for GroupSm {
 
     async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<SnapshotData>) -> Result<(), StorageError<NodeId>> {
         let image = snapshot.image.bytes().map_err(|e| StorageError::IO { source: StorageIOError::read_snapshot(None, &e) })?;
-        let (path, m) = (self.path(), meta.clone());
-        let kept = tokio::task::spawn_blocking(move || snapshot::write(&path, &m, &image))
+        let (path, m, written) = (self.path(), meta.clone(), image.clone());
+        let kept = tokio::task::spawn_blocking(move || snapshot::write(&path, &m, &written))
             .await
             .map_err(sm_error)?
             .map_err(|e| StorageError::IO { source: StorageIOError::write_snapshot(None, &e) })?;
-        let kept = SnapshotData { image: kept, files: snapshot.files.clone() };
-        self.install(meta, &kept).await.map_err(sm_error)?;
+        self.install(meta, &image, snapshot.files.clone()).await.map_err(sm_error)?;
+        let kept = SnapshotData { image: kept, files: snapshot.files };
         snapshot::tidy(&self.dir, self.group, Some(&meta.snapshot_id));
         tracing::info!(group = self.group, at = ?meta.last_log_id, "installed a snapshot sent by the group's leader");
         *self.current.lock() = Some(Snapshot { meta: meta.clone(), snapshot: Box::new(kept) });

@@ -267,24 +267,20 @@ pub fn decode(body: &[u8], raft_dir: &Path, group: u32) -> Result<(Vote<u64>, Me
             if !valid_name(name) {
                 return Err(format!("snapshot: {name:?} is not a file name"));
             }
-            let file = File::open(incoming.join(name)).map_err(io_err)?;
-            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-            let mut at = 0u64;
-            let mut chunk = vec![0; CHUNK];
+            let (mut hasher, mut at) = (xxhash_rust::xxh3::Xxh3::new(), 0u64);
             loop {
-                match file.read_at(&mut chunk, at).map_err(io_err)? {
-                    0 => break,
-                    n => {
-                        hasher.update(&chunk[..n]);
-                        at += n as u64;
-                    }
+                let chunk = read_chunk(&incoming, name, at).map_err(io_err)?;
+                hasher.update(&chunk);
+                at += chunk.len() as u64;
+                if chunk.len() < CHUNK {
+                    break;
                 }
             }
             if (at, hasher.digest()) != (*len, *sum) {
                 let _ = std::fs::remove_dir_all(&incoming);
                 return Err(format!("snapshot: {name} arrived cut short or damaged; it is sent again"));
             }
-            file.sync_all().map_err(io_err)?;
+            File::open(incoming.join(name)).and_then(|f| f.sync_all()).map_err(io_err)?;
         }
         // Anything else there is of another attempt.
         for name in file_names(&incoming).map_err(io_err)? {

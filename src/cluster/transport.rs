@@ -65,10 +65,6 @@ impl Client {
         timeout: Duration,
     ) -> Result<Resp, Trouble> {
         let body = Bytes::from(serde_json::to_vec(req).map_err(|e| Trouble::Refused(e.to_string()))?);
-        self.send(what, body, timeout).await
-    }
-
-    async fn send<Resp: DeserializeOwned>(&self, what: &'static str, body: Bytes, timeout: Duration) -> Result<Resp, Trouble> {
         self.send_to(what, "", body, timeout).await
     }
 
@@ -163,11 +159,12 @@ impl RaftNetwork<TypeConfig> for Client {
             }
         }
         let body = super::snapshot::message(vote, snapshot.meta, &image, sent).map_err(|e| failed(e.to_string()))?;
-        let answer: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = match self.send("snapshot", body.into(), SNAPSHOT_TIMEOUT).await {
-            Ok(a) => a,
-            Err(Trouble::Unreachable(e)) => return Err(StreamingError::Unreachable(Unreachable::new(&Failed(e)))),
-            Err(Trouble::Refused(e)) => return Err(StreamingError::Network(NetworkError::new(&Failed(e)))),
-        };
+        let answer: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+            match self.send_to("snapshot", "", body.into(), SNAPSHOT_TIMEOUT).await {
+                Ok(a) => a,
+                Err(Trouble::Unreachable(e)) => return Err(StreamingError::Unreachable(Unreachable::new(&Failed(e)))),
+                Err(Trouble::Refused(e)) => return Err(StreamingError::Network(NetworkError::new(&Failed(e)))),
+            };
         answer.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

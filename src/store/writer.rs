@@ -30,7 +30,7 @@ use crate::analytics::rollup::{Hour, Packed};
 use crate::code::CODE_SPACE;
 use crate::journal::record::{self, Body, Put, Record};
 use crate::journal::scan::{Found, Scan};
-use crate::journal::segment::{self, Segment, SEGMENT_HEADER_LEN};
+use crate::journal::segment::{Segment, SEGMENT_HEADER_LEN};
 use crate::journal::snapshot::{SnapshotMeta, SnapshotWriter};
 use crate::journal::table::{self, Builder, Slot, Table};
 use crate::journal::{Log, LogHandles, LogOptions};
@@ -368,7 +368,11 @@ impl Writer {
                 self.commit(true);
                 let made = match self.refusal() {
                     Some(e) => Err(e),
-                    None => checkpoint(&self.shared.dir, self.log.end().seg, &into)
+                    // Between two batches and after a sync. A merge still
+                    // running may have renamed its table in but not yet the
+                    // snapshot naming it, or the other way round: recovery
+                    // then uses the snapshot before.
+                    None => super::copy_checkpoint(&self.shared.dir, &into)
                         .map_err(|e| WriteError::Unavailable(format!("cannot copy the store into {}: {e}", into.display()))),
                 };
                 let _ = reply.send(made);
@@ -1114,32 +1118,6 @@ impl Writer {
             }
         }
     }
-}
-
-/// Copies the store in `dir` into `into`, between two batches and after a
-/// sync: the active segment `active` is copied (it is still written to);
-/// every other file is immutable once in place (sealed segments, index
-/// tables, snapshots, the code key), so it is hard-linked. A merge still
-/// running may have renamed its table in but not yet the snapshot naming
-/// it, or the other way round: recovery then uses the snapshot before.
-fn checkpoint(dir: &std::path::Path, active: u32, into: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir(into)?;
-    let active = segment::segment_path(dir, active);
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let (path, name) = (entry.path(), entry.file_name());
-        let skipped = name.to_str().is_none_or(|n| n.ends_with(".tmp") || n == "lock") || !entry.file_type()?.is_file();
-        if skipped {
-            continue;
-        }
-        if path == active {
-            std::fs::copy(&path, into.join(&name))?;
-            std::fs::File::open(into.join(&name))?.sync_data()?;
-        } else {
-            std::fs::hard_link(&path, into.join(&name))?;
-        }
-    }
-    segment::sync_dir(into)
 }
 
 /// Writes the next index table (the previous one plus the frozen changes
