@@ -11,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::analytics::rollup::{Hour, DIM_NAMES, MS_PER_HOUR};
 use crate::config::{Cli, Command, Config, Durability, LogFormat};
+use crate::journal::open::unsynced_damage;
 use crate::journal::record::{self, Body};
 use crate::journal::scan::{Found, Scan};
 use crate::journal::segment::{segment_number, Segment, SEGMENT_HEADER_LEN};
@@ -218,15 +219,20 @@ fn check(dir: &Path) -> Result<(), String> {
                         Body::Delete { .. } => deletes += 1,
                         Body::Clicks(_) => clicks += 1,
                         Body::Idempotency { .. } => idem += 1,
-                        Body::Raft { .. } => {}
+                        Body::Raft { .. } | Body::Synced { .. } => {}
                         Body::Rollups(_) => rollups += 1,
                     }
                     end = at + record::padded(len);
                 }
-                Found::Damage { at, resume: None, reason } if newest => {
-                    println!("segment {n:08}.log: torn tail at byte {at}: {reason} (cut off at the next start)");
-                }
                 Found::Damage { at, reason, .. } => {
+                    let (unsynced, past) = unsynced_damage(&seg, at);
+                    if newest && unsynced {
+                        println!(
+                            "segment {n:08}.log: torn tail at byte {at}: {reason}; no completed sync covered it (cut off at the next start, with the {} intact records after it)",
+                            past.records
+                        );
+                        break;
+                    }
                     println!("segment {n:08}.log: damage at byte {at}: {reason}");
                     problems += 1;
                 }

@@ -38,6 +38,8 @@ pub const COMPACTION_SECONDS: &str = "shortd_store_compaction_duration_seconds";
 pub const KEY_MISMATCHES: &str = "shortd_store_key_mismatches_total";
 pub const DAMAGED_SEGMENTS: &str = "shortd_store_damaged_segments";
 pub const COMPACTION_REFUSED: &str = "shortd_store_compaction_refused_total";
+pub const TAIL_CUTS: &str = "shortd_store_tail_cuts_total";
+pub const TAIL_CUT_RECORDS: &str = "shortd_store_tail_cut_records_total";
 pub const SCRUB_BYTES: &str = "shortd_store_scrub_bytes_total";
 pub const SCRUB_PASSES: &str = "shortd_store_scrub_passes_total";
 pub const SCRUB_DAMAGE: &str = "shortd_store_scrub_damage_found_total";
@@ -199,6 +201,8 @@ fn describe() {
     describe_counter!(KEY_MISMATCHES, "Lookups whose index entry led to another key's record (answered as a miss)");
     describe_gauge!(DAMAGED_SEGMENTS, "Log segments with damage found by the scrub or by compaction");
     describe_counter!(COMPACTION_REFUSED, "Compactions that kept a damaged segment because a link's only record lies in the damage");
+    describe_counter!(TAIL_CUTS, "Starts that cut off a log tail no completed sync covered (a crash or power loss mid-write)");
+    describe_counter!(TAIL_CUT_RECORDS, "Intact but never synced records dropped with such tails (never acknowledged under durability always)");
     describe_counter!(SCRUB_BYTES, Unit::Bytes, "Bytes of segments and snapshots verified by the background scrub");
     describe_counter!(SCRUB_PASSES, "Completed scrub passes over every segment and snapshot");
     describe_counter!(SCRUB_DAMAGE, "Damaged files found by the scrub, by kind (segment, snapshot)");
@@ -358,6 +362,11 @@ pub fn damaged_segments(n: usize) {
 
 pub fn compaction_refused() {
     counter!(COMPACTION_REFUSED).increment(1);
+}
+
+pub fn tail_cut(dropped_records: usize) {
+    counter!(TAIL_CUTS).increment(1);
+    counter!(TAIL_CUT_RECORDS).increment(dropped_records as u64);
 }
 
 pub fn scrubbed(bytes: u64) {

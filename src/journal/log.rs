@@ -7,6 +7,12 @@
 //! the next one, prepared meanwhile on a helper thread, put in its place
 //! (`roll`).
 //!
+//! A batch that follows a completed sync begins with a sync mark (see
+//! `record`): the offset up to which the active segment was on disk when
+//! the batch was written. After a power loss, damage at or past the last
+//! mark lies in data no completed sync covered, which under `always` no
+//! client was told is stored, so a start may cut it (`journal::open`).
+//!
 //! Failure is all or nothing per batch: the first failed write, sync or
 //! roll fails every record of the batch (`commit` returns it), and any
 //! failure but lack of space poisons the log until restart, because after
@@ -59,6 +65,12 @@ pub struct Log {
     buf: Vec<u8>,
     next_lsn: u64,
     dirty: bool,
+    /// Offset in the active segment up to which a completed sync covers.
+    synced: u64,
+    /// The `to` of the active segment's last sync mark.
+    marked: u64,
+    /// Whether the active segment keeps sync marks (format 2 on).
+    marks: bool,
     last_sync: Instant,
     /// The batch's first failure: it fails the whole batch.
     failed: Option<LogError>,
@@ -113,6 +125,11 @@ impl Log {
             buf: Vec::with_capacity(1 << 20),
             next_lsn,
             dirty: false,
+            // What an earlier process wrote may still sit in the page cache
+            // unsynced: nothing counts as synced until this process syncs.
+            synced: SEGMENT_HEADER_LEN as u64,
+            marked: SEGMENT_HEADER_LEN as u64,
+            marks: segments.get(active).is_some_and(|s| s.has_sync_marks()),
             last_sync: Instant::now(),
             failed: None,
             sealed: segments.all().iter().filter(|s| s.number != active).map(|s| (s.number, s.len() as u64)).collect(),
@@ -207,6 +224,10 @@ impl Log {
         if self.file.is_none() {
             self.roll()?;
         }
+        if self.mark_due() {
+            self.marked = self.synced;
+            record::encode(&Record { lsn: 0, time_ms: 0, origin: 0, body: record::Body::Synced { to: self.synced } }, &mut self.buf);
+        }
         let mut start = self.buf.len();
         encode(self.next_lsn, &mut self.buf);
         let size = (self.buf.len() - start) as u64;
@@ -228,7 +249,8 @@ impl Log {
     /// Rolls now unless `bytes` more fit in the active segment, so that
     /// records that must land together cannot be split by a roll.
     pub fn ensure_room(&mut self, bytes: u64) -> Result<(), LogError> {
-        if self.buf_off + self.buf.len() as u64 + bytes > self.active_len() {
+        let mark = if self.mark_due() { record::SYNCED_LEN as u64 } else { 0 };
+        if self.buf_off + self.buf.len() as u64 + mark + bytes > self.active_len() {
             self.flush()?;
             self.roll()?;
         }
@@ -261,10 +283,17 @@ impl Log {
         match r {
             Ok(()) => {
                 self.dirty = false;
+                self.synced = self.buf_off;
                 Ok(())
             }
             Err(e) => Err(self.io_failed(format!("fdatasync of segment {} failed: {e}", self.active))),
         }
+    }
+
+    /// Whether the next record opens a batch that must carry a sync mark:
+    /// a sync completed since the last mark, in a segment that keeps them.
+    fn mark_due(&self) -> bool {
+        self.marks && self.buf.is_empty() && self.synced > self.marked
     }
 
     /// Forgets a segment that compaction emptied and removes its file.
@@ -376,10 +405,12 @@ impl Log {
         if self.active != 0 {
             self.sealed.insert(self.active, self.buf_off);
         }
+        let seg_marks = seg.has_sync_marks();
         self.segments.insert(seg);
         self.file = Some(file);
         self.active = next;
         self.buf_off = SEGMENT_HEADER_LEN as u64;
+        (self.synced, self.marked, self.marks) = (self.buf_off, self.buf_off, seg_marks);
         self.publish_written();
         self.dirty = false;
         m::segments(self.segments.len());

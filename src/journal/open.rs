@@ -2,13 +2,19 @@
 //! writes, the segments, and replay with the torn-tail rules.
 //!
 //! Rules (also in docs/storage.md):
-//! - A torn or corrupt tail of the newest segment (a crash mid-write, garbage
-//!   after the last good record, preallocation zeros), with no intact record
-//!   after it, is cut off: logged, overwritten with zeros, and the log
-//!   continues after the last record before it.
-//! - Any other damage (in an older segment, or followed by intact records)
-//!   stops the start with the file and offset, unless `repair` is set; then
-//!   every intact record is kept and each skipped range is reported.
+//! - Damage in the newest segment that no completed sync covered is a torn
+//!   tail: a crash mid-write, or a power loss that kept some pages of the
+//!   last batches and lost others. It is cut off: logged, counted
+//!   (`shortd_store_tail_cuts_total`), overwritten with zeros, and the log
+//!   continues after the last record before it. In a segment with sync
+//!   marks (format 2), "no completed sync covered it" means no mark after
+//!   the damage reaches past it, so intact records after the damage that
+//!   were never synced go too: under `always` none was acknowledged. In a
+//!   format 1 segment only damage with no intact record after it counts.
+//! - Any other damage (in an older segment, which its roll synced, or in
+//!   data a sync covered) stops the start with the file and offset, unless
+//!   `repair` is set; then every intact record is kept and each skipped
+//!   range is reported.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -16,9 +22,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::record::{self, DecodeError, Record};
-use super::scan::next_record;
+use super::record::{self, Body, DecodeError, Record};
+use super::scan::{next_record, past_damage, PastDamage};
 use super::segment::{self, Loc, Segment, Segments};
+use crate::metrics as m;
 
 const LOCK_FILE: &str = "lock";
 const LOCK_TRIES: usize = 20;
@@ -111,6 +118,10 @@ pub fn replay_segment(
     let mut at = from;
     loop {
         let problem = match record::decode(data, at) {
+            Ok((Record { body: Body::Synced { .. }, .. }, len)) => {
+                at += record::padded(len);
+                continue;
+            }
             Ok((rec, len)) => {
                 visit(&rec, Loc { seg: seg.number, off: at as u32 }, record::padded(len) as u64);
                 at += record::padded(len);
@@ -122,22 +133,27 @@ pub fn replay_segment(
             },
             Err(e) => e.to_string(),
         };
-        let resume = next_record(data, at);
-        // Intact records after the damage mean it is not a torn tail:
-        // they may be acknowledged links, so never cut them silently.
-        let mid_log = resume.is_some();
-        if newest && !mid_log && !rules.read_only {
-            let cut = data.len().saturating_sub(at);
-            tracing::warn!(file = %seg.path.display(), offset = at, bytes = cut, reason = %problem, "cutting off a torn or corrupt tail");
-            zero_tail(&seg.path, at as u64, data.len() as u64).map_err(io_err(&seg.path))?;
-            return Ok(at);
-        }
-        if newest && !mid_log {
+        let (unsynced, past) = unsynced_damage(seg, at);
+        if newest && unsynced {
+            if !rules.read_only {
+                let cut = data.len().saturating_sub(at);
+                tracing::warn!(
+                    file = %seg.path.display(),
+                    offset = at,
+                    bytes = cut,
+                    dropped_records = past.records,
+                    reason = %problem,
+                    "cutting off a tail no completed sync covered (a crash or power loss mid-write)"
+                );
+                zero_tail(&seg.path, at as u64, data.len() as u64).map_err(io_err(&seg.path))?;
+                m::tail_cut(past.records);
+            }
             return Ok(at);
         }
         if !rules.repair {
             return Err(OpenError::Damaged { file: seg.path.clone(), offset: at as u64, reason: problem });
         }
+        let resume = next_record(data, at);
         let to = resume.unwrap_or(data.len());
         tracing::warn!(file = %seg.path.display(), from = at, to, reason = %problem, "repair: skipping a damaged range");
         match resume {
@@ -145,6 +161,15 @@ pub fn replay_segment(
             None => return Ok(at),
         }
     }
+}
+
+/// Whether damage at `at` lies where no completed sync covered it (the
+/// rules above), with what lies past it. Intact records after the damage
+/// may be acknowledged links, so only then may they go.
+pub fn unsynced_damage(seg: &Segment, at: usize) -> (bool, PastDamage) {
+    let past = past_damage(seg.bytes(), at);
+    let unsynced = if seg.has_sync_marks() { past.synced_to <= at as u64 } else { past.records == 0 && past.synced_to == 0 };
+    (unsynced, past)
 }
 
 fn zero_tail(path: &Path, from: u64, to: u64) -> io::Result<()> {
@@ -205,4 +230,81 @@ fn lock_dir(dir: &Path) -> Result<File, OpenError> {
         std::thread::sleep(LOCK_RETRY);
     }
     Err(OpenError::Invalid(format!("data directory {} is in use by another shortd process", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::log::{Durability, Log, LogHandles, LogOptions};
+    use crate::journal::segment::SEGMENT_HEADER_LEN;
+
+    const RULES: ReplayRules = ReplayRules { repair: false, read_only: false };
+
+    fn delete(key: &str) -> Record<'_> {
+        Record { lsn: 0, time_ms: 1, origin: 0, body: Body::Delete { key: key.as_bytes() } }
+    }
+
+    /// Writes `batches` (each committed, and so synced, under `always`) into
+    /// a fresh log in `dir`; returns where each record lies.
+    fn write(dir: &Path, batches: &[&[&str]]) -> Vec<Loc> {
+        let opened = open_segments(dir, false).unwrap();
+        let handles = LogHandles { segments: opened.segments, poison: Default::default(), written: Default::default() };
+        let opts = LogOptions { dir: dir.to_path_buf(), durability: Durability::Always, segment_bytes: 1 << 20 };
+        let mut log = Log::open(opts, handles, 0, SEGMENT_HEADER_LEN as u64, 1);
+        let mut locs = vec![];
+        for batch in batches {
+            for key in *batch {
+                locs.push(log.append(delete(key)).unwrap().0);
+            }
+            log.commit(false).unwrap();
+        }
+        locs
+    }
+
+    /// Replays the data directory's one segment; the keys it found, or the error.
+    fn replay(dir: &Path) -> Result<Vec<String>, OpenError> {
+        let opened = open_segments(dir, false)?;
+        let seg = opened.segments.get(opened.numbers[0]).unwrap();
+        let mut keys = vec![];
+        replay_segment(&seg, SEGMENT_HEADER_LEN, true, RULES, |rec, _, _| {
+            keys.push(String::from_utf8_lossy(rec.body.key().unwrap()).into_owned());
+        })?;
+        Ok(keys)
+    }
+
+    fn smash(dir: &Path, loc: Loc) {
+        let path = segment::segment_path(dir, loc.seg);
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(&[0xAA; 16], loc.off as u64 + 20).unwrap();
+    }
+
+    #[test]
+    fn damage_no_sync_covered_is_cut_with_the_records_after_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The last batch is what a power loss may tear: its first record
+        // lost, its second kept.
+        let locs = write(tmp.path(), &[&["a", "b"], &["c"], &["d", "e"]]);
+        smash(tmp.path(), locs[3]);
+        assert_eq!(replay(tmp.path()).unwrap(), ["a", "b", "c"]);
+        // The cut is for good: the next start finds a clean end there.
+        assert_eq!(replay(tmp.path()).unwrap(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn damage_a_later_sync_mark_covers_stops_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let locs = write(tmp.path(), &[&["a", "b"], &["c"], &["d", "e"]]);
+        // "b" was synced before the batch holding "c" was written.
+        smash(tmp.path(), locs[1]);
+        match replay(tmp.path()) {
+            Err(OpenError::Damaged { offset, .. }) => assert_eq!(offset, locs[1].off as u64),
+            other => panic!("damage to synced data was not refused: {:?}", other.map_err(|e| e.to_string())),
+        }
+        let rules = ReplayRules { repair: true, read_only: false };
+        let opened = open_segments(tmp.path(), false).unwrap();
+        let seg = opened.segments.get(opened.numbers[0]).unwrap();
+        let mut keys = vec![];
+        replay_segment(&seg, SEGMENT_HEADER_LEN, true, rules, |rec, _, _| keys.push(rec.body.key().unwrap().to_vec())).unwrap();
+        assert_eq!(keys, [b"a".to_vec(), b"c".to_vec(), b"d".to_vec(), b"e".to_vec()]);
+    }
 }

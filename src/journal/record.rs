@@ -8,7 +8,8 @@
 //! offset size field
 //!      0    8 checksum   xxh3_64 of bytes [8, len)
 //!      8    4 len        bytes in this record, header included, padding excluded
-//!     12    1 kind       1 put, 2 delete, 3 clicks, 4 idempotency, 5 rollups, 6 raft
+//!     12    1 kind       1 put, 2 delete, 3 clicks, 4 idempotency, 5 rollups, 6 raft,
+//!                        7 synced
 //!     13    1 version    1
 //!     14    2 key_len    bytes of key (0 for clicks)
 //!     16    8 lsn        log sequence number, strictly increasing
@@ -25,7 +26,17 @@
 //! rollup: key_len u16 | key | hour u32 (unix hours) | clicks u32 | bots u32 |
 //!        values u16 | values x (dim u8 | value_len u8 | value | clicks u32)
 //! raft:  group u32 | what u8 | 0 0 0 | index u64 | data (JSON; see below)
+//! synced: to u64 (offset in this segment)
 //! ```
+//!
+//! A synced record (a sync mark) says that every byte of its segment before
+//! `to` was on disk (a completed `fdatasync`) when the record was written.
+//! The appender puts one at the head of a batch whenever the synced point
+//! moved since its last mark (segments of format 2 only), so that a start
+//! after a power loss can tell damage in data that was never synced, and
+//! so never acknowledged under `always`, from damage to synced data
+//! (`journal::open`). Marks carry LSN 0 and no key; the journal's readers
+//! (`replay_segment`, `Scan`) never hand them on.
 //!
 //! Raft records live only in a cluster node's Raft log (`DATA_DIR/raft/`),
 //! never in a store's segments. `what` says what the record holds for its
@@ -67,6 +78,9 @@ pub const KIND_CLICKS: u8 = 3;
 pub const KIND_IDEMPOTENCY: u8 = 4;
 pub const KIND_ROLLUPS: u8 = 5;
 pub const KIND_RAFT: u8 = 6;
+pub const KIND_SYNCED: u8 = 7;
+/// Padded bytes of a sync mark.
+pub const SYNCED_LEN: usize = HEADER_LEN + 8;
 const RAFT_FIXED: usize = 16;
 /// Fixed bytes of a rollup besides its key and values.
 pub const ROLLUP_FIXED: usize = 2 + 4 + 4 + 4 + 2;
@@ -105,6 +119,10 @@ pub enum Body<'a> {
         what: u8,
         index: u64,
         data: &'a [u8],
+    },
+    /// A sync mark: every byte of the segment before `to` was durable.
+    Synced {
+        to: u64,
     },
 }
 
@@ -256,6 +274,10 @@ pub fn encode_unsealed(rec: &Record<'_>, out: &mut Vec<u8>) -> usize {
             out.extend_from_slice(&index.to_le_bytes());
             out.extend_from_slice(data);
             (KIND_RAFT, 0)
+        }
+        Body::Synced { to } => {
+            out.extend_from_slice(&to.to_le_bytes());
+            (KIND_SYNCED, 0)
         }
     };
     if rec.origin != 0 {
@@ -429,6 +451,12 @@ pub fn decode(data: &[u8], at: usize) -> Result<(Record<'_>, usize), DecodeError
             }
             Body::Raft { group: u32_at(body, 0), what: body[4], index: u64_at(body, 8), data: &body[RAFT_FIXED..] }
         }
+        KIND_SYNCED => {
+            if body.len() != 8 || key_len != 0 {
+                return Err(DecodeError::Malformed);
+            }
+            Body::Synced { to: u64_at(body, 0) }
+        }
         _ => return Err(DecodeError::Malformed),
     };
     Ok((Record { lsn, time_ms, origin, body }, len))
@@ -512,6 +540,11 @@ mod tests {
         #[test]
         fn raft_records_round_trip(group: u32, what: u8, index: u64, data in bytes(300), lsn: u64) {
             check(Record { lsn, time_ms: 4, origin: 0, body: Body::Raft { group, what, index, data: &data } });
+        }
+
+        #[test]
+        fn sync_marks_round_trip(to: u64, lsn: u64) {
+            check(Record { lsn, time_ms: 5, origin: 0, body: Body::Synced { to } });
         }
 
         #[test]

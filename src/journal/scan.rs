@@ -6,9 +6,10 @@
 //! resumes, found by trying every 8-byte boundary after it (as `--repair`
 //! does at start-up). A walk reaches the end of a segment only at a header
 //! of zeros followed by nothing but zeros, so a zeroed hole in the middle
-//! of a segment is damage too, never a silent end.
+//! of a segment is damage too, never a silent end. Sync marks are the
+//! journal's own bookkeeping: the walk steps over them.
 
-use super::record::{self, DecodeError, Record};
+use super::record::{self, Body, DecodeError, Record};
 
 /// What a walk finds next.
 pub enum Found<'a> {
@@ -53,6 +54,10 @@ impl<'a> Iterator for Scan<'a> {
         }
         let at = self.at;
         let reason = match record::decode(self.data, at) {
+            Ok((Record { body: Body::Synced { .. }, .. }, len)) => {
+                self.at = at + record::padded(len);
+                return self.next();
+            }
             Ok((rec, len)) => {
                 self.at = at + record::padded(len);
                 return Some(Found::Record { at, rec, len });
@@ -79,6 +84,32 @@ impl<'a> Iterator for Scan<'a> {
 /// The offset of the next intact record after damage at `at`.
 pub fn next_record(data: &[u8], at: usize) -> Option<usize> {
     (at + record::ALIGN..data.len()).step_by(record::ALIGN).find(|&o| record::decode(data, o).is_ok())
+}
+
+/// What lies past damage at `at`: the intact records after it, and the
+/// furthest point a sync mark among them says was on disk.
+pub struct PastDamage {
+    pub records: usize,
+    pub synced_to: u64,
+}
+
+pub fn past_damage(data: &[u8], at: usize) -> PastDamage {
+    let mut past = PastDamage { records: 0, synced_to: 0 };
+    let mut next = next_record(data, at);
+    while let Some(o) = next {
+        next = match record::decode(data, o) {
+            Ok((rec, len)) => {
+                match rec.body {
+                    Body::Synced { to } => past.synced_to = past.synced_to.max(to),
+                    _ => past.records += 1,
+                }
+                Some(o + record::padded(len))
+            }
+            Err(DecodeError::End) if data[o..].iter().all(|&b| b == 0) => None,
+            Err(_) => next_record(data, o),
+        };
+    }
+    past
 }
 
 #[cfg(test)]

@@ -18,7 +18,11 @@ use xxhash_rust::xxh3::xxh3_64;
 
 pub const SEGMENT_HEADER_LEN: usize = 32;
 const MAGIC: &[u8; 8] = b"SHORTDLG";
-const FORMAT_VERSION: u32 = 1;
+/// Format 2: the appender puts sync marks in the segment (`record`'s
+/// `synced` kind), which a start reads to tell unsynced damage from damage
+/// to synced data. Format 1 segments (older builds) are read as before.
+const FORMAT_VERSION: u32 = 2;
+const FORMATS_READ: [u32; 2] = [1, 2];
 
 pub fn segment_path(dir: &Path, number: u32) -> PathBuf {
     dir.join(format!("{number:08}.log"))
@@ -93,7 +97,7 @@ impl Segment {
             if written_zeros {
                 write_zeros(&file, size)?;
             }
-            file.write_all_at(&header(number), 0)?;
+            file.write_all_at(&header(number, FORMAT_VERSION), 0)?;
             file.sync_all()
         })();
         if let Err(e) = made {
@@ -146,10 +150,15 @@ impl Segment {
     }
 
     fn check_header(&self) -> io::Result<()> {
-        if self.map.len() < SEGMENT_HEADER_LEN || self.map[..SEGMENT_HEADER_LEN] != header(self.number) {
+        if self.map.len() < SEGMENT_HEADER_LEN || !FORMATS_READ.iter().any(|&v| self.map[..SEGMENT_HEADER_LEN] == header(self.number, v)) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "bad segment header"));
         }
         Ok(())
+    }
+
+    /// Whether the appender keeps sync marks in this segment (format 2 on).
+    pub fn has_sync_marks(&self) -> bool {
+        self.map.get(8..12).is_some_and(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]) >= 2)
     }
 
     fn map(number: u32, path: PathBuf, file: &File) -> io::Result<Segment> {
@@ -176,10 +185,10 @@ impl Segment {
     }
 }
 
-fn header(number: u32) -> [u8; SEGMENT_HEADER_LEN] {
+fn header(number: u32, version: u32) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[..8].copy_from_slice(MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[12..16].copy_from_slice(&number.to_le_bytes());
     let sum = xxh3_64(&h[..24]);
     h[24..32].copy_from_slice(&sum.to_le_bytes());

@@ -227,8 +227,9 @@ impl Replay<'_> {
                 self.shared.idem.insert(key_of(key), idem);
                 return;
             }
-            // A Raft journal's record in a store's segment: not the store's to read.
-            Body::Raft { .. } => return,
+            // A Raft journal's record in a store's segment: not the store's
+            // to read; sync marks never reach here (`replay_segment`).
+            Body::Raft { .. } | Body::Synced { .. } => return,
             Body::Rollups(rollups) => {
                 for r in rollups {
                     self.shared.rollups.replace(key_of(r.key), r.hour, Hour::from_record(r));
