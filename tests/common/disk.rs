@@ -54,7 +54,7 @@ pub struct RecordAt {
 }
 
 /// Every record of a segment file from its header to the first byte that
-/// does not decode.
+/// does not decode, the log's sync marks left out.
 pub fn records(path: &Path) -> Vec<RecordAt> {
     let mut data = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut data)).expect("read segment");
@@ -62,6 +62,10 @@ pub fn records(path: &Path) -> Vec<RecordAt> {
     let mut at = SEGMENT_HEADER_LEN;
     while let Ok((rec, len)) = record::decode(&data, at) {
         let kind = data[at + 12];
+        if kind == record::KIND_SYNCED {
+            at += record::padded(len);
+            continue;
+        }
         let key_end = match rec.body {
             record::Body::Put(p) => at + record::HEADER_LEN + 40 + p.key.len(),
             _ => at + len,
