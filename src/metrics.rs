@@ -202,7 +202,10 @@ fn describe() {
     describe_gauge!(DAMAGED_SEGMENTS, "Log segments with damage found by the scrub or by compaction");
     describe_counter!(COMPACTION_REFUSED, "Compactions that kept a damaged segment because a link's only record lies in the damage");
     describe_counter!(TAIL_CUTS, "Starts that cut off a log tail no completed sync covered (a crash or power loss mid-write)");
-    describe_counter!(TAIL_CUT_RECORDS, "Intact but never synced records dropped with such tails (never acknowledged under durability always)");
+    describe_counter!(
+        TAIL_CUT_RECORDS,
+        "Intact but never synced records dropped with such tails (never acknowledged under durability always)"
+    );
     describe_counter!(SCRUB_BYTES, Unit::Bytes, "Bytes of segments and snapshots verified by the background scrub");
     describe_counter!(SCRUB_PASSES, "Completed scrub passes over every segment and snapshot");
     describe_counter!(SCRUB_DAMAGE, "Damaged files found by the scrub, by kind (segment, snapshot)");

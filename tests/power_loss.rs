@@ -187,10 +187,7 @@ fn id_of(tag: &str, url: &str) -> Option<u64> {
 /// Whether some segment numbered below the newest is gone (compacted).
 fn segment_removed(data: &Path) -> bool {
     let Ok(entries) = fs::read_dir(data) else { return false };
-    let numbers: Vec<u32> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
-        .collect();
+    let numbers: Vec<u32> = entries.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok()).collect();
     let (Some(lo), Some(hi)) = (numbers.iter().min(), numbers.iter().max()) else { return false };
     numbers.len() < (hi - lo + 1) as usize || *lo > 1
 }

@@ -126,6 +126,10 @@ fn torn(tmp: &Path, tear: Tear) -> (PathBuf, Vec<Link>, String) {
     assert_eq!(last.kind, KIND_PUT);
     let code = disk::put_key(&seg, last.off);
     let (off, half) = (last.off as u64, last.padded as u64 / 2);
+    // A torn record's batch never finished its sync, so no sync mark
+    // follows it.
+    let end = off as usize + last.padded;
+    disk::write_at(&seg, end as u64, &vec![0; disk::data_end(&seg).saturating_sub(end)]);
     match tear {
         Tear::ZeroHalf => disk::write_at(&seg, off + half, &vec![0; half as usize]),
         Tear::ZeroAll => disk::write_at(&seg, off, &vec![0; last.padded]),

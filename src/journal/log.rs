@@ -7,11 +7,14 @@
 //! the next one, prepared meanwhile on a helper thread, put in its place
 //! (`roll`).
 //!
-//! A batch that follows a completed sync begins with a sync mark (see
-//! `record`): the offset up to which the active segment was on disk when
-//! the batch was written. After a power loss, damage at or past the last
-//! mark lies in data no completed sync covered, which under `always` no
-//! client was told is stored, so a start may cut it (`journal::open`).
+//! Every completed sync is followed by a sync mark (see `record`): the
+//! offset up to which the active segment is on disk, written (not synced)
+//! right after the sync, before the batch is acknowledged. After a power
+//! loss, damage that no mark after it reaches past lies in data no
+//! completed sync covered, which under `always` no client was told is
+//! stored, so a start may cut it (`journal::open`); damage to synced data
+//! has the mark after it and stops the start. A mark that could not be
+//! written then opens the next batch.
 //!
 //! Failure is all or nothing per batch: the first failed write, sync or
 //! roll fails every record of the batch (`commit` returns it), and any
@@ -71,6 +74,8 @@ pub struct Log {
     marked: u64,
     /// Whether the active segment keeps sync marks (format 2 on).
     marks: bool,
+    /// A mark was written since the last sync: a roll must sync it too.
+    mark_unsynced: bool,
     last_sync: Instant,
     /// The batch's first failure: it fails the whole batch.
     failed: Option<LogError>,
@@ -130,6 +135,7 @@ impl Log {
             synced: SEGMENT_HEADER_LEN as u64,
             marked: SEGMENT_HEADER_LEN as u64,
             marks: segments.get(active).is_some_and(|s| s.has_sync_marks()),
+            mark_unsynced: false,
             last_sync: Instant::now(),
             failed: None,
             sealed: segments.all().iter().filter(|s| s.number != active).map(|s| (s.number, s.len() as u64)).collect(),
@@ -270,10 +276,39 @@ impl Log {
         self.failed.take().map_or(Ok(()), Err)
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable, and says so in a mark.
     pub fn sync(&mut self) -> Result<(), LogError> {
+        self.sync_data()?;
+        self.write_mark();
+        Ok(())
+    }
+
+    /// Writes a sync mark for the last completed sync now, between batches.
+    /// A failed write poisons the log but fails no batch: the one the sync
+    /// covered is durable.
+    fn write_mark(&mut self) {
+        if !self.mark_due() {
+            return;
+        }
+        let Some(file) = &self.file else { return };
+        let mut mark = Vec::with_capacity(record::SYNCED_LEN);
+        record::encode(&Record { lsn: 0, time_ms: 0, origin: 0, body: record::Body::Synced { to: self.synced } }, &mut mark);
+        if self.buf_off + mark.len() as u64 > self.active_len() {
+            return;
+        }
+        match file.write_all_at(&mark, self.buf_off) {
+            Ok(()) => {
+                self.buf_off += mark.len() as u64;
+                (self.marked, self.mark_unsynced) = (self.synced, true);
+                self.publish_written();
+            }
+            Err(e) => self.poison_with(format!("write to segment {} failed: {e}", self.active)),
+        }
+    }
+
+    fn sync_data(&mut self) -> Result<(), LogError> {
         let Some(file) = &self.file else { return Ok(()) };
-        if !self.dirty {
+        if !self.dirty && !self.mark_unsynced {
             return Ok(());
         }
         let started = Instant::now();
@@ -282,7 +317,7 @@ impl Log {
         self.last_sync = Instant::now();
         match r {
             Ok(()) => {
-                self.dirty = false;
+                (self.dirty, self.mark_unsynced) = (false, false);
                 self.synced = self.buf_off;
                 Ok(())
             }
@@ -385,8 +420,9 @@ impl Log {
     fn try_roll(&mut self) -> Result<(), LogError> {
         // Even under `never`: a snapshot syncs only the active segment, so a
         // sealed one must be on disk before any snapshot can cover it (one
-        // fdatasync per segment, not per write).
-        self.sync()?;
+        // fdatasync per segment, not per write). No mark after it: a
+        // sealed segment holds only synced bytes.
+        self.sync_data()?;
         let started = Instant::now();
         let next = self.active + 1;
         // A spare that failed is made again here, where its error is
@@ -410,7 +446,7 @@ impl Log {
         self.file = Some(file);
         self.active = next;
         self.buf_off = SEGMENT_HEADER_LEN as u64;
-        (self.synced, self.marked, self.marks) = (self.buf_off, self.buf_off, seg_marks);
+        (self.synced, self.marked, self.marks, self.mark_unsynced) = (self.buf_off, self.buf_off, seg_marks, false);
         self.publish_written();
         self.dirty = false;
         m::segments(self.segments.len());

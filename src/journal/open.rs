@@ -244,19 +244,19 @@ mod tests {
         Record { lsn: 0, time_ms: 1, origin: 0, body: Body::Delete { key: key.as_bytes() } }
     }
 
-    /// Writes `batches` (each committed, and so synced, under `always`) into
-    /// a fresh log in `dir`; returns where each record lies.
+    /// Writes `batches` into a fresh log in `dir`, each synced but the
+    /// last (the one a power loss can tear); returns where each record lies.
     fn write(dir: &Path, batches: &[&[&str]]) -> Vec<Loc> {
         let opened = open_segments(dir, false).unwrap();
         let handles = LogHandles { segments: opened.segments, poison: Default::default(), written: Default::default() };
-        let opts = LogOptions { dir: dir.to_path_buf(), durability: Durability::Always, segment_bytes: 1 << 20 };
+        let opts = LogOptions { dir: dir.to_path_buf(), durability: Durability::Never, segment_bytes: 1 << 20 };
         let mut log = Log::open(opts, handles, 0, SEGMENT_HEADER_LEN as u64, 1);
         let mut locs = vec![];
-        for batch in batches {
+        for (i, batch) in batches.iter().enumerate() {
             for key in *batch {
                 locs.push(log.append(delete(key)).unwrap().0);
             }
-            log.commit(false).unwrap();
+            log.commit(i + 1 < batches.len()).unwrap();
         }
         locs
     }
@@ -288,6 +288,15 @@ mod tests {
         assert_eq!(replay(tmp.path()).unwrap(), ["a", "b", "c"]);
         // The cut is for good: the next start finds a clean end there.
         assert_eq!(replay(tmp.path()).unwrap(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn damage_in_the_last_synced_batch_stops_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The mark written after the last sync covers "c" and "d".
+        let locs = write(tmp.path(), &[&["a", "b"], &["c", "d"], &[]]);
+        smash(tmp.path(), locs[2]);
+        assert!(matches!(replay(tmp.path()), Err(OpenError::Damaged { .. })), "damage to the last synced batch was cut");
     }
 
     #[test]

@@ -31,8 +31,8 @@
 //!
 //! A synced record (a sync mark) says that every byte of its segment before
 //! `to` was on disk (a completed `fdatasync`) when the record was written.
-//! The appender puts one at the head of a batch whenever the synced point
-//! moved since its last mark (segments of format 2 only), so that a start
+//! The appender writes one after every sync of the active segment
+//! (segments of format 2 only), so that a start
 //! after a power loss can tell damage in data that was never synced, and
 //! so never acknowledged under `always`, from damage to synced data
 //! (`journal::open`). Marks carry LSN 0 and no key; the journal's readers

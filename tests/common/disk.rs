@@ -76,9 +76,15 @@ pub fn records(path: &Path) -> Vec<RecordAt> {
     out
 }
 
-/// Where the data of a segment ends (just after its last good record).
+/// Where the data of a segment ends: just after its last good record,
+/// sync marks included.
 pub fn data_end(path: &Path) -> usize {
-    records(path).last().map_or(SEGMENT_HEADER_LEN, |r| r.off + r.padded)
+    let data = std::fs::read(path).expect("read segment");
+    let mut at = SEGMENT_HEADER_LEN;
+    while let Ok((_, len)) = record::decode(&data, at) {
+        at += record::padded(len);
+    }
+    at
 }
 
 /// The key (code) of the put record at `off`.
