@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::skip_or_fail;
+use common::prereq::skip_or_fail;
 use common::tools::{check, is_root, on_path, python_venv, require, run, text, which};
 use serde_json::Value;
 

@@ -23,7 +23,10 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
         Err(_) => Vec::new(),
     };
     if inputs.is_empty() {
-        common::skip_or_fail(&format!("the fuzz corpus {}", dir.display()), "git checkout -- fuzz/corpus (it is kept in the repository)");
+        common::prereq::skip_or_fail(
+            &format!("the fuzz corpus {}", dir.display()),
+            "git checkout -- fuzz/corpus (it is kept in the repository)",
+        );
     }
     inputs
 }

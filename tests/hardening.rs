@@ -191,7 +191,7 @@ fn a_read_only_data_directory_serves_redirects_and_refuses_writes() {
     let mnt = tempfile::tempdir().unwrap();
     let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"]).arg(mnt.path()).status();
     if !matches!(mounted, Ok(s) if s.success()) {
-        return common::skip_or_fail("a tmpfs mount (needs root)", "run as root: mount -t tmpfs");
+        return common::prereq::skip_or_fail("a tmpfs mount (needs root)", "run as root: mount -t tmpfs");
     }
     let data = mnt.path().join("data");
     let bin = env!("CARGO_BIN_EXE_shortd");

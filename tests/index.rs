@@ -217,7 +217,7 @@ fn links_whose_pages_are_not_in_memory_answer_right_and_are_read_off_the_event_l
     if evicted {
         assert!(cold > 0, "{} lookups over an evicted store, none read off the event loop", sample.len());
     } else {
-        common::skip_or_fail(
+        common::prereq::skip_or_fail(
             &format!("a data directory off tmpfs ({} is on tmpfs: its pages cannot leave memory; {cold} cold loads)", dir.display()),
             "a target folder on a disk file system (CARGO_TARGET_DIR)",
         );

@@ -43,7 +43,7 @@ fn metrics_pass_promtool_and_cover_the_redirect_path_and_the_store() {
     let Ok(mut promtool) =
         Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
     else {
-        return common::skip_or_fail("promtool, for the lint of /metrics", "apt-get install prometheus");
+        return common::prereq::skip_or_fail("promtool, for the lint of /metrics", "apt-get install prometheus");
     };
     promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = promtool.wait_with_output().unwrap();

@@ -6,7 +6,7 @@
 //!
 //! Needs root (or CAP_NET_ADMIN) and the `ip` tool; where the namespaces
 //! cannot be made, the test fails under `CI=true` and elsewhere says
-//! SKIPPED (`common::skip_or_fail`).
+//! SKIPPED (`common::prereq::skip_or_fail`).
 
 mod common;
 
@@ -158,7 +158,7 @@ fn a_partitioned_node_catches_up_when_the_partition_heals() {
     let net = match build_network() {
         Ok(n) => n,
         Err(why) => {
-            return common::skip_or_fail(
+            return common::prereq::skip_or_fail(
                 &format!("network namespaces ({why})"),
                 "apt-get install iproute2, and run as root or with CAP_NET_ADMIN",
             )

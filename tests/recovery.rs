@@ -848,7 +848,7 @@ impl Tmpfs {
         match Tmpfs::mount(&mnt) {
             Ok(fs) => Some((fs, mnt)),
             Err(e) => {
-                common::skip_or_fail(&format!("a tmpfs mount, to fill a small disk ({e})"), "run as root: mount -t tmpfs");
+                common::prereq::skip_or_fail(&format!("a tmpfs mount, to fill a small disk ({e})"), "run as root: mount -t tmpfs");
                 None
             }
         }

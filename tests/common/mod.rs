@@ -21,8 +21,6 @@ pub mod mmdb;
 pub mod prereq;
 pub mod tools;
 
-pub use prereq::skip_or_fail;
-
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
