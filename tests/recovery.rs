@@ -691,10 +691,14 @@ fn burst(rt: &tokio::runtime::Runtime, store: &Arc<Store>, m: &mut Model, round:
 /// How long a merge of some 40 000 links may take on a busy machine.
 const MERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Whether a file is being written in `dir` (an index table or snapshot
-/// under its temporary name).
+/// Whether a merge is writing in `dir`: an index table or a snapshot
+/// under its temporary name (the next log segment, made ahead as
+/// `.log.tmp`, is no merge).
 fn half_written(dir: &Path) -> bool {
-    std::fs::read_dir(dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+    std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.ends_with(".idx.tmp") || (name.starts_with("snapshot-") && name.ends_with(".tmp"))
+    })
 }
 
 /// Merges (an index table and its snapshot) are written by a background
@@ -720,20 +724,13 @@ fn snapshots_taken_during_heavy_writes_replay_to_the_right_state() {
     }
     let rt = rt();
     for round in 0..4 {
-        let before = disk::snapshots(&dir);
         burst(&rt, &store, &mut m, round);
         rt.block_on(store.sync()).unwrap();
-        // The merge the burst started has finished (its snapshot is there
-        // and nothing is half written), so that the copy holds it.
-        let merged = common::poll_until(MERGE_TIMEOUT, || {
-            let fresh = disk::snapshots(&dir).iter().any(|p| !before.contains(p));
-            (fresh && !half_written(&dir)).then_some(())
-        });
-        assert!(
-            merged.is_some(),
-            "round {round}: no merge finished within {MERGE_TIMEOUT:?}: {:?}",
-            std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>()
-        );
+        // A merge the burst started has finished (no index table or
+        // snapshot is half written), so that the copy holds it.
+        let settled = common::poll_until(MERGE_TIMEOUT, || (!half_written(&dir)).then_some(()));
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(settled.is_some(), "round {round}: a merge was still being written after {MERGE_TIMEOUT:?}: {files:?}");
     }
     let (with, without) = (tmp.path().join("with"), tmp.path().join("without"));
     disk::copy_dir(&dir, &with);
