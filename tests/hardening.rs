@@ -38,7 +38,7 @@ fn a_hangup_as_soon_as_the_server_answers_reloads_and_does_not_stop_it() {
     // SIGHUP's default action ends a process: the handler must be in place
     // before /healthz first answers, which is when Server::start returns.
     // The reload being counted shows the handler ran; a process the signal
-    // ended would fail `reload` with its log instead.
+    // ended fails `wait_for_reloads`, which shows its log.
     for _ in 0..5 {
         let s = Server::start(&[]);
         s.hangup();

@@ -93,8 +93,10 @@ pub fn on_path(tool: &str) -> bool {
     which(tool).is_some()
 }
 
+/// Fails the test, outside CI too, when `tool` is not on PATH: the
+/// project's machines have it (`.ci/run` installs it, docs/testing.md).
 pub fn require(tool: &str) {
-    assert!(on_path(tool), "{tool} is not on PATH; the project's machines have it (see docs/deployment.md)");
+    assert!(on_path(tool), "prerequisite missing: {tool} is not on PATH (docs/testing.md says which package has it; .ci/run installs it)");
 }
 
 pub fn is_root() -> bool {
