@@ -101,6 +101,7 @@ fn reload_on_hangup(app: &crate::http::App, hangups: &Receiver<()>) {
             Ok(()) => {
                 app.access.reload();
                 app.analytics.geo.reload();
+                crate::metrics::config_reloaded();
             }
             Err(RecvTimeoutError::Timeout) => {
                 app.access.prune();

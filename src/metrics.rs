@@ -59,6 +59,7 @@ pub const BOTS: &str = "shortd_bot_visits_total";
 pub const BREAKDOWNS_DROPPED: &str = "shortd_analytics_dropped_breakdowns_total";
 pub const ANALYTICS_LAG: &str = "shortd_analytics_lag_seconds";
 pub const GEOIP_AGE: &str = "shortd_geoip_database_age_seconds";
+pub const CONFIG_RELOADS: &str = "shortd_config_reloads_total";
 
 /// Redirect-path outcomes counted per worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,6 +226,7 @@ fn describe() {
     describe_counter!(BREAKDOWNS_DROPPED, "Clicks counted without their breakdown because the worker's analytics buffer was full");
     describe_gauge!(ANALYTICS_LAG, Unit::Seconds, "Age of the oldest click in the last batch the analytics aggregator folded");
     describe_gauge!(GEOIP_AGE, Unit::Seconds, "Age of the loaded GeoIP database, from its build time");
+    describe_counter!(CONFIG_RELOADS, "SIGHUP reloads done (key file, blocklist, GeoIP database), whether or not each file could be read");
 }
 
 impl Metrics {
@@ -253,6 +255,7 @@ impl Metrics {
         counter!(CACHE_COALESCED).increment(0);
         counter!(COLD_LOADS).increment(0);
         counter!(CACHE_EVICTIONS).increment(0);
+        counter!(CONFIG_RELOADS).increment(0);
         let mut out = self.handle.render();
         let _ = writeln!(out, "# HELP {REDIRECT_SECONDS} Time to answer a redirect, from parsed request to response (one in {LATENCY_SAMPLE} timed, weighted)");
         let _ = writeln!(out, "# TYPE {REDIRECT_SECONDS} histogram");
@@ -428,6 +431,11 @@ pub fn raft_proposal(took: Duration, ok: bool) {
 
 pub fn bots(n: u64) {
     counter!(BOTS).increment(n);
+}
+
+/// A SIGHUP reload has run to its end (tests wait for this, not a guess).
+pub fn config_reloaded() {
+    counter!(CONFIG_RELOADS).increment(1);
 }
 
 pub fn breakdown_dropped() {

@@ -26,6 +26,9 @@ const BOTS: [&str; 6] = [
 /// How long after a click its breakdown is durable (docs/analytics.md says
 /// one second), with room for a busy machine.
 const PERSISTED_AFTER: Duration = Duration::from_secs(3);
+/// Small segments, so that copying the data directory (what a `kill -9`
+/// would leave) while waiting for the breakdowns to reach it is cheap.
+const SMALL_SEGMENTS: &str = "1048576";
 
 fn write_db(dir: &Path, name: &str, networks: &[(&str, &str)]) -> PathBuf {
     let path = dir.join(name);
@@ -55,6 +58,24 @@ fn wait_for_stats(s: &Server, code: &str, clicks: u64, bots: u64) -> Value {
         (last["clicks"] == clicks && last["bots"] == bots).then_some(())
     });
     last
+}
+
+/// The clicks and bots that `shortd export` finds for `code` in a copy of
+/// the running server's data directory: what a `kill -9` now would leave.
+/// `None` while the copy cannot be read (a record half written).
+fn on_disk(s: &Server, code: &str) -> Option<(u64, u64)> {
+    let copy = tempfile::tempdir().unwrap();
+    let dir = copy.path().join("data");
+    common::disk::copy_dir(&s.data_dir(), &dir);
+    let out = common::cli(&["export", "--data-dir", dir.to_str().unwrap()]);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line: Value = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|l| l["code"] == code)?;
+    let hours = line["stats"].as_array()?;
+    let sum = |k: &str| hours.iter().map(|h| h[k].as_u64().unwrap_or(0)).sum::<u64>();
+    Some((sum("clicks"), sum("bots")))
 }
 
 /// A breakdown as `value -> clicks`, checking it is sorted by clicks.
@@ -93,7 +114,7 @@ fn assert_the_thirty(st: &Value) {
 fn people_and_bots_are_told_apart_broken_down_and_survive_kill_9() {
     let dbdir = tempfile::tempdir().unwrap();
     let db = write_db(dbdir.path(), "country.mmdb", &[("192.0.2.0/24", "DE"), ("198.51.100.0/24", "JP"), ("2001:db8::/32", "JP")]);
-    let s = Server::start(&["--trusted-proxy", "127.0.0.1", "--geoip-db", db.to_str().unwrap()]);
+    let s = Server::start(&["--trusted-proxy", "127.0.0.1", "--geoip-db", db.to_str().unwrap(), "--segment-bytes", SMALL_SEGMENTS]);
     let code = s.create(json!({"url": "https://example.com/launch"}))["code"].as_str().unwrap().to_string();
 
     for i in 0..10 {
@@ -118,7 +139,14 @@ fn people_and_bots_are_told_apart_broken_down_and_survive_kill_9() {
     assert_eq!((all["clicks"].as_u64(), all["bots"].as_u64()), (Some(30), Some(6)), "{all}");
     assert_eq!(all["links"][0]["code"], code.as_str());
 
-    std::thread::sleep(PERSISTED_AFTER);
+    // Killed once the log holds the thirty, which must be within the
+    // documented second (with room); the restart then shows every figure.
+    let logged = poll_until(PERSISTED_AFTER, || (on_disk(&s, &code) == Some((30, 6))).then_some(()));
+    assert!(
+        logged.is_some(),
+        "the clicks and bots were not in the log {PERSISTED_AFTER:?} after the stats showed them: {:?}",
+        on_disk(&s, &code)
+    );
     let mut s = s;
     s.kill();
     let s = s.restart();

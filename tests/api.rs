@@ -1054,20 +1054,21 @@ fn compaction_keeps_live_links_and_deletions_across_restarts() {
     check(&s, "after kill -9 and restart");
 }
 
-/// Sends a request head, then (after the server has surely seen the head)
-/// its body, and reads the answer. Then asks `GET /healthz` on the same
-/// connection. Returns the first answer's head and what the second request
-/// got: `Some(status line)`, or `None` when the connection was closed.
+/// Sends a request head, reads the answer the server gives to the head
+/// alone (a refusal before the body is read), then sends the body as a
+/// client that did not wait would have, and asks `GET /healthz` on the
+/// same connection. Returns the first answer's head and what the second
+/// request got: `Some(status line)`, or `None` when the connection was
+/// closed.
 fn refusal_then_reuse(port: u16, head: &str, body: &[u8]) -> (String, Option<String>) {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
     c.set_read_timeout(Some(Duration::from_secs(3))).expect("read timeout");
     c.write_all(head.as_bytes()).expect("writing the head");
-    std::thread::sleep(Duration::from_millis(100));
-    let _ = c.write_all(body);
     let mut first = Vec::new();
     let mut buf = [0u8; 4096];
-    // Read until the whole first answer (head plus its Content-Length body) is in.
+    // Read until the whole first answer (head plus its Content-Length body)
+    // is in; it comes before any of the request body is sent.
     loop {
         let n = c.read(&mut buf).unwrap_or(0);
         if n == 0 {
@@ -1085,7 +1086,9 @@ fn refusal_then_reuse(port: u16, head: &str, body: &[u8]) -> (String, Option<Str
         }
     }
     let first_head = String::from_utf8_lossy(&first).split("\r\n\r\n").next().unwrap_or("").to_string();
-    std::thread::sleep(Duration::from_millis(100));
+    let _ = c.write_all(body);
+    // The server either reads past the body to this request or closes the
+    // connection; the read's timeout bounds the wait for either.
     let second = match c.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") {
         Err(_) => None,
         Ok(()) => match c.read(&mut buf) {

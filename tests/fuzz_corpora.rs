@@ -1,7 +1,11 @@
 //! The fuzzers' corpora (fuzz/corpus/<target>/), replayed as a plain test so
 //! CI checks every input the fuzzers kept without needing libFuzzer: the
 //! same entry points must not panic and must keep the same invariants
-//! (docs/fuzzing.md has the full fuzz targets and how to run them).
+//! (docs/fuzzing.md has the full fuzz targets and how to run them). A
+//! missing or empty corpus fails under `CI=true` and says SKIPPED
+//! elsewhere: a replay of nothing is no test.
+
+mod common;
 
 use std::path::Path;
 
@@ -10,10 +14,21 @@ use shortd::http::router::{route, Route};
 use shortd::journal::record::{decode, encode};
 use shortd::journal::snapshot::Snapshot;
 
+/// Every input kept for `target`; empty (after `skip_or_fail`) when there
+/// are none.
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    entries.flatten().filter_map(|e| std::fs::read(e.path()).ok()).collect()
+    let inputs: Vec<Vec<u8>> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries.flatten().filter_map(|e| std::fs::read(e.path()).ok()).collect(),
+        Err(_) => Vec::new(),
+    };
+    if inputs.is_empty() {
+        common::prereq::skip_or_fail(
+            &format!("the fuzz corpus {}", dir.display()),
+            "git checkout -- fuzz/corpus (it is kept in the repository)",
+        );
+    }
+    inputs
 }
 
 #[test]

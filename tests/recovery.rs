@@ -86,14 +86,20 @@ fn crash_copy(store: &Store, from: &Path, to: &Path) {
     disk::copy_dir(from, to);
 }
 
-fn assert_all_live(store: &Store, links: &[Link], what: &str) {
-    let bad: Vec<String> = links
+/// The links that the store does not show as they were acknowledged,
+/// each with what it shows instead.
+fn wrong_links(store: &Store, links: &[Link]) -> Vec<String> {
+    links
         .iter()
         .filter_map(|l| match seen(store, &l.code) {
             Seen::Live(got) if got == *l => None,
             other => Some(format!("{}: {other:?}", l.code)),
         })
-        .collect();
+        .collect()
+}
+
+fn assert_all_live(store: &Store, links: &[Link], what: &str) {
+    let bad = wrong_links(store, links);
     assert!(bad.is_empty(), "{what}: {} of {} links are wrong, e.g. {:?}", bad.len(), links.len(), &bad[..bad.len().min(5)]);
 }
 
@@ -686,6 +692,19 @@ fn burst(rt: &tokio::runtime::Runtime, store: &Arc<Store>, m: &mut Model, round:
     store.persist_clicks();
 }
 
+/// How long a merge of some 40 000 links may take on a busy machine.
+const MERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether a merge is writing in `dir`: an index table or a snapshot
+/// under its temporary name (the next log segment, made ahead as
+/// `.log.tmp`, is no merge).
+fn half_written(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.ends_with(".idx.tmp") || (name.starts_with("snapshot-") && name.ends_with(".tmp"))
+    })
+}
+
 /// Merges (an index table and its snapshot) are written by a background
 /// thread while the writer goes on, changing the index meanwhile; a start
 /// from the table plus the log after it must end at exactly the state of a
@@ -711,8 +730,11 @@ fn snapshots_taken_during_heavy_writes_replay_to_the_right_state() {
     for round in 0..4 {
         burst(&rt, &store, &mut m, round);
         rt.block_on(store.sync()).unwrap();
-        // Let the merge in flight finish, so that the copy holds it.
-        std::thread::sleep(Duration::from_millis(250));
+        // A merge the burst started has finished (no index table or
+        // snapshot is half written), so that the copy holds it.
+        let settled = common::poll_until(MERGE_TIMEOUT, || (!half_written(&dir)).then_some(()));
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(settled.is_some(), "round {round}: a merge was still being written after {MERGE_TIMEOUT:?}: {files:?}");
     }
     let (with, without) = (tmp.path().join("with"), tmp.path().join("without"));
     disk::copy_dir(&dir, &with);
@@ -819,15 +841,15 @@ fn compaction_keeps_exactly_the_live_records() {
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    /// A fresh 2 MiB tmpfs at `tmp/mnt`, or None (with a note naming
-    /// `test`) where no tmpfs can be mounted here.
-    fn fresh(tmp: &Path, test: &str) -> Option<(Tmpfs, PathBuf)> {
+    /// A fresh 2 MiB tmpfs at `tmp/mnt`, or None where no tmpfs can be
+    /// mounted here (after `skip_or_fail`: a failure under CI).
+    fn fresh(tmp: &Path) -> Option<(Tmpfs, PathBuf)> {
         let mnt = tmp.join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         match Tmpfs::mount(&mnt) {
             Ok(fs) => Some((fs, mnt)),
             Err(e) => {
-                eprintln!("NOTE: skipping the {test} test: cannot mount a tmpfs ({e})");
+                common::prereq::skip_or_fail(&format!("a tmpfs mount, to fill a small disk ({e})"), "run as root: mount -t tmpfs");
                 None
             }
         }
@@ -856,13 +878,26 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Fills a 2 MiB tmpfs through the store, checks that creates fail cleanly
-/// and nothing acknowledged is lost; returns the files left in the data
-/// directory whose names end in `.tmp`, or None when no tmpfs could be
-/// mounted.
-fn fill_a_small_disk() -> Option<Vec<String>> {
+/// What filling a small disk through the store left.
+struct FullDisk {
+    /// Why the first create that did not fit was refused.
+    refusal: WriteError,
+    /// Creates acknowledged (before and after the refusal).
+    acked: usize,
+    /// Acknowledged links not answered as made, on the full disk...
+    wrong_when_full: Vec<String>,
+    /// ...and after a restart on it.
+    wrong_after_restart: Vec<String>,
+    /// Files in the data directory whose names end in `.tmp`.
+    leftovers: Vec<String>,
+}
+
+/// Fills a 2 MiB tmpfs through the store, tries 20 more creates, then
+/// reads every acknowledged link back before and after a restart; None
+/// when no tmpfs could be mounted.
+fn fill_a_small_disk() -> Option<FullDisk> {
     let tmp = tempfile::tempdir().unwrap();
-    let (fs, mnt) = Tmpfs::fresh(tmp.path(), "full-disk")?;
+    let (fs, mnt) = Tmpfs::fresh(tmp.path())?;
     let dir = mnt.join("data");
     let o = opts(&dir);
     let store = open(o.clone());
@@ -880,8 +915,6 @@ fn fill_a_small_disk() -> Option<Vec<String>> {
     }
     let refusal = refusal.expect("2 MiB filled up");
     eprintln!("{} creates acknowledged, then: {refusal}", acked.len());
-    assert!(matches!(refusal, WriteError::DiskFull(_) | WriteError::Unavailable(_)), "refusal: {refusal:?}");
-    assert!(acked.len() > 1000, "only {} links fit", acked.len());
     // More creates keep failing cleanly; reads are unaffected.
     for i in 0..20 {
         let r = rt.block_on(store.create(new_link(format!("https://example.com/still-full/{i}"))));
@@ -889,12 +922,12 @@ fn fill_a_small_disk() -> Option<Vec<String>> {
             acked.push(c.link);
         }
     }
-    assert_all_live(&store, &acked, "on a full disk");
+    let wrong_when_full = wrong_links(&store, &acked);
     store.close();
     drop(store);
 
     let store = open(o);
-    assert_all_live(&store, &acked, "after a restart on a full disk");
+    let wrong_after_restart = wrong_links(&store, &acked);
     store.close();
     drop(store);
     let leftovers = std::fs::read_dir(&dir)
@@ -904,23 +937,33 @@ fn fill_a_small_disk() -> Option<Vec<String>> {
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     drop(fs);
-    Some(leftovers)
+    Some(FullDisk { refusal, acked: acked.len(), wrong_when_full, wrong_after_restart, leftovers })
 }
 
 #[test]
 fn a_full_disk_fails_creates_and_loses_nothing() {
-    if let Some(leftovers) = fill_a_small_disk() {
-        if !leftovers.is_empty() {
-            eprintln!("NOTE: temporary files left on the full disk: {leftovers:?}");
-        }
+    let Some(full) = fill_a_small_disk() else { return };
+    // A client whose create does not fit is told the disk is full (or the
+    // store is unavailable), and every link it was told was made answers
+    // as made, on the full disk and after a restart on it.
+    let refusal = &full.refusal;
+    assert!(matches!(refusal, WriteError::DiskFull(_) | WriteError::Unavailable(_)), "refusal: {refusal:?}");
+    assert!(full.acked > 1000, "only {} links fit", full.acked);
+    for (when, wrong) in [("on a full disk", &full.wrong_when_full), ("after a restart on a full disk", &full.wrong_after_restart)] {
+        assert!(
+            wrong.is_empty(),
+            "{when}: {} of {} acknowledged links are wrong, e.g. {:?}",
+            wrong.len(),
+            full.acked,
+            &wrong[..wrong.len().min(5)]
+        );
     }
 }
 
 #[test]
 fn a_failed_snapshot_leaves_no_temporary_file() {
-    if let Some(leftovers) = fill_a_small_disk() {
-        assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
-    }
+    let Some(full) = fill_a_small_disk() else { return };
+    assert!(full.leftovers.is_empty(), "left behind: {:?}", full.leftovers);
 }
 
 /// Click totals whose append fails (no room to roll to a new segment) stay
@@ -929,7 +972,7 @@ fn a_failed_snapshot_leaves_no_temporary_file() {
 #[test]
 fn click_totals_survive_a_failed_append_and_land_once_there_is_room() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some((fs, mnt)) = Tmpfs::fresh(tmp.path(), "failed-append clicks") else { return };
+    let Some((fs, mnt)) = Tmpfs::fresh(tmp.path()) else { return };
     let ballast = mnt.join("ballast");
     std::fs::write(&ballast, vec![1u8; 512 << 10]).unwrap();
     let dir = mnt.join("data");

@@ -10,13 +10,15 @@
 //! Besides the server: the offline CLI commands (`cli`), creates and
 //! redirects from any thread (`create`, `redirect`, `assert_all_redirect`),
 //! in `disk` byte-level access to a data directory, and in `cluster` nodes
-//! of a cluster on 127.0.0.x.
+//! of a cluster on 127.0.0.x, and in `prereq` what a test does when
+//! something it needs is missing (fail under CI, say SKIPPED elsewhere).
 
 #![allow(dead_code)]
 
 pub mod cluster;
 pub mod disk;
 pub mod mmdb;
+pub mod prereq;
 pub mod tools;
 
 use std::collections::HashSet;
@@ -39,6 +41,10 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause between two polls of something that changes asynchronously.
 pub const POLL_EVERY: Duration = Duration::from_millis(20);
+/// How long a SIGHUP reload (three small files) may take to be counted.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The counter a finished SIGHUP reload adds one to.
+const RELOADS: &str = "shortd_config_reloads_total";
 /// Attempts at starting on a fresh port when the child dies at start-up
 /// (another process may have taken the port between pick and bind).
 const START_ATTEMPTS: usize = 3;
@@ -379,13 +385,38 @@ impl Server {
         self.stop_gracefully().0
     }
 
-    /// SIGKILL, as in a crash; waits for the process to be gone.
     /// SIGHUP: reload the key file and the blocklist.
     pub fn hangup(&self) {
         let sent = Command::new("kill").arg("-HUP").arg(self.pid().to_string()).status().expect("running kill -HUP");
         assert!(sent.success(), "kill -HUP {} failed", self.pid());
     }
 
+    /// SIGHUP, and back once the server has finished the reload it asked
+    /// for (`shortd_config_reloads_total` went up), so that what the test
+    /// checks next is the reloaded state, not a guess about timing.
+    pub fn reload(&self) {
+        let before = self.metric(RELOADS).unwrap_or(0.0);
+        self.hangup();
+        self.wait_for_reloads(before + 1.0);
+    }
+
+    /// Waits (bounded) until `shortd_config_reloads_total` is at least
+    /// `n`; the failure shows the log (a SIGHUP that ended the process
+    /// leaves no `/metrics` to read).
+    pub fn wait_for_reloads(&self, n: f64) {
+        let done = poll_until(RELOAD_TIMEOUT, || {
+            let r = try_fetch(self.agent.get(&self.url("/metrics")), Body::None).ok()?;
+            (metric_in(&r.body, RELOADS)? >= n).then_some(())
+        });
+        assert!(done.is_some(), "shortd did not count {n} SIGHUP reloads within {RELOAD_TIMEOUT:?} ({RELOADS}); log:\n{}", self.run_log());
+    }
+
+    /// The value of an unlabelled series in `/metrics`, if it is there.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        metric_in(&self.get("/metrics").body, name)
+    }
+
+    /// SIGKILL, as in a crash; waits for the process to be gone.
     pub fn kill(&mut self) {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
@@ -560,6 +591,11 @@ fn wait_healthy(agent: &ureq::Agent, base: &str, child: &mut Child) -> Result<()
         std::thread::sleep(POLL_EVERY);
     }
     Err(StartFailure::Unhealthy)
+}
+
+/// The value of the unlabelled series `name` in a Prometheus text page.
+pub fn metric_in(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The log from byte `from` on.

@@ -2,13 +2,17 @@
 //! npm packages): commands with a time limit, and installs made once under
 //! the target folder (`CARGO_TARGET_TMPDIR`) on first use, from PyPI, npm
 //! or apt. An install that fails because the registry cannot be reached
-//! gives `None`, and the caller skips with a NOTE; any other failure panics.
+//! fails the test under `CI=true` and elsewhere says SKIPPED and gives
+//! `None`, for the caller to return (`prereq::skip_or_fail`); any other
+//! failure panics.
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use super::prereq::skip_or_fail;
 
 /// How long one package install may take.
 const INSTALL_LIMIT: Duration = Duration::from_secs(150);
@@ -89,8 +93,10 @@ pub fn on_path(tool: &str) -> bool {
     which(tool).is_some()
 }
 
+/// Fails the test, outside CI too, when `tool` is not on PATH: the
+/// project's machines have it (`.ci/run` installs it, docs/testing.md).
 pub fn require(tool: &str) {
-    assert!(on_path(tool), "{tool} is not on PATH; the project's machines have it (see docs/deployment.md)");
+    assert!(on_path(tool), "prerequisite missing: {tool} is not on PATH (docs/testing.md says which package has it; .ci/run installs it)");
 }
 
 pub fn is_root() -> bool {
@@ -104,13 +110,13 @@ fn install(mut cmd: Command, what: &str) -> Option<()> {
     let desc = format!("{cmd:?}");
     let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting an installer");
     let Some(out) = wait_output(&mut child, INSTALL_LIMIT) else {
-        println!("NOTE: {what} was not installed within {INSTALL_LIMIT:?} (package registry unreachable?)");
+        skip_or_fail(&format!("{what}, not installed within {INSTALL_LIMIT:?} (package registry unreachable?)"), &desc);
         return None;
     };
     let log = format!("{}\n{}", text(&out.stdout), text(&out.stderr));
     if !out.status.success() {
         if UNREACHABLE.iter().any(|s| log.contains(s)) {
-            println!("NOTE: the package registry is unreachable, so {what} could not be installed:\n{log}");
+            skip_or_fail(&format!("{what}, not installed because the package registry is unreachable:\n{log}"), &desc);
             return None;
         }
         panic!("{desc} failed ({}):\n{log}", out.status);
@@ -153,15 +159,18 @@ pub fn npm_package(name: &str, package: &str, version: &str, probe: &str) -> Opt
 }
 
 /// Installs Debian `packages` with apt-get unless every `binaries` is on
-/// PATH; `None` when they are still missing (not root, no apt-get, no
-/// mirror).
+/// PATH; `None` (after `skip_or_fail`) when they are still missing (not
+/// root, no apt-get, no mirror).
 pub fn apt_binaries(binaries: &[&str], packages: &[&str]) -> Option<Vec<PathBuf>> {
     let found = || binaries.iter().map(|b| which(b)).collect::<Option<Vec<_>>>();
     if let Some(paths) = found() {
         return Some(paths);
     }
     if !on_path("apt-get") || !is_root() {
-        println!("NOTE: {binaries:?} missing and no apt-get as root to install {packages:?}");
+        skip_or_fail(
+            &format!("{binaries:?} (no apt-get as root here to install them)"),
+            &format!("apt-get install {}", packages.join(" ")),
+        );
         return None;
     }
     let mut update = Command::new("apt-get");
@@ -170,5 +179,12 @@ pub fn apt_binaries(binaries: &[&str], packages: &[&str]) -> Option<Vec<PathBuf>
     let mut apt = Command::new("apt-get");
     apt.args(["install", "-y", "--no-install-recommends"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive");
     install(apt, &packages.join(", "))?;
-    found()
+    let paths = found();
+    if paths.is_none() {
+        skip_or_fail(
+            &format!("{binaries:?}, still not on PATH after installing {packages:?}"),
+            &format!("apt-get install {}", packages.join(" ")),
+        );
+    }
+    paths
 }
