@@ -23,16 +23,8 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-/// When a write is acknowledged relative to `fdatasync`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Durability {
-    /// Acknowledge only after the record is on disk (group commit).
-    Always,
-    /// Acknowledge after the write; fsync every `fsync_interval`.
-    Interval,
-    /// Leave flushing to the operating system.
-    Never,
-}
+/// Defined by the journal, which acts on it; a setting like any other here.
+pub use crate::journal::Durability;
 
 /// A feature turned on or off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{Loc, Map};
+use super::Loc;
+use crate::hash::Map;
 use crate::journal::table::{self, Damaged, Slot, Table};
 
 struct Layers {

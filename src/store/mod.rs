@@ -16,15 +16,14 @@ use std::time::Duration;
 
 use compact_str::CompactString;
 use crossbeam_channel::Sender;
-use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::analytics::rollup::Rollups;
 use crate::code::CodeKey;
-use crate::config::Durability;
+use crate::hash::{Hasher, Map};
 use crate::journal::record::{self, Body};
 use crate::journal::segment::{Segment, Segments};
-use crate::journal::{scrub, segment, snapshot, table, Poison};
+use crate::journal::{scrub, segment, snapshot, table, Durability, Poison};
 
 pub mod index;
 mod recovery;
@@ -34,12 +33,6 @@ mod writer;
 pub use recovery::KEY_FILE;
 pub use search::Order;
 use writer::{Command, Delivery, Writer};
-
-/// Hash state for every in-memory map keyed by codes: foldhash's quality
-/// variant, seeded per process, fast on short keys and not predictable by a
-/// client choosing codes.
-pub type Hasher = foldhash::quality::RandomState;
-pub type Map<V> = DashMap<CompactString, V, Hasher>;
 
 /// Idempotency keys are remembered this long.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;

@@ -23,11 +23,12 @@ use tokio::sync::oneshot;
 use super::index::Frozen;
 use super::recovery::Recovered;
 use super::{
-    ApplyMode, Change, Created, Hasher, Idem, ImportBatch, ImportEntry, Imported, Link, Loc, Lookup, NewLink, Patch, Pump, Shared,
-    StoreOptions, Version, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS,
+    ApplyMode, Change, Created, Idem, ImportBatch, ImportEntry, Imported, Link, Loc, Lookup, NewLink, Patch, Pump, Shared, StoreOptions,
+    Version, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS,
 };
 use crate::analytics::rollup::{Hour, Packed};
 use crate::code::CODE_SPACE;
+use crate::hash::Hasher;
 use crate::journal::record::{self, Body, Put, Record};
 use crate::journal::scan::{Found, Scan};
 use crate::journal::segment::{Segment, SEGMENT_HEADER_LEN};
