@@ -17,6 +17,7 @@
 //! All of it runs on this module's own small runtime, so a slow peer never
 //! occupies a worker thread. `docs/cluster.md` describes the behaviour.
 
+pub mod command;
 pub mod ids;
 pub mod metadata;
 pub mod peer;
@@ -44,10 +45,11 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use self::metadata::{MetaCommand, MetaState};
+use self::command::{Command, MetaCommand, NodeId, Outcome, WirePatch};
+use self::metadata::MetaState;
 use self::peer::Peers;
 use self::placement::Placement;
-use self::raft::{link_of, partition_of, Applied, Command, GroupSm, Machine, NodeId, OpenReplica, Outcome, Raft, Stopped, WirePatch};
+use self::raft::{link_of, partition_of, Applied, GroupSm, Machine, OpenReplica, Raft, Stopped};
 use self::raftlog::RaftLog;
 use self::wire::WireRecord;
 use crate::cache::{Cache, Entry};
@@ -952,7 +954,7 @@ impl Cluster {
                     return link_of(link).map(|link| Created { link, replayed }).ok_or_else(|| unavailable("an invalid record"))
                 }
                 // A generated code an alias took first: draw another.
-                Outcome::Refused { reason: raft::Refusal::Taken } if retry_with_new_code => continue,
+                Outcome::Refused { reason: command::Refusal::Taken } if retry_with_new_code => continue,
                 Outcome::Refused { reason } => return Err(reason.into()),
                 other => return Err(unexpected(other)),
             }

@@ -1,5 +1,5 @@
-//! openraft glue: the type config, the commands a group's log carries, and
-//! the state machine that applies them to the store.
+//! openraft glue: the type config and the state machine that applies the
+//! commands a group's log carries (`command.rs`) to the store.
 //!
 //! A command names one key, so a partition's state is exactly the store's
 //! records of the codes (and idempotency keys) that hash to it. The
@@ -37,12 +37,11 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::metadata::{MetaCommand, MetaState};
+use super::command::{Command, NodeId, Outcome, Refusal};
+use super::metadata::MetaState;
 use super::wire::WireRecord;
 use crate::cache::Cache;
-use crate::store::{ApplyMode, Link, OpenError, Patch, Store, Stored, Version, WriteError, IDEMPOTENCY_WINDOW_MS};
-
-pub type NodeId = u64;
+use crate::store::{ApplyMode, Link, OpenError, Store, Stored, Version, WriteError, IDEMPOTENCY_WINDOW_MS};
 
 openraft::declare_raft_types!(
     pub TypeConfig:
@@ -56,85 +55,6 @@ use super::snapshot::{self, Meta};
 
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type Raft = openraft::Raft<TypeConfig>;
-
-/// What a group's log carries. Each names one key of its group.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Command {
-    /// Claim a code that nobody holds (an alias, or a code from a lease).
-    Create {
-        link: WireRecord,
-    },
-    Update {
-        code: String,
-        patch: WirePatch,
-        at_ms: i64,
-    },
-    Delete {
-        code: String,
-        at_ms: i64,
-    },
-    /// Bind an Idempotency-Key to the link its first request would make.
-    Claim {
-        key: String,
-        body_hash: u64,
-        at_ms: i64,
-        link: WireRecord,
-    },
-    /// Clicks served by some node since it last reported.
-    Clicks {
-        counts: Vec<(String, u64)>,
-    },
-    /// One click on a link with a click limit, granted or not.
-    ClickLimited {
-        code: String,
-    },
-    Meta(MetaCommand),
-}
-
-/// What applying a command decided.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Outcome {
-    Done,
-    Created { link: WireRecord, replayed: bool },
-    Link { link: WireRecord },
-    Claim { body_hash: u64, link: WireRecord },
-    Click { granted: bool },
-    Lease { first: u64 },
-    Refused { reason: Refusal },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Refusal {
-    Taken,
-    NotFound,
-    Gone,
-}
-
-impl From<Refusal> for WriteError {
-    fn from(r: Refusal) -> WriteError {
-        match r {
-            Refusal::Taken => WriteError::Taken,
-            Refusal::NotFound => WriteError::NotFound,
-            Refusal::Gone => WriteError::Gone,
-        }
-    }
-}
-
-/// A PATCH as the log carries it (`store::Patch`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct WirePatch {
-    pub url: Option<String>,
-    pub expires_ms: Option<i64>,
-    pub max_clicks: Option<u64>,
-    pub redirect: Option<u16>,
-    pub disabled: Option<bool>,
-}
-
-impl From<Patch> for WirePatch {
-    fn from(p: Patch) -> WirePatch {
-        WirePatch { url: p.url, expires_ms: p.expires_ms, max_clicks: p.max_clicks, redirect: p.redirect, disabled: p.disabled }
-    }
-}
 
 /// An Idempotency-Key's binding.
 #[derive(Clone, Debug, Serialize, Deserialize)]
