@@ -4,7 +4,12 @@
 
 pub mod access;
 pub mod api;
+mod auth;
+mod body;
+mod health;
 pub mod internal;
+mod json;
+mod links;
 pub mod problem;
 pub mod redirect;
 pub mod router;
