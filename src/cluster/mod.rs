@@ -224,14 +224,7 @@ fn raft_id(dir: &Path) -> Result<NodeId, String> {
     let mut bytes = [0u8; 8];
     getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness for a Raft id: {e}"))?;
     let id = u64::from_le_bytes(bytes) >> 1 | 1;
-    let write = || -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{id}\n"))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        crate::journal::segment::sync_dir(dir)
-    };
-    write().map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::journal::file::write_atomic(&path, &[format!("{id}\n").as_bytes()]).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(id)
 }
 

@@ -23,8 +23,7 @@
 //! holds is a handle to the open file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,6 +40,7 @@ use super::command::{Command, NodeId, Outcome, Refusal};
 use super::metadata::MetaState;
 use super::wire::WireRecord;
 use crate::cache::Cache;
+use crate::journal::file;
 use crate::store::{ApplyMode, Link, OpenError, Store, Stored, Version, WriteError, IDEMPOTENCY_WINDOW_MS};
 
 openraft::declare_raft_types!(
@@ -275,13 +275,7 @@ impl Stopped {
     /// Writes the marker into `dir` (checksum, then JSON), durably.
     pub fn write(&self, dir: &Path) -> io::Result<()> {
         let json = serde_json::to_vec(self).map_err(io::Error::other)?;
-        let tmp = dir.join("stopped.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(&xxh3_64(&json).to_le_bytes())?;
-        f.write_all(&json)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, dir.join(STOPPED))?;
-        crate::journal::segment::sync_dir(dir)
+        file::write_atomic(&dir.join(STOPPED), &[&xxh3_64(&json).to_le_bytes(), &json]).map(drop)
     }
 
     /// The marker in `dir`, if it is sound and of this node's Raft
@@ -294,9 +288,7 @@ impl Stopped {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        std::fs::remove_file(&path)
-            .and_then(|()| crate::journal::segment::sync_dir(dir))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::remove_file(&path).and_then(|()| file::sync_dir(dir)).map_err(|e| format!("{}: {e}", path.display()))?;
         let sound = bytes.len() >= 8 && u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) == xxh3_64(&bytes[8..]);
         let stopped = sound.then(|| serde_json::from_slice::<Stopped>(&bytes[8..]).ok()).flatten();
         Ok(match stopped {
@@ -401,12 +393,12 @@ impl GroupSm {
             let _ = std::fs::remove_dir_all(&tmp);
             self.machine.replica(self.group).checkpoint(tmp.clone()).await.map_err(io::Error::other)?;
             let image = serde_json::to_vec(&self.machine.claims_of(self.group)).map_err(io::Error::other)?;
-            let (dir, files_in) = (self.dir.clone(), files.clone());
+            let files_in = files.clone();
             tokio::task::spawn_blocking(move || {
                 if files_in.exists() {
                     std::fs::remove_dir_all(&tmp)
                 } else {
-                    std::fs::rename(&tmp, &files_in).and_then(|()| crate::journal::segment::sync_dir(&dir))
+                    file::rename_durably(&tmp, &files_in)
                 }
             })
             .await

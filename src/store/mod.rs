@@ -887,7 +887,8 @@ fn stopped() -> WriteError {
 /// code key), so it is hard-linked. Temporary files and the lock are left
 /// out; whatever was in `into` goes.
 pub fn copy_checkpoint(from: &std::path::Path, into: &std::path::Path) -> std::io::Result<()> {
-    use crate::journal::segment::{segment_number, sync_dir};
+    use crate::journal::file::sync_dir;
+    use crate::journal::segment::segment_number;
     match std::fs::remove_dir_all(into) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
