@@ -17,7 +17,8 @@ use compact_str::CompactString;
 use parking_lot::{Mutex, RwLock};
 
 use super::index::Index;
-use super::{Idem, Loc, OpenError, Shared, StoreOptions, ALIAS_ID};
+use super::read::Shared;
+use super::types::{Idem, Loc, OpenError, StoreOptions, ALIAS_ID};
 use crate::analytics::rollup::{Hour, Rollups};
 use crate::code::CodeKey;
 use crate::journal::file;

@@ -11,8 +11,8 @@ use super::{Compaction, Effect, Writer, COMPACT_CHUNK};
 use crate::journal::record::Record;
 use crate::journal::scan::{Found, Scan};
 use crate::journal::segment::SEGMENT_HEADER_LEN;
+use crate::journal::Loc;
 use crate::metrics as m;
-use crate::store::Loc;
 
 impl Writer {
     pub(super) fn compact_step(&mut self) {

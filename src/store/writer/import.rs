@@ -8,7 +8,7 @@ use super::{now_ms, Effect, Writer, CLICKS_PER_RECORD};
 use crate::analytics::rollup::Hour;
 use crate::journal::record::{self, Body, Put, Record};
 use crate::journal::table::{Builder, Slot};
-use crate::store::{ImportBatch, ImportEntry, Imported, Loc, WriteError, ALIAS_ID};
+use crate::store::types::{ImportBatch, ImportEntry, Imported, Loc, WriteError, ALIAS_ID};
 
 impl Writer {
     /// A chunk of a bulk load: each link's code kept (taken means refused),

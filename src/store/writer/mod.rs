@@ -26,8 +26,9 @@ use compact_str::CompactString;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
+use super::read::Shared;
 use super::recovery::Recovered;
-use super::{Idem, Link, Loc, Lookup, Pump, Shared, StoreOptions, Version, WriteError, IDEMPOTENCY_WINDOW_MS};
+use super::types::{Idem, Link, Loc, Lookup, StoreOptions, Version, WriteError, IDEMPOTENCY_WINDOW_MS};
 use crate::analytics::rollup::Hour;
 use crate::hash::Hasher;
 use crate::journal::record::{Body, Record};
@@ -45,7 +46,7 @@ mod rules;
 mod snapshot;
 
 use protocol::Reply;
-pub use protocol::{Command, Delivery};
+pub use protocol::{Command, Delivery, Pump};
 
 const MAX_BATCH: usize = 1024;
 const CLICKS_PER_RECORD: usize = 256;
@@ -307,7 +308,7 @@ impl Writer {
                     // running may have renamed its table in but not yet the
                     // snapshot naming it, or the other way round: recovery
                     // then uses the snapshot before.
-                    None => super::copy_checkpoint(&self.shared.dir, &into)
+                    None => super::checkpoint::copy_checkpoint(&self.shared.dir, &into)
                         .map_err(|e| WriteError::Unavailable(format!("cannot copy the store into {}: {e}", into.display()))),
                 };
                 let _ = reply.send(made);

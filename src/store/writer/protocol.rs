@@ -6,7 +6,7 @@ use compact_str::CompactString;
 use tokio::sync::oneshot;
 
 use crate::analytics::rollup::Packed;
-use crate::store::{ApplyMode, Change, Created, ImportBatch, Link, NewLink, Patch, WriteError};
+use crate::store::types::{ApplyMode, Change, Created, ImportBatch, Link, NewLink, Patch, WriteError};
 
 pub enum Command {
     Create {
@@ -70,7 +70,10 @@ impl Reply {
     }
 }
 
-/// Answers of one batch for one thread, handed out there (`pump_replies`).
+/// Where the writer sends the answers for one thread's commands.
+pub type Pump = tokio::sync::mpsc::UnboundedSender<Delivery>;
+
+/// Answers of one batch for one thread, handed out there (`http::server::pump_replies`).
 pub struct Delivery {
     pub(super) replies: Vec<Reply>,
     pub(super) failure: Option<WriteError>,

@@ -9,7 +9,7 @@ use compact_str::CompactString;
 use super::Writer;
 use crate::journal::scan::{Found, Scan};
 use crate::journal::segment::SEGMENT_HEADER_LEN;
-use crate::store::Loc;
+use crate::journal::Loc;
 
 impl Writer {
     /// A read met a damaged index table block: the index is rebuilt from

@@ -11,7 +11,9 @@ use compact_str::CompactString;
 use super::{now_ms, Effect, Writer};
 use crate::code::CODE_SPACE;
 use crate::journal::record::{self, Body, Put, Record};
-use crate::store::{ApplyMode, Change, Created, Idem, Link, Lookup, NewLink, Patch, Version, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS};
+use crate::store::types::{
+    ApplyMode, Change, Created, Idem, Link, Lookup, NewLink, Patch, Version, WriteError, ALIAS_ID, IDEMPOTENCY_WINDOW_MS,
+};
 
 impl Writer {
     pub(super) fn create(&mut self, new: NewLink) -> Result<Created, WriteError> {

@@ -15,7 +15,8 @@ use crate::journal::snapshot::{SnapshotMeta, SnapshotWriter};
 use crate::journal::table::{self, Builder, Slot, Table};
 use crate::metrics as m;
 use crate::store::index::Frozen;
-use crate::store::{Loc, Shared, IDEMPOTENCY_WINDOW_MS};
+use crate::store::read::Shared;
+use crate::store::types::{Loc, IDEMPOTENCY_WINDOW_MS};
 
 impl Writer {
     pub(super) fn start_snapshot(&mut self) {
