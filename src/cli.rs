@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::analytics::rollup::{Hour, DIM_NAMES, MS_PER_HOUR};
+use crate::clock::rfc3339;
 use crate::config::{Cli, Command, Config, Durability, LogFormat};
 use crate::journal::open::unsynced_damage;
 use crate::journal::record::{self, Body};
@@ -17,7 +18,7 @@ use crate::journal::scan::{Found, Scan};
 use crate::journal::segment::{segment_number, Segment, SEGMENT_HEADER_LEN};
 use crate::journal::snapshot::{self, Snapshot};
 use crate::store::{Link, Store, StoreOptions};
-use crate::{http::api::rfc3339, Server};
+use crate::Server;
 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {

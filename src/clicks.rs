@@ -28,8 +28,9 @@ use crate::analytics::capture::{Visit, Visits, BOT, COUNTED};
 use crate::analytics::rollup::hour_of;
 use crate::analytics::{Aggregation, Analytics};
 use crate::cluster::Cluster;
+use crate::hash::Hasher;
 use crate::hot::HotKeys;
-use crate::store::{Hasher, Store};
+use crate::store::Store;
 
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const PERSIST_EVERY: Duration = Duration::from_secs(1);

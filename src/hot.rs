@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use compact_str::CompactString;
 use parking_lot::Mutex;
 
-use crate::store::Hasher;
+use crate::hash::Hasher;
 
 pub const CAPACITY: usize = 1024;
 pub const WINDOW: Duration = Duration::from_secs(60);

@@ -33,6 +33,7 @@ pub mod clock;
 pub mod cluster;
 pub mod code;
 pub mod config;
+pub mod hash;
 pub mod hot;
 pub mod http;
 pub mod import;

@@ -82,7 +82,7 @@ pub struct Event {
 pub struct Visits {
     pub events: Vec<Event>,
     arena: Vec<u8>,
-    interned: HashMap<u64, Span, crate::store::Hasher>,
+    interned: HashMap<u64, Span, crate::hash::Hasher>,
 }
 
 impl Default for Visits {

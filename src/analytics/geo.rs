@@ -78,7 +78,7 @@ pub type Country = [u8; 2];
 pub struct PrefixCache {
     generation: u64,
     reader: Option<Arc<Reader>>,
-    answers: HashMap<(IpAddr, u8), Option<Country>, crate::store::Hasher>,
+    answers: HashMap<(IpAddr, u8), Option<Country>, crate::hash::Hasher>,
 }
 
 /// Entries held before the cache starts over.

@@ -36,12 +36,19 @@ pub struct Analytics {
 }
 
 impl Analytics {
-    pub fn new(cfg: &crate::config::Config) -> Result<Analytics, String> {
+    /// From `--analytics`, `--count-bots`, `--geoip-db` and
+    /// `--stats-retention`; the database is opened only when `enabled`.
+    pub fn new(
+        enabled: bool,
+        count_bots: bool,
+        geoip_db: Option<std::path::PathBuf>,
+        retention: std::time::Duration,
+    ) -> Result<Analytics, String> {
         Ok(Analytics {
-            enabled: cfg.analytics == crate::config::Switch::On,
-            count_bots: cfg.count_bots,
-            geo: geo::Geo::open(if cfg.analytics == crate::config::Switch::On { cfg.geoip_db.clone() } else { None })?,
-            retention_hours: (cfg.stats_retention.as_secs() / 3600).clamp(1, u32::MAX as u64) as u32,
+            enabled,
+            count_bots,
+            geo: geo::Geo::open(if enabled { geoip_db } else { None })?,
+            retention_hours: (retention.as_secs() / 3600).clamp(1, u32::MAX as u64) as u32,
         })
     }
 
@@ -59,7 +66,7 @@ pub const DIRECT: &str = "direct";
 /// The aggregator thread's own state: its caches.
 pub struct Aggregation {
     parser: woothee::parser::Parser,
-    agents: HashMap<Box<[u8]>, Agent, crate::store::Hasher>,
+    agents: HashMap<Box<[u8]>, Agent, crate::hash::Hasher>,
     geo: geo::PrefixCache,
 }
 

@@ -205,8 +205,8 @@ impl Hours {
 
 #[derive(Default)]
 struct Table {
-    links: HashMap<CompactString, Hours, crate::store::Hasher>,
-    dirty: HashSet<Key, crate::store::Hasher>,
+    links: HashMap<CompactString, Hours, crate::hash::Hasher>,
+    dirty: HashSet<Key, crate::hash::Hasher>,
 }
 
 /// Every link's hours.

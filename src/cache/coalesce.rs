@@ -14,7 +14,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use crate::store::Hasher;
+use crate::hash::Hasher;
 
 type Slot<T> = Arc<Mutex<Option<T>>>;
 

@@ -28,7 +28,8 @@ use parking_lot::Mutex;
 
 pub use coalesce::{Coalescer, Role};
 
-use crate::store::{Hasher, Lookup};
+use crate::hash::Hasher;
+use crate::store::Lookup;
 
 /// Most evictions one insert performs.
 const MAX_EVICTIONS_PER_INSERT: usize = 64;

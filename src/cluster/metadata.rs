@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::raft::{NodeId, Outcome, Refusal};
+use super::command::{MetaCommand, NodeId, Outcome, Refusal};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaState {
@@ -27,24 +27,6 @@ pub struct MetaState {
 pub struct Member {
     pub raft_id: NodeId,
     pub addr: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum MetaCommand {
-    /// A node joins, or comes back with a new address or a new disk (a
-    /// new Raft id under the same name replaces the old one).
-    Join {
-        name: String,
-        raft_id: NodeId,
-        addr: String,
-    },
-    Remove {
-        name: String,
-    },
-    /// Reserves `count` ids for one node's generated codes.
-    Lease {
-        count: u64,
-    },
 }
 
 impl MetaState {

@@ -17,6 +17,7 @@
 //! All of it runs on this module's own small runtime, so a slow peer never
 //! occupies a worker thread. `docs/cluster.md` describes the behaviour.
 
+pub mod command;
 pub mod ids;
 pub mod metadata;
 pub mod peer;
@@ -44,10 +45,11 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use self::metadata::{MetaCommand, MetaState};
+use self::command::{Command, MetaCommand, NodeId, Outcome, WirePatch};
+use self::metadata::MetaState;
 use self::peer::Peers;
 use self::placement::Placement;
-use self::raft::{link_of, partition_of, Applied, Command, GroupSm, Machine, NodeId, OpenReplica, Outcome, Raft, Stopped, WirePatch};
+use self::raft::{link_of, partition_of, Applied, GroupSm, Machine, OpenReplica, Raft, Stopped};
 use self::raftlog::RaftLog;
 use self::wire::WireRecord;
 use crate::cache::{Cache, Entry};
@@ -222,14 +224,7 @@ fn raft_id(dir: &Path) -> Result<NodeId, String> {
     let mut bytes = [0u8; 8];
     getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness for a Raft id: {e}"))?;
     let id = u64::from_le_bytes(bytes) >> 1 | 1;
-    let write = || -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{id}\n"))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        crate::journal::segment::sync_dir(dir)
-    };
-    write().map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::journal::file::write_atomic(&path, &[format!("{id}\n").as_bytes()]).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(id)
 }
 
@@ -952,7 +947,7 @@ impl Cluster {
                     return link_of(link).map(|link| Created { link, replayed }).ok_or_else(|| unavailable("an invalid record"))
                 }
                 // A generated code an alias took first: draw another.
-                Outcome::Refused { reason: raft::Refusal::Taken } if retry_with_new_code => continue,
+                Outcome::Refused { reason: command::Refusal::Taken } if retry_with_new_code => continue,
                 Outcome::Refused { reason } => return Err(reason.into()),
                 other => return Err(unexpected(other)),
             }

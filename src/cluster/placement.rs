@@ -5,8 +5,8 @@
 
 use std::collections::BTreeSet;
 
+use super::command::NodeId;
 use super::metadata::MetaState;
-use super::raft::NodeId;
 use super::ring::Ring;
 
 pub struct Placement {
@@ -44,7 +44,8 @@ impl Placement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::metadata::{MetaCommand, MetaState};
+    use crate::cluster::command::MetaCommand;
+    use crate::cluster::metadata::MetaState;
 
     fn meta(names: &[&str]) -> MetaState {
         let mut m = MetaState::default();

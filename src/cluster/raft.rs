@@ -1,5 +1,5 @@
-//! openraft glue: the type config, the commands a group's log carries, and
-//! the state machine that applies them to the store.
+//! openraft glue: the type config and the state machine that applies the
+//! commands a group's log carries (`command.rs`) to the store.
 //!
 //! A command names one key, so a partition's state is exactly the store's
 //! records of the codes (and idempotency keys) that hash to it. The
@@ -23,8 +23,7 @@
 //! holds is a handle to the open file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,12 +36,12 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::metadata::{MetaCommand, MetaState};
+use super::command::{Command, NodeId, Outcome, Refusal};
+use super::metadata::MetaState;
 use super::wire::WireRecord;
 use crate::cache::Cache;
-use crate::store::{ApplyMode, Link, OpenError, Patch, Store, Stored, Version, WriteError, IDEMPOTENCY_WINDOW_MS};
-
-pub type NodeId = u64;
+use crate::journal::file;
+use crate::store::{ApplyMode, Link, OpenError, Store, Stored, Version, WriteError, IDEMPOTENCY_WINDOW_MS};
 
 openraft::declare_raft_types!(
     pub TypeConfig:
@@ -56,85 +55,6 @@ use super::snapshot::{self, Meta};
 
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type Raft = openraft::Raft<TypeConfig>;
-
-/// What a group's log carries. Each names one key of its group.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Command {
-    /// Claim a code that nobody holds (an alias, or a code from a lease).
-    Create {
-        link: WireRecord,
-    },
-    Update {
-        code: String,
-        patch: WirePatch,
-        at_ms: i64,
-    },
-    Delete {
-        code: String,
-        at_ms: i64,
-    },
-    /// Bind an Idempotency-Key to the link its first request would make.
-    Claim {
-        key: String,
-        body_hash: u64,
-        at_ms: i64,
-        link: WireRecord,
-    },
-    /// Clicks served by some node since it last reported.
-    Clicks {
-        counts: Vec<(String, u64)>,
-    },
-    /// One click on a link with a click limit, granted or not.
-    ClickLimited {
-        code: String,
-    },
-    Meta(MetaCommand),
-}
-
-/// What applying a command decided.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Outcome {
-    Done,
-    Created { link: WireRecord, replayed: bool },
-    Link { link: WireRecord },
-    Claim { body_hash: u64, link: WireRecord },
-    Click { granted: bool },
-    Lease { first: u64 },
-    Refused { reason: Refusal },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Refusal {
-    Taken,
-    NotFound,
-    Gone,
-}
-
-impl From<Refusal> for WriteError {
-    fn from(r: Refusal) -> WriteError {
-        match r {
-            Refusal::Taken => WriteError::Taken,
-            Refusal::NotFound => WriteError::NotFound,
-            Refusal::Gone => WriteError::Gone,
-        }
-    }
-}
-
-/// A PATCH as the log carries it (`store::Patch`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct WirePatch {
-    pub url: Option<String>,
-    pub expires_ms: Option<i64>,
-    pub max_clicks: Option<u64>,
-    pub redirect: Option<u16>,
-    pub disabled: Option<bool>,
-}
-
-impl From<Patch> for WirePatch {
-    fn from(p: Patch) -> WirePatch {
-        WirePatch { url: p.url, expires_ms: p.expires_ms, max_clicks: p.max_clicks, redirect: p.redirect, disabled: p.disabled }
-    }
-}
 
 /// An Idempotency-Key's binding.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -355,13 +275,7 @@ impl Stopped {
     /// Writes the marker into `dir` (checksum, then JSON), durably.
     pub fn write(&self, dir: &Path) -> io::Result<()> {
         let json = serde_json::to_vec(self).map_err(io::Error::other)?;
-        let tmp = dir.join("stopped.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(&xxh3_64(&json).to_le_bytes())?;
-        f.write_all(&json)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, dir.join(STOPPED))?;
-        crate::journal::segment::sync_dir(dir)
+        file::write_atomic(&dir.join(STOPPED), &[&xxh3_64(&json).to_le_bytes(), &json]).map(drop)
     }
 
     /// The marker in `dir`, if it is sound and of this node's Raft
@@ -374,9 +288,7 @@ impl Stopped {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        std::fs::remove_file(&path)
-            .and_then(|()| crate::journal::segment::sync_dir(dir))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::remove_file(&path).and_then(|()| file::sync_dir(dir)).map_err(|e| format!("{}: {e}", path.display()))?;
         let sound = bytes.len() >= 8 && u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) == xxh3_64(&bytes[8..]);
         let stopped = sound.then(|| serde_json::from_slice::<Stopped>(&bytes[8..]).ok()).flatten();
         Ok(match stopped {
@@ -481,12 +393,12 @@ impl GroupSm {
             let _ = std::fs::remove_dir_all(&tmp);
             self.machine.replica(self.group).checkpoint(tmp.clone()).await.map_err(io::Error::other)?;
             let image = serde_json::to_vec(&self.machine.claims_of(self.group)).map_err(io::Error::other)?;
-            let (dir, files_in) = (self.dir.clone(), files.clone());
+            let files_in = files.clone();
             tokio::task::spawn_blocking(move || {
                 if files_in.exists() {
                     std::fs::remove_dir_all(&tmp)
                 } else {
-                    std::fs::rename(&tmp, &files_in).and_then(|()| crate::journal::segment::sync_dir(&dir))
+                    file::rename_durably(&tmp, &files_in)
                 }
             })
             .await

@@ -31,7 +31,8 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
 use parking_lot::Mutex;
 
-use super::raft::{Entry, NodeId, TypeConfig};
+use super::command::NodeId;
+use super::raft::{Entry, TypeConfig};
 use crate::config::Durability;
 use crate::journal::log::{Log, LogHandles, LogOptions};
 use crate::journal::open::{open_segments, replay_segment, ReplayRules};

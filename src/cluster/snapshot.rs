@@ -17,7 +17,7 @@
 //! chunk of the files in memory.
 
 use std::fs::File;
-use std::io::{self, Read as _, Write};
+use std::io::{self, Read as _};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use openraft::{BasicNode, SnapshotMeta, Vote};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::journal::segment::sync_dir;
+use crate::journal::file::{self, sync_dir};
 
 pub type Meta = SnapshotMeta<u64, BasicNode>;
 
@@ -161,14 +161,7 @@ pub fn write(path: &Path, meta: &Meta, image: &[u8]) -> io::Result<Image> {
     h[20..28].copy_from_slice(&xxh3_64(image).to_le_bytes());
     let head_sum = xxh3_64(&[&h[..28], &meta_json[..]].concat());
     h[28..].copy_from_slice(&head_sum.to_le_bytes());
-    let tmp = path.with_extension("snap.tmp");
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
-    f.write_all(&h)?;
-    f.write_all(&meta_json)?;
-    f.write_all(image)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    let f = file::write_atomic(path, &[&h, &meta_json, image])?;
     let (at, len) = ((HEADER + meta_json.len()) as u64, image.len() as u64);
     Ok(Image::File { file: Arc::new(f), at, len, sum: xxh3_64(image) })
 }
@@ -293,7 +286,7 @@ pub fn decode(body: &[u8], raft_dir: &Path, group: u32) -> Result<(Vote<u64>, Me
         if dest.exists() {
             let _ = std::fs::remove_dir_all(&incoming);
         } else {
-            std::fs::rename(&incoming, &dest).and_then(|()| sync_dir(raft_dir)).map_err(io_err)?;
+            file::rename_durably(&incoming, &dest).map_err(io_err)?;
         }
         Some(dest)
     };

@@ -16,8 +16,9 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotRespon
 use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory, Snapshot, Vote};
 use serde::de::DeserializeOwned;
 
+use super::command::NodeId;
 use super::peer::{PeerError, Peers};
-use super::raft::{NodeId, TypeConfig};
+use super::raft::TypeConfig;
 
 /// Longest a replica may take to check and take in a snapshot whose files
 /// it has.

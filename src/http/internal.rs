@@ -4,7 +4,8 @@
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::api::{empty, json, read_body_up_to};
+use super::body::{empty, read_body_up_to};
+use super::json::json;
 use super::problem::{Body, Problem};
 use super::App;
 use crate::cluster::peer::KEY_HEADER;

@@ -4,7 +4,12 @@
 
 pub mod access;
 pub mod api;
+mod auth;
+mod body;
+mod health;
 pub mod internal;
+mod json;
+mod links;
 pub mod problem;
 pub mod redirect;
 pub mod router;
@@ -24,7 +29,7 @@ use crate::analytics::Analytics;
 use crate::cache::{Cache, CacheConfig};
 use crate::clicks::{ClickBuffer, ClickSink};
 use crate::clock;
-use crate::config::Config;
+use crate::config::{Config, Switch};
 use crate::hot::HotKeys;
 use crate::links::Links;
 use crate::metrics::{Metrics, WorkerStats};
@@ -106,7 +111,10 @@ impl App {
             _ => (cfg.data_dir.clone(), None),
         };
         let store = Arc::new(Store::open(options(store_dir, cfg.durability, cfg.segment_bytes))?);
-        let analytics = Arc::new(Analytics::new(&cfg).map_err(server::StartError::Access)?);
+        let analytics = Arc::new(
+            Analytics::new(cfg.analytics == Switch::On, cfg.count_bots, cfg.geoip_db.clone(), cfg.stats_retention)
+                .map_err(server::StartError::Access)?,
+        );
         let cache = Arc::new(Cache::new(CacheConfig {
             max_entries: cfg.cache_entries,
             max_bytes: cfg.cache_bytes,

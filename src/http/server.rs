@@ -201,7 +201,7 @@ fn worker_main(app: Arc<App>, listener: StdListener, mut stop: watch::Receiver<b
                 }
             })
         };
-        let pump = tokio::task::spawn_local(crate::store::pump_replies());
+        let pump = tokio::task::spawn_local(pump_replies());
         let mut conns = JoinSet::new();
         loop {
             tokio::select! {
@@ -402,5 +402,16 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
             conn.partial.set(false);
             resp
         }))
+    }
+}
+
+/// Hands out the store writer's answers to this thread's commands, for as
+/// long as the worker runs: a batch's answers for this thread arrive
+/// together and wake it once.
+async fn pump_replies() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::store::Delivery>();
+    crate::store::answer_on_this_thread(tx);
+    while let Some(delivery) = rx.recv().await {
+        delivery.deliver();
     }
 }

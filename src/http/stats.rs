@@ -1,6 +1,6 @@
 //! Click stats and QR codes: `GET /api/v1/links/{code}/stats`,
 //! `GET /api/v1/stats` (every link, plus the top links) and
-//! `GET /api/v1/links/{code}/qr`.
+//! `GET /api/v1/links/{code}/qr`, and the hot keys (`GET /api/v1/stats/hot`).
 //!
 //! Stats read the hourly rollups (`analytics::rollup`) of this node; each
 //! breakdown is sorted by clicks, highest first, and counts human clicks
@@ -15,11 +15,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::api::{json, rfc3339};
+use super::json::json;
 use super::problem::{Body, Problem};
 use super::App;
 use crate::analytics::rollup::{hour_of, Hour, DIMS, DIM_NAMES, MS_PER_HOUR};
 use crate::analytics::{qr as draw, rollup};
+use crate::clock::rfc3339;
 use crate::store::Lookup;
 
 /// Most points a series may have.
@@ -247,4 +248,26 @@ pub async fn qr(app: &App, code: &str, req: &Request<Incoming>) -> Result<Respon
     h.insert(header::CACHE_CONTROL, QR_CACHE);
     h.insert(header::VARY, HeaderValue::from_static("Authorization"));
     Ok(resp)
+}
+
+/// The heavy hitters of the last window (`/api/v1/stats/hot`).
+pub(super) fn hot(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Problem> {
+    let mut limit = 10;
+    for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        if k == "limit" {
+            limit = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| Problem::invalid("limit", "must be an integer from 1 to 100"))?;
+        }
+    }
+    let window = app.hot.window();
+    let top: Vec<_> = app
+        .hot
+        .top(limit)
+        .into_iter()
+        .map(|(code, count)| serde_json::json!({"code": code.as_str(), "requests": count, "per_second": count as f64 / window.as_secs_f64()}))
+        .collect();
+    Ok(json(StatusCode::OK, &serde_json::json!({"window_seconds": window.as_secs(), "codes": top})))
 }

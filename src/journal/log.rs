@@ -35,8 +35,18 @@ use parking_lot::RwLock;
 
 use super::record::{self, Record};
 use super::segment::{self, Loc, Segment, Segments, SEGMENT_HEADER_LEN};
-pub use crate::config::Durability;
 use crate::metrics as m;
+
+/// When a write is acknowledged relative to `fdatasync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Acknowledge only after the record is on disk (group commit).
+    Always,
+    /// Acknowledge after the write; fsync every `fsync_interval`.
+    Interval,
+    /// Leave flushing to the operating system.
+    Never,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {

@@ -2,10 +2,11 @@
 //! files and their memory maps (`segment`), walks over a segment past
 //! damage (`scan`), the appender with group commit and durability modes
 //! (`log`), opening a data directory's segments and replaying them with the
-//! torn-tail rules (`open`), snapshot files (`snapshot`) and verification
-//! at rest (`scrub`). It knows nothing of links: what a record means, which
+//! torn-tail rules (`open`), snapshot files (`snapshot`), verification
+//! at rest (`scrub`) and the atomic write of a whole file (`file`). It knows nothing of links: what a record means, which
 //! records are live and what goes into a snapshot is the store's.
 
+pub mod file;
 pub mod log;
 pub mod open;
 pub mod record;

@@ -111,7 +111,7 @@ impl Segment {
     /// and mapped.
     pub fn install(dir: &Path, number: u32, file: File) -> io::Result<(Segment, File)> {
         let (tmp, path) = (temporary_path(dir, number), segment_path(dir, number));
-        if let Err(e) = std::fs::rename(&tmp, &path).and_then(|()| sync_dir(dir)) {
+        if let Err(e) = super::file::rename_durably(&tmp, &path) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
@@ -219,11 +219,6 @@ fn write_zeros(file: &File, size: u64) -> io::Result<()> {
         off += n as u64;
     }
     Ok(())
-}
-
-/// Makes a rename or a new file in `dir` durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// The mapped segments by number, shared by readers and the log's writer.

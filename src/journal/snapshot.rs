@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-use super::segment::sync_dir;
+use super::file::rename_durably;
 
 const MAGIC: &[u8; 8] = b"SHORTDSN";
 /// 2: location entries carry a live byte. 3: rollup entries. 4: the
@@ -96,7 +96,6 @@ pub struct SnapshotWriter {
     entries: u64,
     tmp: PathBuf,
     path: PathBuf,
-    dir: PathBuf,
     finished: bool,
 }
 
@@ -105,15 +104,8 @@ impl SnapshotWriter {
         let path = snapshot_path(dir, meta);
         let tmp = path.with_extension("tmp");
         let file = File::create(&tmp)?;
-        let mut w = SnapshotWriter {
-            out: BufWriter::with_capacity(1 << 20, file),
-            hash: Xxh3::new(),
-            entries: 0,
-            tmp,
-            path,
-            dir: dir.to_path_buf(),
-            finished: false,
-        };
+        let mut w =
+            SnapshotWriter { out: BufWriter::with_capacity(1 << 20, file), hash: Xxh3::new(), entries: 0, tmp, path, finished: false };
         let mut h = Vec::with_capacity(HEADER_LEN);
         h.extend_from_slice(MAGIC);
         h.extend_from_slice(&VERSION.to_le_bytes());
@@ -187,9 +179,8 @@ impl SnapshotWriter {
         self.out.write_all(&sum.to_le_bytes())?;
         self.out.flush()?;
         self.out.get_ref().sync_all()?;
-        std::fs::rename(&self.tmp, &self.path)?;
+        rename_durably(&self.tmp, &self.path)?;
         self.finished = true;
-        sync_dir(&self.dir)?;
         Ok(self.path.clone())
     }
 }

@@ -39,7 +39,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::{Mmap, MmapMut};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::segment::{sync_dir, Loc};
+use super::file::rename_durably;
+use super::segment::Loc;
 
 pub const BLOCK: usize = 4096;
 pub const SLOT: usize = 24;
@@ -495,11 +496,8 @@ impl Builder {
         }
         self.file.flush()?;
         self.file.sync_all()?;
-        std::fs::rename(&self.tmp, path)?;
+        rename_durably(&self.tmp, path)?;
         self.finished = true;
-        if let Some(dir) = path.parent() {
-            sync_dir(dir)?;
-        }
         Ok(path.to_path_buf())
     }
 }

@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{Loc, Map};
+use crate::hash::Map;
 use crate::journal::table::{self, Damaged, Slot, Table};
+use crate::journal::Loc;
 
 struct Layers {
     recent: Arc<Map<Loc>>,

@@ -7,9 +7,8 @@
 //! reported and the next older one (or a full replay) is used instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,12 +17,14 @@ use compact_str::CompactString;
 use parking_lot::{Mutex, RwLock};
 
 use super::index::Index;
-use super::{Idem, Loc, OpenError, Shared, StoreOptions, ALIAS_ID};
+use super::read::Shared;
+use super::types::{Idem, Loc, OpenError, StoreOptions, ALIAS_ID};
 use crate::analytics::rollup::{Hour, Rollups};
 use crate::code::CodeKey;
+use crate::journal::file;
 use crate::journal::open::{self, io_err, ReplayRules};
 use crate::journal::record::{self, Body, Record};
-use crate::journal::segment::{self, Segments, SEGMENT_HEADER_LEN};
+use crate::journal::segment::{Segments, SEGMENT_HEADER_LEN};
 use crate::journal::snapshot::{self, Entry, Snapshot};
 use crate::journal::table::{self, Table};
 
@@ -298,12 +299,8 @@ fn load_or_create_key(dir: &Path, read_only: bool) -> Result<(CodeKey, u64), Ope
                 .map_err(|e| OpenError::Invalid(format!("no randomness for the code key: {e}")))?;
             let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..CodeKey::BYTES]);
             bytes[CodeKey::BYTES..].copy_from_slice(&sum.to_le_bytes());
-            let tmp = path.with_extension("tmp");
             // The key makes codes unguessable: readable by this user only.
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-            segment::sync_dir(dir).map_err(io_err(dir))?;
+            file::write_atomic_private(&path, &[&bytes]).map_err(io_err(&path))?;
         }
         Err(e) => return Err(OpenError::Io { path, source: e }),
     }

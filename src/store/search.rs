@@ -16,7 +16,8 @@
 
 use memchr::memmem;
 
-use super::{Cursor, Link, Loc, Store};
+use super::handle::Store;
+use super::types::{Cursor, Link, Loc};
 use crate::journal::record::{self, Body};
 use crate::journal::segment::{Segment, SEGMENT_HEADER_LEN};
 
