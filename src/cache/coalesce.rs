@@ -18,7 +18,7 @@ use crate::hash::Hasher;
 
 type Slot<T> = Arc<Mutex<Option<T>>>;
 
-pub struct Coalescer<T = super::Loaded> {
+pub struct Coalescer<T> {
     inflight: DashMap<CompactString, Slot<T>, Hasher>,
 }
 

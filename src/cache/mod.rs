@@ -132,7 +132,7 @@ pub struct Cache {
     /// not insert what it read, so a change is never hidden by a slow load.
     generation: AtomicU64,
     clock: Mutex<VecDeque<CompactString>>,
-    pub coalescer: Coalescer,
+    pub coalescer: Coalescer<Loaded>,
 }
 
 impl Cache {

@@ -20,6 +20,7 @@ pub mod stats;
 pub const CLOCK_TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -34,6 +35,21 @@ use crate::hot::HotKeys;
 use crate::links::Links;
 use crate::metrics::{Metrics, WorkerStats};
 use crate::store::{Store, StoreOptions};
+
+/// Why a server could not start (`App::open`, `Server::start`).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(#[from] crate::store::OpenError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start worker threads: {0}")]
+    Thread(std::io::Error),
+    #[error("{0}")]
+    Access(String),
+    #[error("{0}")]
+    Cluster(String),
+}
 
 /// Everything a request handler may use, shared by all workers.
 pub struct App {
@@ -59,13 +75,11 @@ pub struct App {
 
 impl App {
     /// Opens the store and builds everything the handlers share.
-    pub fn open(cfg: Config) -> Result<App, server::StartError> {
+    pub fn open(cfg: Config) -> Result<App, StartError> {
         // The recorder first, so that what the store reports while opening counts.
         let metrics = crate::metrics::install();
         let raft_log = match &cfg.cluster {
-            Some(c) => {
-                Some(crate::cluster::open_log(&cfg.data_dir, c, cfg.durability, cfg.segment_bytes).map_err(server::StartError::Cluster)?)
-            }
+            Some(c) => Some(crate::cluster::open_log(&cfg.data_dir, c, cfg.durability, cfg.segment_bytes).map_err(StartError::Cluster)?),
             None => None,
         };
         let options = |dir: std::path::PathBuf, durability, segment_bytes| StoreOptions {
@@ -113,7 +127,7 @@ impl App {
         let store = Arc::new(Store::open(options(store_dir, cfg.durability, cfg.segment_bytes))?);
         let analytics = Arc::new(
             Analytics::new(cfg.analytics == Switch::On, cfg.count_bots, cfg.geoip_db.clone(), cfg.stats_retention)
-                .map_err(server::StartError::Access)?,
+                .map_err(StartError::Access)?,
         );
         let cache = Arc::new(Cache::new(CacheConfig {
             max_entries: cfg.cache_entries,
@@ -122,9 +136,9 @@ impl App {
             jitter: cfg.cache_ttl_jitter,
         }));
         let links = match (&cfg.cluster, raft_log, partitions) {
-            (Some(c), Some(log), Some(partitions)) => Links::Clustered(
-                crate::cluster::Cluster::start(c.clone(), log, partitions, cache.clone()).map_err(server::StartError::Cluster)?,
-            ),
+            (Some(c), Some(log), Some(partitions)) => {
+                Links::Clustered(crate::cluster::Cluster::start(c.clone(), log, partitions, cache.clone()).map_err(StartError::Cluster)?)
+            }
             _ => Links::Local { store: store.clone(), cache: cache.clone() },
         };
         let mut public_base = cfg.public_url().to_string();
@@ -132,10 +146,10 @@ impl App {
             public_base.push('/');
         }
         Ok(App {
-            access: access::Access::new(&cfg).map_err(server::StartError::Access)?,
+            access: access::Access::new(&cfg).map_err(StartError::Access)?,
             cache,
             cache_control: HeaderValue::from_str(&cfg.cache_control)
-                .map_err(|_| server::StartError::Access("--cache-control is not a header value".into()))?,
+                .map_err(|_| StartError::Access("--cache-control is not a header value".into()))?,
             own_host: cfg.public_url().host_str().map(|h| h.trim_matches(|c| c == '[' || c == ']').to_string()),
             public_base,
             hot: Arc::new(HotKeys::default()),

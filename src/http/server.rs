@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 
 use super::problem::Body;
 use super::router::{route, Route};
-use super::{api, redirect, App, Worker};
+use super::{api, redirect, App, StartError, Worker};
 use crate::analytics::capture::Visit;
 use crate::clicks::{Aggregator, ClickSink, FLUSH_EVERY};
 use crate::config::{Config, Switch};
@@ -47,20 +47,6 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// Largest request head (request line plus headers) hyper buffers.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("{0}")]
-    Store(#[from] crate::store::OpenError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
-    #[error("cannot start worker threads: {0}")]
-    Thread(std::io::Error),
-    #[error("{0}")]
-    Access(String),
-    #[error("{0}")]
-    Cluster(String),
-}
 
 /// A running server; dropping it without `shutdown` leaves threads running.
 pub struct Server {

@@ -242,7 +242,7 @@ impl Log {
         }
         if self.mark_due() {
             self.marked = self.synced;
-            record::encode(&Record { lsn: 0, time_ms: 0, origin: 0, body: record::Body::Synced { to: self.synced } }, &mut self.buf);
+            record::encode(&self.mark(), &mut self.buf);
         }
         let mut start = self.buf.len();
         encode(self.next_lsn, &mut self.buf);
@@ -302,7 +302,7 @@ impl Log {
         }
         let Some(file) = &self.file else { return };
         let mut mark = Vec::with_capacity(record::SYNCED_LEN);
-        record::encode(&Record { lsn: 0, time_ms: 0, origin: 0, body: record::Body::Synced { to: self.synced } }, &mut mark);
+        record::encode(&self.mark(), &mut mark);
         if self.buf_off + mark.len() as u64 > self.active_len() {
             return;
         }
@@ -333,6 +333,11 @@ impl Log {
             }
             Err(e) => Err(self.io_failed(format!("fdatasync of segment {} failed: {e}", self.active))),
         }
+    }
+
+    /// The sync mark for the last completed sync (marks take no LSN).
+    fn mark(&self) -> Record<'static> {
+        Record { lsn: 0, time_ms: 0, origin: 0, body: record::Body::Synced { to: self.synced } }
     }
 
     /// Whether the next record opens a batch that must carry a sync mark:
