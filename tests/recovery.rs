@@ -716,8 +716,10 @@ fn snapshots_taken_during_heavy_writes_replay_to_the_right_state() {
     let mut o = opts(&dir);
     o.durability = Durability::Never;
     o.segment_bytes = 1 << 20;
-    // Each burst writes more than this, so a snapshot starts inside it and
-    // the rest of the burst runs while it is written; no later one starts.
+    // Each burst writes more than this, so a snapshot can start inside it
+    // and the rest of the burst run while it is written (the threshold is
+    // the larger of this and an eighth of the index table, so not every
+    // burst starts one; the copy must hold at least one).
     o.snapshot_records = 1800;
     let store = Arc::new(open(o.clone()));
     let mut m = Model::default();
